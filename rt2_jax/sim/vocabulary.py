@@ -8,7 +8,7 @@ COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black"
 SHAPES = ("block", "ball", "triangle", "ring", "star", "cylinder")
 BACKGROUNDS = ("wood", "gray", "white", "checker", "marble", "green")
 DIRECTIONS = ("left", "right", "up", "down")
-CARD_SYMBOLS = tuple(str(n) for n in range(10)) + ("heart", "square", "cross", "moon")
+CARD_SYMBOLS = (*(str(n) for n in range(10)), "heart", "square", "cross", "moon")
 
 # Phrasings per task; `{obj}`, `{target}`, `{direction}` and `{symbol}` are filled in by the world.
 TASK_TEMPLATES = {
