@@ -1,0 +1,71 @@
+"""The `config.data` block: sources (with their mappings and weights), batching and images.
+
+Experiment configs call `get_data_config(...)`; every field can be overridden from the command
+line (`--config.data.sources.robot.weight=2`). Sources are ordered by name; a batch's `source`
+column indexes that order (`Mixture.source_names`).
+"""
+import ml_collections
+
+from data_pipelines import mappings
+
+
+def robot_source(*, weight, builder_dir="", mapping="fractal20220817_data", toy_world="",
+                 train_split="train[:95%]", eval_split="train[95%:]"):
+    """An RLDS robot source; `mapping` names a shipped mapping (data_pipelines/mappings.py)."""
+    return ml_collections.ConfigDict(dict(
+        kind="robot", weight=float(weight), builder_dir=builder_dir, toy_world=toy_world,
+        train_split=train_split, eval_split=eval_split,
+        mapping=ml_collections.ConfigDict(mappings.get_mapping(mapping))))
+
+
+def web_source(*, kind, weight, mapping, builder_dir="", tfds_name="", data_dir="", toy_world="",
+               train_split="train", eval_split="validation", answer_choice="random"):
+    """A VQA (kind="vqa") or captioning (kind="caption") source from TFDS."""
+    return ml_collections.ConfigDict(dict(
+        kind=kind, weight=float(weight), builder_dir=builder_dir, tfds_name=tfds_name,
+        data_dir=data_dir, toy_world=toy_world, train_split=train_split,
+        eval_split=eval_split, answer_choice=answer_choice,
+        mapping=ml_collections.ConfigDict(mappings.get_mapping(mapping))))
+
+
+def toy_world_sources(robot_weight=0.5):
+    """The embedded default: the toy world's robot episodes, VQA and captions."""
+    web_weight = (1.0 - robot_weight) / 2
+    return dict(
+        robot=robot_source(weight=robot_weight, mapping="toy_world", toy_world="robot",
+                           train_split="train", eval_split="val"),
+        vqa=web_source(kind="vqa", weight=web_weight, mapping="toy_vqa", toy_world="vqa",
+                       train_split="train", eval_split="val"),
+        captions=web_source(kind="caption", weight=web_weight, mapping="toy_captions",
+                            toy_world="captions", train_split="train", eval_split="val"),
+    )
+
+
+def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
+                    shuffle_buffer=1000, image_aspect="squash", augment=True):
+    """The config.data ConfigDict. `sources`: name -> robot_source()/web_source() (default: toy)."""
+    sources = toy_world_sources() if sources is None else sources
+    return ml_collections.ConfigDict(dict(
+        sources=ml_collections.ConfigDict(sources),
+        global_batch_size=global_batch_size,     # examples per step over all processes
+        shuffle_buffer=shuffle_buffer,           # per source, in examples (steps for robots)
+        image_aspect=image_aspect,               # squash | pad | center_crop
+        augment=ml_collections.ConfigDict(dict(
+            enabled=augment,                     # train only; eval never augments
+            crop_scale_min=0.8,                  # random resized crop: area fraction range
+            crop_ratio_min=0.75, crop_ratio_max=4 / 3,
+            brightness=0.1,                      # max delta on [0, 1] pixels
+            contrast=0.1,                        # factor in [1 - c, 1 + c]
+        )),
+        skip_unreadable=False,                   # True: skip (count, log) undecodable records
+        cache_dir="~/.cache/rt2_jax/data",       # action stats when the data dir is read-only
+        toy_world=ml_collections.ConfigDict(dict(  # sources with toy_world= and no builder_dir
+            cache_dir="",                        # "" = $RT2_JAX_CACHE or ~/.cache/rt2_jax
+            episodes=300, vqa_scenes=2000, seed=0)),
+        action_stats_source="",                  # robot source whose stats set the bounds
+        eval=ml_collections.ConfigDict(dict(
+            global_batch_size=eval_batch_size or global_batch_size,
+            max_examples_per_source=0,           # 0 = the whole eval split
+            max_answers=10,                      # reference answers kept per VQA example
+        )),
+    ))

@@ -1,0 +1,122 @@
+"""Small on-disk datasets for the data pipeline tests, written with TFDS.
+
+`write_fake_fractal` writes RLDS episodes in the fractal20220817_data schema (the fields the
+pipelines read plus a few they ignore) with known actions: step t of episode e has
+world_vector = [e, t, 0.5] / 100, so a test can tell which episode and step it sees.
+"""
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines import config as data_cfg
+
+F = tfds.features
+
+# Episode lengths: a 1-step episode, a long one, a zero-length one and ordinary ones.
+FRACTAL_EPISODE_LENGTHS = (3, 1, 12, 0, 4, 2)
+NAN_EPISODE, NAN_STEP = 4, 1  # this step's action is NaN
+INSTRUCTIONS = ("pick up the red block", "move the blue ball near the green ring",
+                "push the yellow star left")
+
+
+def fractal_features(image_shape):
+    return F.FeaturesDict({
+        "steps": F.Dataset({
+            "action": F.FeaturesDict({
+                "base_displacement_vector": F.Tensor(shape=(2,), dtype=np.float32),
+                "gripper_closedness_action": F.Tensor(shape=(1,), dtype=np.float32),
+                "rotation_delta": F.Tensor(shape=(3,), dtype=np.float32),
+                "terminate_episode": F.Tensor(shape=(3,), dtype=np.int32),
+                "world_vector": F.Tensor(shape=(3,), dtype=np.float32),
+            }),
+            "is_first": np.bool_,
+            "is_last": np.bool_,
+            "is_terminal": np.bool_,
+            "observation": F.FeaturesDict({
+                "image": F.Image(shape=image_shape),
+                "natural_language_instruction": F.Text(),
+                "gripper_closed": F.Tensor(shape=(1,), dtype=np.float32),
+            }),
+            "reward": F.Scalar(dtype=np.float32),
+        }),
+    })
+
+
+def fake_step(episode, t, length, image_shape):
+    last = t == length - 1
+    world = np.array([episode, t, 0.5], np.float32) / 100
+    if (episode, t) == (NAN_EPISODE, NAN_STEP):
+        world[1] = np.nan
+    image = np.zeros(image_shape, np.uint8)
+    image[..., 0] = (10 * episode) % 256
+    image[..., 1] = (10 * t) % 256
+    return {
+        "action": {
+            "base_displacement_vector": np.zeros(2, np.float32),
+            "gripper_closedness_action": np.array([1.0 if t % 2 else -1.0], np.float32),
+            "rotation_delta": np.array([0.1, -0.1, 0.05 * (t % 3)], np.float32),
+            "terminate_episode": np.array([1, 0, 0] if last else [0, 1, 0], np.int32),
+            "world_vector": world,
+        },
+        "is_first": t == 0, "is_last": last, "is_terminal": last,
+        "observation": {
+            "image": image,
+            "natural_language_instruction": INSTRUCTIONS[episode % len(INSTRUCTIONS)],
+            "gripper_closed": np.zeros(1, np.float32),
+        },
+        "reward": float(last),
+    }
+
+
+def write_fake_fractal(data_dir, name="fake_fractal", lengths=FRACTAL_EPISODE_LENGTHS,
+                       image_shape=(256, 320, 3)):
+    """Writes the RLDS dataset; returns its version directory."""
+    episodes = [(e, {"steps": [fake_step(e, t, n, image_shape) for t in range(n)]})
+                for e, n in enumerate(lengths)]
+    builder = tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version="0.1.0", features=fractal_features(image_shape),
+        split_datasets={"train": episodes}, data_dir=str(data_dir), disable_shuffling=True)
+    return os.fspath(builder.data_dir)
+
+
+def write_fake_vqa(data_dir, name="fake_vqa", num_examples=12, image_shape=(32, 40, 3)):
+    features = F.FeaturesDict({"image": F.Image(shape=image_shape), "question": F.Text(),
+                               "answers": F.Sequence(F.Text())})
+
+    def example(i):
+        image = np.full(image_shape, 20 * i % 256, np.uint8)
+        answers = [f"answer{i}"] + (["second"] if i % 2 else [])
+        return i, {"image": image, "question": f"what is item {i}?", "answers": answers}
+
+    builder = tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version="1.0.0", features=features, disable_shuffling=True,
+        split_datasets={"train": [example(i) for i in range(num_examples)],
+                        "validation": [example(i) for i in range(100, 104)]},
+        data_dir=str(data_dir))
+    return os.fspath(builder.data_dir)
+
+
+def data_config(robot_dir, vqa_dir, *, robot_weight=0.5, batch=8, image_size=32,
+                shuffle_buffer=32):
+    """A full config (what the trainer passes) over the fake datasets."""
+    import ml_collections
+
+    sources = {
+        "robot": data_cfg.robot_source(weight=robot_weight, builder_dir=robot_dir,
+                                          train_split="train", eval_split="train"),
+        "vqa": data_cfg.web_source(kind="vqa", weight=1 - robot_weight, mapping="toy_vqa",
+                                      builder_dir=vqa_dir),
+    }
+    c = ml_collections.ConfigDict()
+    c.seed = 3
+    c.image_size = image_size
+    c.max_prompt_len = 24
+    c.max_target_len = 12
+    c.tokenizer = ml_collections.ConfigDict(dict(model_path=""))
+    c.actions = ml_collections.ConfigDict(dict(mapping="integers", bounds="q01_q99",
+                                               fixed_low=[-1.0] * 7, fixed_high=[1.0] * 7))
+    c.data = data_cfg.get_data_config(sources=sources, global_batch_size=batch,
+                                         shuffle_buffer=shuffle_buffer)
+    c.data.cache_dir = os.path.join(robot_dir, "..", "..", "cache")
+    return c
