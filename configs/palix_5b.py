@@ -1,0 +1,25 @@
+"""RT-2-PaLI-X 5B: ViT-G/14 + an mT5-XL-shaped encoder-decoder (~5.6B parameters).
+
+ASSUMED dimensions (RT-2 used a 5B PaLI-X whose exact shape is not published):
+- Image tower: ViT-G/14 (width 1664, depth 48, MLP 8192, 16 heads; big_vision's "G" variant),
+  ~1.8B parameters, the size class a 5B PaLI-X would pair with a ~3.7B language model.
+- Encoder-decoder: mT5-XL shape (d_model 2048, 32 heads x 64, gated-GELU d_ff 5120, 24+24 layers,
+  mT5 vocabulary of 250,112 pieces), ~3.7B parameters, untied logits.
+- 224px images at patch 14 -> 256 image tokens.
+The vocabulary must be supplied: set `tokenizer.model_path` to the mT5/PaLI sentencepiece model.
+"""
+
+from configs import base
+
+
+def get_config():
+    c = base.base_config()
+    c.model = base.model_config(
+        vocab_size=250_112,
+        vit=dict(patch_size=14, width=1664, depth=48, mlp_dim=8192, num_heads=16),
+        encdec=dict(d_model=2048, num_heads=32, head_dim=64, d_ff=5120, mlp_activation="gelu",
+                    num_encoder_layers=24, num_decoder_layers=24),
+    )
+    c.model.dtype = "bfloat16"
+    c.model.remat_policy = "dots_with_no_batch_dims_saveable"
+    return c

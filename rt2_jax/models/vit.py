@@ -1,0 +1,199 @@
+"""ViT image tower with big_vision-compatible parameter names.
+
+Parameter tree (scanned):
+  embedding/{kernel,bias}                     conv patchify
+  pos_embedding                     (1, N, width), learned ("learn") or absent ("sincos2d")
+  Transformer/encoderblock/LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out},
+      LayerNorm_1, MlpBlock_0/{Dense_0,Dense_1}      stacked on a leading depth axis
+  Transformer/encoder_norm
+  head                                        projection of every patch token to `head_dim`
+Unscanned, the blocks are `Transformer/encoderblock_{i}` as in big_vision's non-scanned ViT.
+
+ViT-22B options: `parallel_block` (attention and MLP read the same LayerNorm output and are added
+to the residual together; no LayerNorm_1), `qk_norm` (LayerNorm on queries and keys) and
+`qkv_bias=False`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+from rt2_jax.models import layers
+from rt2_jax.models.layers import EMBED, MLP, Dtype
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sine-cosine position embedding [1, h*w, width] (as in big_vision / MAE)."""
+    if width % 4:
+        raise ValueError(f"sincos2d position embedding needs width divisible by 4, got {width}.")
+    y, x = np.mgrid[:h, :w]
+    omega = np.arange(width // 4) / max(width // 4 - 1, 1)
+    omega = 1.0 / (temperature**omega)
+    y = np.einsum("m,d->md", y.flatten(), omega)
+    x = np.einsum("m,d->md", x.flatten(), omega)
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return pe[None].astype(np.float32)
+
+
+class MlpBlock(nn.Module):
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        width = x.shape[-1]
+        dense = lambda f, axes, name: layers.dense_general(
+            f, kernel_axes=axes, bias_axes=(axes[-1],), dtype=self.dtype,
+            param_dtype=self.param_dtype, name=name,
+            kernel_init=nn.initializers.xavier_uniform(),
+        )
+        h = dense(self.mlp_dim, (EMBED, MLP), "Dense_0")(x)
+        h = layers.constrain(nn.gelu(h), layers.ACT_MLP)
+        h = nn.Dropout(self.dropout_rate)(h, deterministic)
+        return dense(width, (MLP, EMBED), "Dense_1")(h)
+
+
+class Encoder1DBlock(nn.Module):
+    """One ViT block; the scan carry is the token sequence [B, N, width]."""
+
+    mlp_dim: int
+    num_heads: int
+    parallel_block: bool = False
+    qk_norm: bool = False
+    qkv_bias: bool = True
+    dropout_rate: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"ViT width {width} is not divisible by num_heads {self.num_heads}.")
+        norm = lambda name: layers.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
+                                             name=name)
+        attn = layers.Attention(
+            num_heads=self.num_heads, head_dim=width // self.num_heads, out_features=width,
+            qkv_bias=self.qkv_bias, out_bias=True, qk_norm=self.qk_norm, scale_query=True,
+            dtype=self.dtype, param_dtype=self.param_dtype, name="MultiHeadDotProductAttention_0",
+        )
+        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
+                       name="MlpBlock_0")
+        drop = lambda h: nn.Dropout(self.dropout_rate)(h, self.deterministic)
+        y = norm("LayerNorm_0")(x)
+        if self.parallel_block:
+            x = x + drop(attn(y, y)) + drop(mlp(y, self.deterministic))
+        else:
+            x = x + drop(attn(y, y))
+            x = x + drop(mlp(norm("LayerNorm_1")(x), self.deterministic))
+        return layers.constrain(x, layers.ACT_EMBED), None
+
+
+class Encoder(nn.Module):
+    depth: int
+    block_kwargs: dict
+    scan: bool = True
+    remat: str = "none"
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        stack = layers.stack_layers(
+            Encoder1DBlock, num_layers=self.depth, scan=self.scan, remat=self.remat,
+            in_axes=(), name="encoderblock", deterministic=self.deterministic,
+            dtype=self.dtype, param_dtype=self.param_dtype, **self.block_kwargs,
+        )
+        x, _ = layers.apply_stack(stack, (), x)
+        return layers.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
+                                name="encoder_norm")(x)
+
+
+class ViT(nn.Module):
+    """Image tower: uint8 or [-1,1] images [B,H,W,3] -> patch tokens [B, N, head_dim]."""
+
+    patch_size: int
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    head_dim: int | None = None  # output projection width (the LM's d_model); None = no head
+    posemb: str = "learn"
+    parallel_block: bool = False
+    qk_norm: bool = False
+    qkv_bias: bool = True
+    dropout_rate: float = 0.0
+    scan: bool = True
+    remat: str = "none"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image: jax.Array, train: bool = False) -> jax.Array:
+        if image.ndim != 4 or image.shape[-1] != 3:
+            raise ValueError(f"ViT expects images [B,H,W,3], got shape {image.shape}.")
+        if image.shape[1] % self.patch_size or image.shape[2] % self.patch_size:
+            raise ValueError(
+                f"Image size {image.shape[1:3]} is not a multiple of patch_size {self.patch_size}."
+            )
+        if image.dtype == jnp.uint8:
+            image = image.astype(jnp.float32) / 127.5 - 1.0
+        x = nn.Conv(
+            self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
+            padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype, name="embedding",
+            kernel_init=layers.logical_init(nn.initializers.lecun_normal(),
+                                            (None, None, None, EMBED)),
+            bias_init=layers.logical_init(nn.initializers.zeros, (EMBED,)),
+        )(image.astype(self.dtype))
+        n, h, w, c = x.shape
+        x = jnp.reshape(x, (n, h * w, c))
+        x = x + self._position_embedding(h, w, c).astype(self.dtype)
+        x = layers.constrain(x, layers.ACT_EMBED)
+        x = nn.Dropout(self.dropout_rate)(x, not train)
+        x = Encoder(
+            depth=self.depth, scan=self.scan, remat=self.remat, deterministic=not train,
+            dtype=self.dtype, param_dtype=self.param_dtype, name="Transformer",
+            block_kwargs=dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                              parallel_block=self.parallel_block, qk_norm=self.qk_norm,
+                              qkv_bias=self.qkv_bias, dropout_rate=self.dropout_rate),
+        )(x)
+        if self.head_dim:
+            x = layers.dense_general(
+                self.head_dim, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
+                param_dtype=self.param_dtype, name="head",
+            )(x)
+        return layers.constrain(x, layers.ACT_EMBED)
+
+    def _position_embedding(self, h: int, w: int, c: int) -> jax.Array:
+        if self.posemb == "learn":
+            return self.param(
+                "pos_embedding",
+                layers.logical_init(nn.initializers.normal(stddev=1 / np.sqrt(c)),
+                                    (None, None, EMBED)),
+                (1, h * w, c), self.param_dtype,
+            )
+        if self.posemb == "sincos2d":
+            return jnp.asarray(posemb_sincos_2d(h, w, c))
+        raise ValueError(f"Unknown ViT posemb {self.posemb!r}; use 'learn' or 'sincos2d'.")
+
+
+def from_config(cfg: ml_collections.ConfigDict, head_dim: int | None) -> ViT:
+    """Builds the image tower from `config.model` (reads `vit`, dtypes, scan and remat)."""
+    v = cfg.vit
+    return ViT(
+        patch_size=v.patch_size, width=v.width, depth=v.depth, mlp_dim=v.mlp_dim,
+        num_heads=v.num_heads, head_dim=head_dim, posemb=v.posemb,
+        parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
+        dropout_rate=v.dropout_rate, scan=cfg.scan_layers, remat=cfg.remat_policy,
+        dtype=layers.dtype_from_name(cfg.dtype),
+        param_dtype=layers.dtype_from_name(cfg.param_dtype),
+        name="img",
+    )

@@ -1,0 +1,205 @@
+"""Model correctness on CPU with tiny configs: caching, causality, padding, scan, dtypes, counts."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import palix_5b, palix_55b, tiny
+from rt2_jax.models import params as params_lib
+from rt2_jax.models.encoder_decoder import shift_right
+from rt2_jax.models.vlm import VLM
+from rt2_jax.tools import param_count
+
+B, LE, LD = 3, 24, 12
+ALLOWED_AXES = {"vocab", "embed", "heads", "kv", "mlp", "layers", None}
+
+
+def _config(**model_overrides):
+    c = tiny.get_config()
+    for key, value in model_overrides.items():
+        node = c.model
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def _inputs(seed=0, prompt_lengths=(24, 10, 3)):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (B, 64, 64, 3), dtype=np.uint8)
+    tokens = rng.integers(3, 1000, (B, LE)).astype(np.int32)
+    mask = np.arange(LE)[None, :] < np.asarray(prompt_lengths)[:, None]
+    tokens = np.where(mask, tokens, 0)
+    targets = rng.integers(3, 1000, (B, LD)).astype(np.int32)
+    return image, tokens, mask, targets
+
+
+def _init(config, seed=0):
+    model = VLM.from_config(config)
+    image, tokens, mask, targets = _inputs()
+    variables = model.init(jax.random.PRNGKey(seed), image, tokens, mask, targets)
+    return model, params_lib.unbox(variables)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return _init(tiny.get_config())
+
+
+def test_cached_decoding_matches_teacher_forcing(tiny_model):
+    """Prefill + decode_step through the KV cache == one teacher-forced pass (f32, 1e-5)."""
+    model, variables = tiny_model
+    image, tokens, mask, targets = _inputs(prompt_lengths=(24, 10, 3))
+    dec_in = shift_right(targets)
+    full = model.apply(variables, image, tokens, mask, dec_in)
+    logits, state = model.apply(variables, image, tokens, mask, dec_in[:, :1], LD,
+                                method=VLM.prefill)
+    steps = [logits[:, 0]]
+    step = jax.jit(lambda s, t: model.apply(variables, s, t, method=VLM.decode_step))
+    for t in range(1, LD):
+        logit, state = step(state, dec_in[:, t])
+        steps.append(logit)
+    cached = jnp.stack(steps, axis=1)
+    np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+    assert int(state.index) == LD
+
+
+def test_prefill_of_several_tokens_matches(tiny_model):
+    model, variables = tiny_model
+    image, tokens, mask, targets = _inputs(seed=1)
+    dec_in = shift_right(targets)
+    full = model.apply(variables, image, tokens, mask, dec_in)
+    logits, state = model.apply(variables, image, tokens, mask, dec_in[:, :5], LD,
+                                method=VLM.prefill)
+    np.testing.assert_allclose(logits, full[:, :5], atol=1e-5, rtol=0)
+    nxt, _ = model.apply(variables, state, dec_in[:, 5], method=VLM.decode_step)
+    np.testing.assert_allclose(nxt, full[:, 5], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("t", [0, 5, LD - 1])
+def test_decoder_is_causal(tiny_model, t):
+    model, variables = tiny_model
+    image, tokens, mask, targets = _inputs()
+    dec_in = np.asarray(shift_right(targets))
+    changed = dec_in.copy()
+    changed[:, t] = (changed[:, t] + 17) % 1000
+    a = model.apply(variables, image, tokens, mask, dec_in)
+    b = model.apply(variables, image, tokens, mask, changed)
+    np.testing.assert_array_equal(a[:, :t], b[:, :t])
+    assert np.abs(a[:, t:] - b[:, t:]).max() > 1e-4  # and the change is seen from t on
+
+
+def test_padded_prompt_positions_change_nothing(tiny_model):
+    model, variables = tiny_model
+    image, tokens, mask, targets = _inputs(prompt_lengths=(24, 10, 3))
+    dec_in = shift_right(targets)
+    noisy = np.where(mask, tokens, np.random.default_rng(5).integers(3, 1000, tokens.shape))
+    a = model.apply(variables, image, tokens, mask, dec_in)
+    b = model.apply(variables, image, noisy.astype(np.int32), mask, dec_in)
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    # A real prompt token does matter (the mask is not simply ignoring the prompt).
+    changed = np.asarray(tokens).copy()
+    changed[2, 1] += 1
+    c = model.apply(variables, image, changed, mask, dec_in)
+    assert np.abs(c[2] - a[2]).max() > 1e-4
+
+
+@pytest.mark.parametrize("vit_options", [
+    {},
+    {"vit.parallel_block": True, "vit.qk_norm": True, "vit.qkv_bias": False,
+     "vit.posemb": "sincos2d", "encdec.mlp_activation": "silu"},
+])
+def test_scanned_and_unscanned_stacks_agree(vit_options):
+    scanned_cfg = _config(**vit_options)
+    unscanned_cfg = _config(scan_layers=False, **vit_options)
+    model_s, vars_s = _init(scanned_cfg)
+    model_u, vars_u = _init(unscanned_cfg)
+    converted = {"params": params_lib.unscan(vars_s["params"])}
+    # Same tree structure as a natively unscanned model, and back again.
+    assert (jax.tree.structure(converted["params"]) == jax.tree.structure(vars_u["params"]))
+    rescanned = params_lib.scan(converted["params"])
+    jax.tree.map(np.testing.assert_array_equal, rescanned, vars_s["params"])
+    image, tokens, mask, targets = _inputs()
+    dec_in = shift_right(targets)
+    out_s = model_s.apply(vars_s, image, tokens, mask, dec_in)
+    out_u = model_u.apply(converted, image, tokens, mask, dec_in)
+    np.testing.assert_allclose(out_s, out_u, atol=1e-5, rtol=0)
+
+
+def test_vit22b_options_change_the_parameter_tree():
+    _, variables = _init(_config(**{"vit.parallel_block": True, "vit.qk_norm": True,
+                                    "vit.qkv_bias": False, "vit.posemb": "sincos2d"}))
+    keys = set(params_lib.flatten(variables["params"]))
+    block = "img/Transformer/encoderblock/"
+    attn = block + "MultiHeadDotProductAttention_0/"
+    assert not any(k.startswith(block + "LayerNorm_1") for k in keys)
+    assert attn + "query_norm/scale" in keys and attn + "key_norm/scale" in keys
+    assert attn + "query/bias" not in keys and attn + "out/bias" in keys
+    assert "img/pos_embedding" not in keys
+
+
+def test_remat_gives_same_loss_and_grads():
+    model_a, variables = _init(tiny.get_config())
+    model_b = VLM.from_config(_config(remat_policy="nothing_saveable"))
+    image, tokens, mask, targets = _inputs()
+    dec_in = shift_right(targets)
+
+    def loss(model, params):
+        logits = model.apply({"params": params}, image, tokens, mask, dec_in)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
+
+    la, ga = jax.value_and_grad(lambda p: loss(model_a, p))(variables["params"])
+    lb, gb = jax.value_and_grad(lambda p: loss(model_b, p))(variables["params"])
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5), ga, gb)
+
+
+def test_bf16_compute_close_to_f32(tiny_model):
+    model, variables = tiny_model
+    model_bf16 = VLM.from_config(_config(dtype="bfloat16"))
+    image, tokens, mask, targets = _inputs()
+    dec_in = shift_right(targets)
+    ref = np.asarray(model.apply(variables, image, tokens, mask, dec_in), np.float64)
+    out = model_bf16.apply(variables, image, tokens, mask, dec_in)
+    assert out.dtype == jnp.float32  # logits come back in f32 for the loss
+    rel = np.linalg.norm(np.asarray(out, np.float64) - ref) / np.linalg.norm(ref)
+    assert rel < 1e-2, rel
+
+
+def test_every_parameter_has_logical_axis_names():
+    model = VLM.from_config(_config(**{"vit.qk_norm": True}))
+    image, tokens, mask, targets = _inputs()
+    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), image, tokens, mask,
+                                              targets))["params"]
+    flat = flax.traverse_util.flatten_dict(
+        boxed, is_leaf=lambda _, x: isinstance(x, flax.linen.LogicallyPartitioned))
+    assert flat
+    for name, leaf in flat.items():
+        assert isinstance(leaf, flax.linen.LogicallyPartitioned), name
+        assert len(leaf.names) == leaf.value.ndim, (name, leaf.names)
+        assert set(leaf.names) <= ALLOWED_AXES, (name, leaf.names)
+        if "encoderblock" in name or "layers" in name:
+            assert leaf.names[0] == "layers", (name, leaf.names)
+
+
+@pytest.mark.parametrize("config_module,low,high", [
+    (palix_55b, 50e9, 60e9),
+    (palix_5b, 4e9, 6e9),
+])
+def test_parameter_counts_of_the_big_configs(config_module, low, high):
+    counts = param_count.count_by_component(param_count.abstract_params(config_module.get_config()))
+    assert low <= counts["total"] <= high, counts
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    assert all(counts[k] > 0 for k in ("vit", "projection", "encoder", "decoder", "embeddings"))
+
+
+def test_bad_inputs_are_clear_errors(tiny_model):
+    model, variables = tiny_model
+    image, tokens, mask, targets = _inputs()
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        model.apply(variables, image[:, :60, :60], tokens, mask, targets)
+    with pytest.raises(ValueError, match="same shape"):
+        model.apply(variables, image, tokens, mask[:, :5], targets)
