@@ -35,3 +35,50 @@ TASK_TEMPLATES = {
         "move the {obj} onto the {symbol} card",
     ),
 }
+
+# ---- words and phrasings of the VQA and caption data (added; nothing above is changed) ----
+
+# Coarse image regions, answers to "where is the ...?" (image thirds: row word, then column word).
+POSITIONS = (
+    "top left", "top", "top right",
+    "left", "center", "right",
+    "bottom left", "bottom", "bottom right",
+)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+YES_NO = ("yes", "no")
+
+# Questions per type; `{obj}`/`{obj2}` are object names ("red block"), `{a_obj}` one with its
+# article ("an orange ring"), `{color}`, `{shape}`,
+# `{shapes}` (plural), `{side}` ("left"/"right") are filled in by rt2_jax.sim.vqa.
+VQA_TEMPLATES = {
+    "color": ("what color is the {shape}?", "which color does the {shape} have?"),
+    "shape": ("what shape is the {color} object?", "what is the {color} object?"),
+    "exists": ("is there {a_obj} on the table?", "do you see {a_obj}?"),
+    "count": (
+        "how many objects are on the table?",
+        "how many {shapes} are there?",
+        "how many {color} objects are there?",
+        "how many cards are there?",
+    ),
+    "position": ("where is the {obj}?", "in which part of the image is the {obj}?"),
+    "relation": (
+        "is the {obj} left of the {obj2}?",
+        "is the {obj} right of the {obj2}?",
+        "is the {obj} to the left or to the right of the {obj2}?",
+    ),
+    "card": (
+        "what does the card show?",
+        "what number is on the card?",
+        "what does the card on the {side} show?",
+    ),
+    "background": ("what is the background?", "what kind of table is this?"),
+}
+
+# `{objects}` is a list like "a red block, a blue ball and a green star"; `{cards}` lists symbols.
+CAPTION_TEMPLATES = (
+    "{objects} on a {background} table.",
+    "a {background} table with {objects}.",
+    "a robot gripper above {objects} on a {background} table.",
+)
+CAPTION_ONE_CARD_TEMPLATES = (" there is a card showing {cards}.", " a card shows {cards}.")
+CAPTION_CARDS_TEMPLATES = (" the cards show {cards}.", " there are cards showing {cards}.")

@@ -1,0 +1,249 @@
+"""A scripted expert that solves every toy-world task from the simulator's state.
+
+    env = TabletopEnv()
+    expert = ScriptedExpert(env, noise_std=0.005, pause_prob=0.05)
+    obs, info = env.reset(seed=3)
+    expert.reset(seed=3)
+    action = expert.act()   # until the episode ends; the last action has terminate = 1
+
+A plan is a list of phases (a target position for the gripper, a gripper command and a test
+for "done"); the expert moves towards the current phase's target at up to EXPERT_SPEED per step,
+closed-loop, so noise and pauses are corrected. When the plan is finished and the task is solved
+it emits one action with terminate = 1 and no motion; when it is not solved it starts over.
+`rollout` runs one whole episode and returns its frames and actions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from rt2_jax.sim import world
+from rt2_jax.sim.env import TabletopEnv
+
+EXPERT_SPEED = 0.08      # per axis and step; below MAX_STEP_XY so noise rarely hits the bounds
+PUSH_SPEED = 0.04
+HOVER_Z = 0.15
+CARRY_Z = 0.3
+RELEASE_Z = 0.06         # above PUSH_Z: releasing never shoves neighbours
+NEAR_GOAL = 0.12         # where move_near drops the object, from the target's centre
+TOLERANCE = 0.01
+MAX_ATTEMPTS = 3
+
+State = world.WorldState
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    name: str
+    target: Callable[[State], np.ndarray]   # gripper position (x, y, z) to move towards
+    gripper: float                          # closedness command during the phase
+    done: Callable[[State], bool] | None = None   # default: the target is reached
+    speed: float = EXPERT_SPEED
+
+
+def _at(xy_fn: Callable[[State], np.ndarray], z: float) -> Callable[[State], np.ndarray]:
+    return lambda s: np.array([*xy_fn(s), z])
+
+
+def _here(s: State) -> np.ndarray:
+    return s.ee.copy()
+
+
+def _reached(phase: Phase, s: State) -> bool:
+    return bool(np.all(np.abs(phase.target(s) - s.ee) <= TOLERANCE))
+
+
+def _grasp_phases(i: int, lift_z: float) -> list[Phase]:
+    obj = lambda s: s.obj_xy[i]
+    return [
+        Phase("open", _here, 0.0, done=lambda s: not s.gripper_closed),
+        Phase("rise", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0,
+              done=lambda s: s.ee[2] >= HOVER_Z - TOLERANCE),
+        Phase("above", _at(obj, HOVER_Z), 0.0),
+        Phase("descend", _at(obj, 0.0), 0.0),
+        Phase("grasp", _here, 1.0, done=lambda s: s.gripper_closed),
+        Phase("lift", lambda s: np.array([*s.ee[:2], lift_z]), 1.0),
+    ]
+
+
+def _drop_phases(goal_xy: np.ndarray) -> list[Phase]:
+    goal = lambda s: goal_xy
+    return [
+        Phase("carry", _at(goal, CARRY_Z), 1.0),
+        Phase("lower", _at(goal, RELEASE_Z), 1.0),
+        Phase("release", _here, 0.0, done=lambda s: not s.gripper_closed),
+        Phase("retreat", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0),
+    ]
+
+
+def _near_goal(s: State, i: int, j: int) -> np.ndarray:
+    """A free spot NEAR_GOAL from object j, preferably on the side object i comes from."""
+    away = s.obj_xy[i] - s.obj_xy[j]
+    base = float(np.arctan2(away[1], away[0]))
+    margin = world.OBJECT_RADIUS + 0.02
+    others = [s.obj_xy[k] for k in range(len(s.obj_xy)) if k not in (i, j)]
+    fallback = None
+    for step in (0, 1, -1, 2, -2, 3, -3, 4):
+        angle = base + step * np.pi / 4
+        goal = s.obj_xy[j] + NEAR_GOAL * np.array([np.cos(angle), np.sin(angle)])
+        if np.any(goal < margin) or np.any(goal > 1 - margin):
+            continue
+        if all(np.linalg.norm(goal - o) >= 2 * world.OBJECT_RADIUS for o in others):
+            return goal
+        fallback = goal if fallback is None else fallback
+    if fallback is None:
+        return np.clip(s.obj_xy[j] + np.array([NEAR_GOAL, 0.0]), margin, 1 - margin)
+    return fallback
+
+
+def _push_phases(s: State, i: int, direction: str) -> list[Phase]:
+    u = world.DIRECTION_VECTORS[direction]
+    behind = lambda s: s.obj_xy[i] - u * (world.PUSH_CONTACT + 0.03)
+    # Aim just past the contact point behind the object: moves it forward and steers sideways.
+    shove = lambda s: np.array([*(s.obj_xy[i] - u * (world.PUSH_CONTACT - 0.05)), 0.0])
+    goal = world.PUSH_DIST + 0.05
+
+    def pushed(s: State) -> bool:
+        moved = float((s.obj_xy[i] - s.obj_start_xy[i]) @ u)
+        stuck = bool(np.any(s.obj_xy[i] <= world.OBJECT_RADIUS + 1e-6) or
+                     np.any(s.obj_xy[i] >= 1 - world.OBJECT_RADIUS - 1e-6))
+        return moved >= goal or stuck
+
+    return [
+        Phase("open", _here, 0.0, done=lambda s: not s.gripper_closed or s.held < 0),
+        Phase("rise", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0,
+              done=lambda s: s.ee[2] >= HOVER_Z - TOLERANCE),
+        Phase("behind", _at(behind, HOVER_Z), 0.0),
+        Phase("close", _here, 1.0, done=lambda s: s.gripper_closed),
+        Phase("down", _at(behind, 0.0), 1.0),
+        Phase("push", shove, 1.0, done=pushed, speed=PUSH_SPEED),
+        Phase("retreat", lambda s: np.array([*s.ee[:2], HOVER_Z]), 1.0),
+    ]
+
+
+def plan_for(state: State, task: world.Task) -> list[Phase]:
+    """The phases that solve `task` from `state`."""
+    i = state.index_of(task.obj)
+    if task.kind == "pick":
+        return _grasp_phases(i, CARRY_Z)
+    if task.kind == "push":
+        return _push_phases(state, i, task.direction)
+    if task.kind == "move_near":
+        goal = _near_goal(state, i, state.index_of(task.target))
+    else:
+        goal = state.card_xy[state.card_index(task.symbol)].copy()
+    return _grasp_phases(i, CARRY_Z) + _drop_phases(goal)
+
+
+class ScriptedExpert:
+    """Privileged-state expert for TabletopEnv.
+
+    Args:
+      env: the environment it acts in (it reads `env.unwrapped.state` and `.task`).
+      noise_std: std of Gaussian noise added to dx, dy, dz (world units), for diversity.
+      pause_prob: chance per step of a pause (no motion, gripper unchanged).
+      seed: seeds noise and pauses; `reset(seed=...)` reseeds.
+    """
+
+    def __init__(self, env: TabletopEnv, noise_std: float = 0.0, pause_prob: float = 0.0,
+                 seed: int | None = None):
+        if noise_std < 0 or not 0 <= pause_prob < 1:
+            raise ValueError(f"need noise_std >= 0 and 0 <= pause_prob < 1, got {noise_std}, "
+                             f"{pause_prob}")
+        self.env = env
+        self.noise_std = noise_std
+        self.pause_prob = pause_prob
+        self._rng = np.random.default_rng(seed)
+        self._plan: list[Phase] = []
+        self._phase = 0
+        self.attempts = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        """Call after env.reset(): plans for the new episode."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        env = self.env.unwrapped
+        if env.state is None:
+            raise RuntimeError("reset the environment before the expert")
+        self._plan = plan_for(env.state, env.task)
+        self._phase = 0
+        self.attempts = 1
+
+    @property
+    def phase_name(self) -> str:
+        return self._plan[self._phase].name if self._phase < len(self._plan) else "done"
+
+    def act(self, observation=None) -> np.ndarray:
+        """The next 8-dim action (float32). `observation` is ignored: the expert sees the state."""
+        del observation
+        env = self.env.unwrapped
+        state, task = env.state, env.task
+        if not self._plan:
+            raise RuntimeError("call expert.reset() after env.reset()")
+        while self._phase < len(self._plan):
+            phase = self._plan[self._phase]
+            done = phase.done(state) if phase.done else _reached(phase, state)
+            if not done:
+                break
+            self._phase += 1
+        if self._phase == len(self._plan):
+            if world.is_success(state, task) or self.attempts >= MAX_ATTEMPTS:
+                return self._action(np.zeros(3), float(state.gripper_closed), terminate=True)
+            self.attempts += 1
+            self._plan, self._phase = plan_for(state, task), 0
+            return self.act()
+        if self.pause_prob and self._rng.random() < self.pause_prob:
+            return self._action(np.zeros(3), float(state.gripper_closed))
+        delta = phase.target(state) - state.ee
+        move = np.clip(delta, -phase.speed, phase.speed)
+        if self.noise_std:
+            move = move + self._rng.normal(0.0, self.noise_std, size=3)
+        return self._action(move, phase.gripper)
+
+    @staticmethod
+    def _action(move: np.ndarray, gripper: float, terminate: bool = False) -> np.ndarray:
+        action = np.zeros(world.ACTION_DIM, dtype=np.float32)
+        action[0] = 1.0 if terminate else 0.0
+        action[1:4] = move
+        action[7] = gripper
+        return np.clip(action, world.ACTION_LOW, world.ACTION_HIGH)
+
+
+@dataclasses.dataclass
+class Episode:
+    """One rollout: step t holds the observation before action t."""
+
+    seed: int
+    task: world.Task
+    objects: list[str]
+    background: str
+    images: np.ndarray      # (T, H, W, 3) uint8
+    actions: np.ndarray     # (T, 8) float32, clipped to the action bounds
+    rewards: np.ndarray     # (T,) float32
+    success: bool
+    terminated: bool
+
+
+def rollout(env: TabletopEnv, expert: ScriptedExpert, seed: int,
+            task: world.Task | str | None = None) -> Episode:
+    """Resets env and expert with `seed` and runs the expert until the episode ends."""
+    options = {"task": task} if task is not None else None
+    obs, info = env.reset(seed=seed, options=options)
+    expert.reset(seed=seed)
+    state = env.unwrapped.state
+    objects, background = list(state.names), state.background
+    images, actions, rewards = [], [], []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = expert.act(obs)
+        images.append(obs["image"])
+        actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        rewards.append(reward)
+    return Episode(seed=seed, task=env.unwrapped.task, objects=objects, background=background,
+                   images=np.stack(images), actions=np.stack(actions).astype(np.float32),
+                   rewards=np.asarray(rewards, np.float32), success=bool(info["success"]),
+                   terminated=terminated)

@@ -1,0 +1,207 @@
+"""Visual questions, answers and captions about toy-world scenes (ground truth from the state).
+
+Every question is unambiguous for its scene (e.g. "what color is the star?" is only asked when
+there is exactly one star), and answers list every acceptable short form ("3", "three").
+Positions use image thirds: rows top/middle/bottom, columns left/center/right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rt2_jax.sim import vocabulary, world
+
+QUESTION_TYPES = tuple(vocabulary.VQA_TEMPLATES)
+RELATION_MARGIN = 0.08      # x gap below which left-of/right-of is not asked
+
+
+@dataclasses.dataclass(frozen=True)
+class QA:
+    question: str
+    answers: tuple[str, ...]
+    question_type: str
+
+
+def sample_vqa_scene(rng: np.random.Generator, held_out: world.HeldOut = world.DEFAULT_HELD_OUT,
+                     held_out_prob: float = 0.5) -> world.WorldState:
+    """A static scene from the whole world, gripper out of the way.
+
+    With probability `held_out_prob` it shows a held-out object, and with half that probability
+    it is on a held-out background (besides the backgrounds' uniform share), so the VQA and
+    caption data name those concepts often.
+    """
+    num_objects = int(rng.integers(2, 7))
+    chosen: list[str] = []
+    if held_out.objects and rng.random() < held_out_prob:
+        chosen.append(held_out.objects[int(rng.integers(len(held_out.objects)))])
+    while len(chosen) < num_objects:
+        name = world.ALL_OBJECTS[int(rng.integers(len(world.ALL_OBJECTS)))]
+        if name not in chosen:
+            chosen.append(name)
+    chosen = [chosen[k] for k in rng.permutation(len(chosen))]
+    num_cards = int(rng.integers(0, 3))
+    symbols = [str(s) for s in rng.choice(vocabulary.CARD_SYMBOLS, num_cards, replace=False)]
+    if held_out.backgrounds and rng.random() < held_out_prob / 2:
+        background = _pick(rng, held_out.backgrounds)
+    else:
+        background = _pick(rng, vocabulary.BACKGROUNDS)
+    state = world.build_scene(rng, chosen, symbols, background)
+    state.ee = np.array([*_free_spot(rng, state), rng.uniform(0.15, world.Z_MAX)])
+    return state
+
+
+def _free_spot(rng: np.random.Generator, state: world.WorldState) -> np.ndarray:
+    """Somewhere for the gripper that hides no object (the farthest of a few random tries)."""
+    spots = rng.uniform(0.05, 0.95, size=(16, 2))
+    gaps = np.linalg.norm(spots[:, None] - state.obj_xy[None], axis=-1).min(axis=1)
+    return spots[int(np.argmax(gaps))]
+
+
+def with_article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def position_name(xy) -> str:
+    col = min(int(xy[0] * 3), 2)
+    row = 2 - min(int(xy[1] * 3), 2)
+    return vocabulary.POSITIONS[row * 3 + col]
+
+
+def _count_answers(n: int) -> tuple[str, ...]:
+    return (str(n), vocabulary.NUMBER_WORDS[n]) if n < len(vocabulary.NUMBER_WORDS) else (str(n),)
+
+
+def _symbol_answers(symbol: str) -> tuple[str, ...]:
+    if symbol.isdigit():
+        return (symbol, vocabulary.NUMBER_WORDS[int(symbol)], f"the number {symbol}")
+    return (symbol, with_article(symbol))
+
+
+def _pick(rng: np.random.Generator, items):
+    return items[int(rng.integers(len(items)))]
+
+
+def candidate_questions(state: world.WorldState, rng: np.random.Generator,
+                        focus: str | None = None) -> list[QA]:
+    """One question of every type that is well defined for this scene.
+
+    `focus` (an object in the scene) is the subject of the existence and position questions.
+    """
+    t = vocabulary.VQA_TEMPLATES
+    names = state.names
+    out: list[QA] = []
+    unique_shapes = [s for s in set(state.shapes) if state.shapes.count(s) == 1]
+    if unique_shapes:
+        shape = _pick(rng, sorted(unique_shapes))
+        color = state.colors[state.shapes.index(shape)]
+        out.append(QA(_pick(rng, t["color"]).format(shape=shape), (color,), "color"))
+    unique_colors = [c for c in set(state.colors) if state.colors.count(c) == 1]
+    if unique_colors:
+        color = _pick(rng, sorted(unique_colors))
+        shape = state.shapes[state.colors.index(color)]
+        answers = (shape, with_article(shape), f"{color} {shape}")
+        out.append(QA(_pick(rng, t["shape"]).format(color=color), answers, "shape"))
+    if focus is not None:
+        asked = focus
+    else:
+        asked = _pick(rng, names) if rng.random() < 0.5 else _pick(rng, world.ALL_OBJECTS)
+    out.append(QA(_pick(rng, t["exists"]).format(a_obj=with_article(asked)),
+                  ("yes",) if asked in names else ("no",), "exists"))
+    out.append(_count_question(state, rng))
+    i = names.index(focus) if focus is not None else int(rng.integers(len(names)))
+    out.append(QA(_pick(rng, t["position"]).format(obj=names[i]),
+                  (position_name(state.obj_xy[i]),), "position"))
+    relation = _relation_question(state, rng)
+    if relation:
+        out.append(relation)
+    card = _card_question(state, rng)
+    if card:
+        out.append(card)
+    out.append(QA(_pick(rng, t["background"]),
+                  (state.background, f"{state.background} table"), "background"))
+    return out
+
+
+def _count_question(state: world.WorldState, rng: np.random.Generator) -> QA:
+    templates = vocabulary.VQA_TEMPLATES["count"]
+    k = int(rng.integers(len(templates)))
+    template = templates[k]
+    if "{shapes}" in template:
+        shape = _pick(rng, vocabulary.SHAPES)
+        return QA(template.format(shapes=shape + "s"), _count_answers(state.shapes.count(shape)),
+                  "count")
+    if "{color}" in template:
+        color = _pick(rng, vocabulary.COLORS)
+        return QA(template.format(color=color), _count_answers(state.colors.count(color)),
+                  "count")
+    n = len(state.card_symbols) if "cards" in template else len(state.names)
+    return QA(template, _count_answers(n), "count")
+
+
+def _relation_question(state: world.WorldState, rng: np.random.Generator) -> QA | None:
+    pairs = [(i, j) for i in range(len(state.names)) for j in range(len(state.names))
+             if i != j and abs(state.obj_xy[i, 0] - state.obj_xy[j, 0]) > RELATION_MARGIN]
+    if not pairs:
+        return None
+    i, j = pairs[int(rng.integers(len(pairs)))]
+    left = bool(state.obj_xy[i, 0] < state.obj_xy[j, 0])
+    template = _pick(rng, vocabulary.VQA_TEMPLATES["relation"])
+    question = template.format(obj=state.names[i], obj2=state.names[j])
+    if "left or" in template:
+        answers = ("left", "to the left") if left else ("right", "to the right")
+    elif "left of" in template:
+        answers = ("yes",) if left else ("no",)
+    else:
+        answers = ("no",) if left else ("yes",)
+    return QA(question, answers, "relation")
+
+
+def _card_question(state: world.WorldState, rng: np.random.Generator) -> QA | None:
+    templates = vocabulary.VQA_TEMPLATES["card"]
+    symbols = state.card_symbols
+    if len(symbols) == 1:
+        if symbols[0].isdigit() and rng.random() < 0.5:
+            return QA(templates[1], _symbol_answers(symbols[0]), "card")
+        return QA(templates[0], _symbol_answers(symbols[0]), "card")
+    if len(symbols) == 2 and abs(state.card_xy[0, 0] - state.card_xy[1, 0]) > RELATION_MARGIN:
+        left_first = state.card_xy[0, 0] < state.card_xy[1, 0]
+        side = _pick(rng, ("left", "right"))
+        k = (0 if left_first else 1) if side == "left" else (1 if left_first else 0)
+        return QA(templates[2].format(side=side), _symbol_answers(symbols[k]), "card")
+    return None
+
+
+def sample_questions(state: world.WorldState, rng: np.random.Generator, n: int,
+                     held_out: world.HeldOut = world.DEFAULT_HELD_OUT) -> list[QA]:
+    """Up to n questions of distinct types, in random order.
+
+    When a held-out object is in the scene, half the time it is the subject of the existence
+    and position questions, so the VQA data names the concepts robot episodes never show.
+    """
+    present = [name for name in state.names if name in held_out.objects]
+    focus = present[0] if present and rng.random() < 0.5 else None
+    candidates = candidate_questions(state, rng, focus)
+    order = rng.permutation(len(candidates))
+    return [candidates[k] for k in order[:n]]
+
+
+def _listing(items: list[str]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def caption(state: world.WorldState, rng: np.random.Generator) -> str:
+    """One sentence naming every object left to right, the table and the cards."""
+    order = np.argsort(state.obj_xy[:, 0])
+    objects = _listing([with_article(state.names[k]) for k in order])
+    text = _pick(rng, vocabulary.CAPTION_TEMPLATES).format(objects=objects,
+                                                          background=state.background)
+    if state.card_symbols:
+        cards = _listing(sorted(state.card_symbols))
+        templates = (vocabulary.CAPTION_ONE_CARD_TEMPLATES if len(state.card_symbols) == 1
+                     else vocabulary.CAPTION_CARDS_TEMPLATES)
+        text += _pick(rng, templates).format(cards=cards)
+    return text

@@ -1,0 +1,388 @@
+"""State, tasks and dynamics of the toy tabletop world (numpy only, no rendering).
+
+Coordinates are in table units: the table is the square [0, 1] x [0, 1] seen from above, x grows
+to the right of the image and y grows towards its top (so "up" means towards the top of the
+image); z is the end effector's height above the table, in [0, Z_MAX].
+
+Actions are RT-2's 8 dims `terminate, dx, dy, dz, droll, dpitch, dyaw, gripper` in world units.
+Each dim is clipped to [ACTION_LOW, ACTION_HIGH] before it acts; rotations are accepted and ignored
+(the world is planar); gripper is a closedness in [0, 1] where > 0.5 means closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+from rt2_jax.sim import vocabulary
+
+# ---- geometry (table units) ----
+OBJECT_RADIUS = 0.065
+CARD_HALF = 0.07           # cards are squares of side 2 * CARD_HALF
+EE_RADIUS = 0.03           # footprint of the closed gripper when it pushes
+Z_MAX = 0.4
+GRASP_Z = 0.05             # closing at or below this height grasps an object ...
+GRASP_RADIUS = 0.035       # ... whose centre is this close to the gripper's centre
+PUSH_Z = 0.05              # a closed, empty gripper at or below this height pushes objects
+PUSH_CONTACT = EE_RADIUS + OBJECT_RADIUS
+
+# ---- success thresholds ----
+LIFT_Z = 0.2               # pick: the object is held at least this high
+NEAR_DIST = 0.18           # move near: centres at most this far apart
+PUSH_DIST = 0.15           # push: displaced at least this far along the direction
+ON_CARD_TOLERANCE = CARD_HALF - 0.01   # place: centre inside the card, per axis
+
+# ---- actions ----
+ACTION_DIM = 8
+ACTION_NAMES = ("terminate", "dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+MAX_STEP_XY = 0.1          # per step, 1/10 of the table width
+MAX_STEP_Z = 0.1
+MAX_ROTATION = 0.25        # radians per step; accepted and ignored
+ACTION_LOW = np.array(
+    [0.0, -MAX_STEP_XY, -MAX_STEP_XY, -MAX_STEP_Z, -MAX_ROTATION, -MAX_ROTATION, -MAX_ROTATION,
+     0.0], dtype=np.float32)
+ACTION_HIGH = np.array(
+    [1.0, MAX_STEP_XY, MAX_STEP_XY, MAX_STEP_Z, MAX_ROTATION, MAX_ROTATION, MAX_ROTATION, 1.0],
+    dtype=np.float32)
+
+TASK_KINDS = tuple(vocabulary.TASK_TEMPLATES)
+DIRECTION_VECTORS = {
+    "left": np.array([-1.0, 0.0]), "right": np.array([1.0, 0.0]),
+    "up": np.array([0.0, 1.0]), "down": np.array([0.0, -1.0]),
+}
+ALL_OBJECTS = tuple(f"{c} {s}" for c, s in itertools.product(vocabulary.COLORS, vocabulary.SHAPES))
+
+
+def parse_object(name: str) -> tuple[str, str]:
+    """'red block' -> ('red', 'block'), with an error naming the accepted words."""
+    parts = name.split()
+    if len(parts) != 2 or parts[0] not in vocabulary.COLORS or parts[1] not in vocabulary.SHAPES:
+        raise ValueError(f"object name {name!r} must be '<color> <shape>' with color in "
+                         f"{vocabulary.COLORS} and shape in {vocabulary.SHAPES}")
+    return parts[0], parts[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """Concepts kept out of robot episodes but shown in VQA data (RT-2's transfer experiment)."""
+
+    objects: tuple[str, ...] = ("purple star", "orange ring", "green triangle")
+    backgrounds: tuple[str, ...] = ("marble",)
+
+    def __post_init__(self):
+        for name in self.objects:
+            parse_object(name)
+        for background in self.backgrounds:
+            if background not in vocabulary.BACKGROUNDS:
+                raise ValueError(f"held-out background {background!r} is not one of "
+                                 f"{vocabulary.BACKGROUNDS}")
+        if set(self.objects) >= set(ALL_OBJECTS) or set(self.backgrounds) >= set(
+                vocabulary.BACKGROUNDS):
+            raise ValueError("HeldOut must leave some objects and backgrounds for robot episodes")
+
+
+DEFAULT_HELD_OUT = HeldOut()
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What to do. `obj`/`target` are object names like 'red block'."""
+
+    kind: str
+    obj: str
+    target: str | None = None        # move_near
+    direction: str | None = None     # push
+    symbol: str | None = None        # place_on_card
+    instruction: str = ""            # filled from TASK_TEMPLATES when empty
+
+    def __post_init__(self):
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task kind {self.kind!r} is not one of {TASK_KINDS}")
+        parse_object(self.obj)
+        needs = {"move_near": "target", "push": "direction", "place_on_card": "symbol"}
+        field = needs.get(self.kind)
+        if field and getattr(self, field) is None:
+            raise ValueError(f"a {self.kind!r} task needs `{field}`")
+        if self.target is not None:
+            parse_object(self.target)
+            if self.target == self.obj:
+                raise ValueError(f"move_near target must differ from the object ({self.obj!r})")
+        if self.direction is not None and self.direction not in DIRECTION_VECTORS:
+            raise ValueError(f"direction {self.direction!r} is not one of {vocabulary.DIRECTIONS}")
+        if self.symbol is not None and self.symbol not in vocabulary.CARD_SYMBOLS:
+            raise ValueError(f"card symbol {self.symbol!r} is not one of {vocabulary.CARD_SYMBOLS}")
+
+
+@dataclasses.dataclass
+class WorldState:
+    """Everything that changes or is drawn; arrays are indexed by object / card."""
+
+    background: str
+    texture_seed: int
+    colors: list[str]
+    shapes: list[str]
+    obj_xy: np.ndarray          # (N, 2) float64
+    obj_z: np.ndarray           # (N,)
+    card_symbols: list[str]
+    card_xy: np.ndarray         # (M, 2)
+    ee: np.ndarray              # (3,) x, y, z
+    gripper_closed: bool = False
+    held: int = -1              # index of the grasped object, -1 if none
+    obj_start_xy: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{c} {s}" for c, s in zip(self.colors, self.shapes, strict=True)]
+
+    def index_of(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ValueError(f"object {name!r} is not in the scene {self.names}") from None
+
+    def card_index(self, symbol: str) -> int:
+        try:
+            return self.card_symbols.index(symbol)
+        except ValueError:
+            raise ValueError(f"no card shows {symbol!r} (cards: {self.card_symbols})") from None
+
+
+# ---------------------------------------------------------------- scene sampling
+
+
+def object_pool(held_out: HeldOut, concepts: str) -> tuple[list[str], list[str]]:
+    """(objects, backgrounds) allowed for a scene; concepts is 'seen', 'unseen' or 'all'."""
+    if concepts == "seen":
+        return ([o for o in ALL_OBJECTS if o not in held_out.objects],
+                [b for b in vocabulary.BACKGROUNDS if b not in held_out.backgrounds])
+    if concepts == "unseen" and not held_out.objects:
+        raise ValueError("concepts='unseen' needs held-out objects; HeldOut.objects is empty")
+    if concepts in ("unseen", "all"):
+        return list(ALL_OBJECTS), list(vocabulary.BACKGROUNDS)
+    raise ValueError(f"concepts={concepts!r} must be 'seen', 'unseen' or 'all'")
+
+
+def _choose(rng: np.random.Generator, items, exclude=()):
+    pool = [item for item in items if item not in exclude]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def sample_task(rng: np.random.Generator, kind: str | None = None, *,
+                held_out: HeldOut = DEFAULT_HELD_OUT, concepts: str = "seen") -> Task:
+    """A random task (instruction left empty); under 'unseen' its object is a held-out one."""
+    kind = kind or TASK_KINDS[int(rng.integers(len(TASK_KINDS)))]
+    objects, _ = object_pool(held_out, concepts)
+    if concepts == "unseen":   # only the task's object is new; a move_near target is seen
+        obj = _choose(rng, held_out.objects)
+        objects = [o for o in objects if o not in held_out.objects]
+    else:
+        obj = _choose(rng, objects)
+    target = direction = symbol = None
+    if kind == "move_near":
+        target = _choose(rng, objects, exclude=(obj,))
+    elif kind == "push":
+        direction = _choose(rng, vocabulary.DIRECTIONS)
+    elif kind == "place_on_card":
+        symbol = _choose(rng, vocabulary.CARD_SYMBOLS)
+    return Task(kind=kind, obj=obj, target=target, direction=direction, symbol=symbol)
+
+
+def instruction_for(task: Task, rng: np.random.Generator) -> str:
+    templates = vocabulary.TASK_TEMPLATES[task.kind]
+    if task.kind == "place_on_card" and not task.symbol.isdigit():
+        templates = [t for t in templates if "number" not in t]
+    template = templates[int(rng.integers(len(templates)))]
+    return template.format(obj=task.obj, target=task.target, direction=task.direction,
+                           symbol=task.symbol)
+
+
+def _box_for_main(task: Task | None) -> tuple[np.ndarray, np.ndarray]:
+    """Where the task's object may start so that the expert can always solve the task."""
+    low, high = np.array([0.12, 0.12]), np.array([0.88, 0.88])
+    if task is not None and task.kind == "push":
+        axis = 0 if task.direction in ("left", "right") else 1
+        if DIRECTION_VECTORS[task.direction][axis] > 0:
+            low[axis], high[axis] = 0.18, 0.55
+        else:
+            low[axis], high[axis] = 0.45, 0.82
+    return low, high
+
+
+def _far_from(point: np.ndarray, others: list[np.ndarray], min_dist: float) -> bool:
+    return all(np.linalg.norm(point - other) >= min_dist for other in others)
+
+
+def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Task | None,
+            ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """Object and card centres without overlaps, or None when rejection sampling gives up."""
+    obj_xy: list[np.ndarray] = []
+    low, high = _box_for_main(task)
+    for i in range(num_objects):
+        if i > 0:
+            low, high = np.array([0.1, 0.1]), np.array([0.9, 0.9])
+        for _ in range(100):
+            p = rng.uniform(low, high)
+            if not _far_from(p, obj_xy, 2 * OBJECT_RADIUS + 0.05):
+                continue
+            if i == 1 and task is not None and task.kind == "move_near" and \
+                    np.linalg.norm(p - obj_xy[0]) < NEAR_DIST + 0.12:
+                continue
+            obj_xy.append(p)
+            break
+        else:
+            return None
+    card_xy: list[np.ndarray] = []
+    for _ in range(num_cards):
+        for _ in range(100):
+            p = rng.uniform(0.1, 0.9, size=2)
+            if _far_from(p, obj_xy, CARD_HALF * 1.45 + OBJECT_RADIUS) and \
+                    _far_from(p, card_xy, 2 * CARD_HALF * 1.45):
+                card_xy.append(p)
+                break
+        else:
+            return None
+    return obj_xy, card_xy
+
+
+def build_scene(rng: np.random.Generator, objects: list[str], symbols: list[str],
+                background: str, task: Task | None = None) -> WorldState:
+    """Places `objects` (first = the task's object) and cards showing `symbols` at random."""
+    for _ in range(200):
+        layout = _layout(rng, len(objects), len(symbols), task)
+        if layout is not None:
+            break
+    else:
+        raise RuntimeError(f"could not place {len(objects)} objects and {len(symbols)} cards on "
+                           "the table; use fewer")
+    obj_xy = np.array(layout[0], dtype=np.float64).reshape(-1, 2)
+    colors, shapes = zip(*(parse_object(o) for o in objects), strict=True)
+    return WorldState(
+        background=background,
+        texture_seed=int(rng.integers(2**31)),
+        colors=list(colors), shapes=list(shapes),
+        obj_xy=obj_xy, obj_z=np.zeros(len(objects)),
+        card_symbols=list(symbols),
+        card_xy=np.array(layout[1], dtype=np.float64).reshape(-1, 2),
+        ee=np.array([*rng.uniform(0.15, 0.85, size=2), 0.25]),
+        obj_start_xy=obj_xy.copy(),
+    )
+
+
+def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
+                   held_out: HeldOut = DEFAULT_HELD_OUT, concepts: str = "seen",
+                   ) -> tuple[WorldState, Task]:
+    """A scene and task for a robot episode. `task` may be a Task, a task kind or None.
+
+    Under concepts='seen' no held-out object or background appears anywhere in the scene;
+    under 'unseen' the task's object is a held-out one and the rest is drawn from everything.
+    """
+    if task is None or isinstance(task, str):
+        task = sample_task(rng, task, held_out=held_out, concepts=concepts)
+    objects, backgrounds = object_pool(held_out, concepts)
+    if concepts == "unseen":   # distractors stay seen: only the named object is new
+        objects = [o for o in objects if o not in held_out.objects]
+    if concepts == "seen":
+        for name in (task.obj, task.target):
+            if name in held_out.objects:
+                raise ValueError(f"{name!r} is held out of robot episodes; use concepts='all' "
+                                 "or another HeldOut to ask for it")
+    chosen = [task.obj] + ([task.target] if task.target else [])
+    used_shapes_colors = set(chosen)
+    num_objects = int(rng.integers(3, 6))
+    while len(chosen) < num_objects:
+        name = _choose(rng, objects, exclude=used_shapes_colors)
+        chosen.append(name)
+        used_shapes_colors.add(name)
+    symbols: list[str] = []
+    if task.kind == "place_on_card":
+        symbols = [task.symbol]
+        num_cards = int(rng.integers(2, 4))
+    else:
+        num_cards = int(rng.integers(0, 3))
+    while len(symbols) < num_cards:
+        symbols.append(_choose(rng, vocabulary.CARD_SYMBOLS, exclude=symbols))
+    background = _choose(rng, backgrounds)
+    state = build_scene(rng, chosen, symbols, background, task)
+    if not task.instruction:
+        task = dataclasses.replace(task, instruction=instruction_for(task, rng))
+    return state, task
+
+
+# ---------------------------------------------------------------- dynamics
+
+
+def clip_action(action) -> np.ndarray:
+    action = np.asarray(action, dtype=np.float64).reshape(-1)
+    if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
+        raise ValueError(f"action must be {ACTION_DIM} finite numbers ({', '.join(ACTION_NAMES)}),"
+                         f" got {action!r}")
+    return np.clip(action, ACTION_LOW, ACTION_HIGH)
+
+
+def _push_objects(state: WorldState, motion_xy: np.ndarray) -> None:
+    """Moves every resting object that overlaps the closed gripper out along the contact normal."""
+    for i in range(len(state.obj_xy)):
+        if i == state.held or state.obj_z[i] > 0:
+            continue
+        offset = state.obj_xy[i] - state.ee[:2]
+        dist = float(np.linalg.norm(offset))
+        if dist >= PUSH_CONTACT:
+            continue
+        if dist < 1e-9:
+            norm = float(np.linalg.norm(motion_xy))
+            offset, dist = (motion_xy, norm) if norm > 0 else (np.array([1.0, 0.0]), 1.0)
+        state.obj_xy[i] = state.ee[:2] + offset / dist * PUSH_CONTACT
+        state.obj_xy[i] = np.clip(state.obj_xy[i], OBJECT_RADIUS, 1 - OBJECT_RADIUS)
+
+
+def apply_action(state: WorldState, action) -> np.ndarray:
+    """Advances `state` in place by one (clipped) action; returns the clipped action.
+
+    Motion first (in sub-steps of at most 0.02 so pushes cannot tunnel), then the gripper:
+    closing low over an object grasps it, opening drops what is held onto the table.
+    """
+    action = clip_action(action)
+    motion = action[1:4]
+    substeps = max(1, int(np.ceil(np.linalg.norm(motion[:2]) / 0.02)))
+    for _ in range(substeps):
+        state.ee = state.ee + motion / substeps
+        state.ee[:2] = np.clip(state.ee[:2], 0.0, 1.0)
+        state.ee[2] = np.clip(state.ee[2], 0.0, Z_MAX)
+        if state.held >= 0:
+            state.obj_xy[state.held] = np.clip(state.ee[:2], OBJECT_RADIUS, 1 - OBJECT_RADIUS)
+            state.obj_z[state.held] = state.ee[2]
+        elif state.gripper_closed and state.ee[2] <= PUSH_Z:
+            _push_objects(state, motion[:2])
+    close = action[7] > 0.5
+    if close and not state.gripper_closed:
+        state.gripper_closed = True
+        if state.ee[2] <= GRASP_Z and len(state.obj_xy):
+            dists = np.linalg.norm(state.obj_xy - state.ee[:2], axis=1)
+            nearest = int(np.argmin(dists))
+            if dists[nearest] <= GRASP_RADIUS:
+                state.held = nearest
+                state.obj_xy[nearest] = state.ee[:2].copy()
+                state.obj_z[nearest] = state.ee[2]
+    elif not close and state.gripper_closed:
+        state.gripper_closed = False
+        if state.held >= 0:
+            state.obj_z[state.held] = 0.0
+            state.held = -1
+    return action
+
+
+def is_success(state: WorldState, task: Task) -> bool:
+    i = state.index_of(task.obj)
+    resting = state.held != i and state.obj_z[i] == 0.0
+    if task.kind == "pick":
+        return state.held == i and state.ee[2] >= LIFT_Z
+    if task.kind == "move_near":
+        j = state.index_of(task.target)
+        return resting and float(np.linalg.norm(state.obj_xy[i] - state.obj_xy[j])) <= NEAR_DIST
+    if task.kind == "push":
+        moved = state.obj_xy[i] - state.obj_start_xy[i]
+        return resting and float(moved @ DIRECTION_VECTORS[task.direction]) >= PUSH_DIST
+    card = state.card_xy[state.card_index(task.symbol)]
+    return resting and bool(np.all(np.abs(state.obj_xy[i] - card) <= ON_CARD_TOLERANCE))
