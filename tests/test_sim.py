@@ -1,0 +1,232 @@
+"""The toy world: determinism, dynamics, rendering, the expert's success rate, VQA ground truth."""
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from rt2_jax import sim
+from rt2_jax.sim import render, vocabulary, vqa, world
+
+
+@pytest.fixture
+def env():
+    return sim.TabletopEnv()
+
+
+def _noop(gripper=0.0, terminate=0.0, dx=0.0, dy=0.0, dz=0.0):
+    return np.array([terminate, dx, dy, dz, 0, 0, 0, gripper], np.float32)
+
+
+def test_same_seed_same_episode_different_seed_different():
+    def run(seed):
+        env = sim.TabletopEnv()
+        expert = sim.ScriptedExpert(env, noise_std=0.01, pause_prob=0.1)
+        return sim.rollout(env, expert, seed)
+
+    a, b, c = run(7), run(7), run(8)
+    assert a.task == b.task
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert a.task.instruction != c.task.instruction or not np.array_equal(a.images[0], c.images[0])
+
+
+def test_expert_solves_99_percent_of_200_seeded_episodes():
+    env = sim.TabletopEnv()
+    expert = sim.ScriptedExpert(env, noise_std=0.005, pause_prob=0.05)
+    results = [sim.rollout(env, expert, seed) for seed in range(200)]
+    success = np.mean([r.success and r.terminated for r in results])
+    assert success >= 0.99, f"expert success {success:.3f}"
+    kinds = {r.task.kind for r in results}
+    assert kinds == set(world.TASK_KINDS)
+    for r in results:
+        assert np.all(r.actions >= world.ACTION_LOW) and np.all(r.actions <= world.ACTION_HIGH)
+        # terminate only on the final step, which is rewarded iff solved
+        assert r.actions[-1, 0] == 1.0 and np.all(r.actions[:-1, 0] == 0.0)
+        assert r.rewards[-1] == float(r.success) and np.all(r.rewards[:-1] == 0)
+        assert r.images.shape[1:] == (128, 128, 3) and r.images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("kind", world.TASK_KINDS)
+def test_each_task_kind_noise_free(kind):
+    env = sim.TabletopEnv()
+    expert = sim.ScriptedExpert(env)
+    for seed in range(10):
+        episode = sim.rollout(env, expert, seed, task=kind)
+        assert episode.task.kind == kind and episode.success, (seed, episode.task)
+
+
+def test_instructions_come_from_templates(env):
+    for seed in range(40):
+        _, info = env.reset(seed=seed)
+        task = info["task"]
+        fills = dict(obj=task.obj, target=task.target, direction=task.direction,
+                     symbol=task.symbol)
+        phrasings = {t.format(**fills) for t in vocabulary.TASK_TEMPLATES[task.kind]}
+        assert task.instruction in phrasings
+
+
+def test_reset_with_explicit_task(env):
+    task = sim.Task(kind="place_on_card", obj="blue ball", symbol="7")
+    obs, _ = env.reset(seed=3, options={"task": task})
+    state = env.unwrapped.state
+    assert "blue ball" in state.names and "7" in state.card_symbols
+    assert "blue ball" in obs["instruction"] and "7" in obs["instruction"]
+    obs, _ = env.reset(seed=3, options={"task": {"kind": "push", "obj": "red block",
+                                                 "direction": "left"}})
+    assert obs["instruction"] in {t.format(obj="red block", direction="left")
+                                  for t in vocabulary.TASK_TEMPLATES["push"]}
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"task": "juggle"}, "juggle"),
+    ({"task": {"kind": "pick", "obj": "pink block"}}, "pink block"),
+    ({"task": {"kind": "push", "obj": "red block"}}, "direction"),
+    ({"tsk": "pick"}, "tsk"),
+    ({"task": {"kind": "pick", "obj": "purple star"}}, "held out"),
+])
+def test_bad_reset_options_name_the_problem(env, options, match):
+    with pytest.raises(ValueError, match=match):
+        env.reset(seed=0, options=options)
+
+
+def test_step_before_reset_and_after_end_raise(env):
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(_noop())
+    env.reset(seed=0)
+    _, reward, terminated, truncated, _ = env.step(_noop(terminate=1.0))
+    assert terminated and not truncated and reward == 0.0
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(_noop())
+    with pytest.raises(ValueError, match="8 finite"):
+        env.reset(seed=0)
+        env.step(np.zeros(7))
+
+
+def test_truncation_at_max_episode_steps():
+    env = sim.TabletopEnv(max_episode_steps=5)
+    env.reset(seed=0)
+    for t in range(5):
+        _, _, terminated, truncated, _ = env.step(_noop())
+        assert not terminated and truncated == (t == 4)
+
+
+def test_actions_are_clipped_to_bounds(env):
+    env.reset(seed=1)
+    before = env.unwrapped.state.ee.copy()
+    env.step(_noop(dx=5.0, dy=-5.0, dz=-5.0))
+    after = env.unwrapped.state.ee
+    np.testing.assert_allclose(after[:2] - before[:2], [world.MAX_STEP_XY, -world.MAX_STEP_XY],
+                               atol=1e-9)
+    assert after[2] == pytest.approx(before[2] - world.MAX_STEP_Z)
+
+
+def test_grasp_lift_and_push_physics(env):
+    env.reset(seed=0, options={"task": sim.Task(kind="pick", obj="red block")})
+    state = env.unwrapped.state
+    i = state.index_of("red block")
+    state.ee[:] = [*state.obj_xy[i], 0.0]
+    _, _, _, _, info = env.step(_noop(gripper=1.0))
+    assert info["grasping"] and state.held == i and not info["success"]
+    for _ in range(3):
+        _, _, _, _, info = env.step(_noop(gripper=1.0, dz=0.1))
+    assert state.obj_z[i] == pytest.approx(0.3) and info["success"]
+    env.step(_noop(gripper=0.0))                       # opening drops it
+    assert state.held == -1 and state.obj_z[i] == 0.0
+
+    env.reset(seed=0, options={"task": sim.Task(kind="push", obj="red block",
+                                                direction="right")})
+    state = env.unwrapped.state
+    i = state.index_of("red block")
+    start = state.obj_xy[i].copy()
+    state.ee[:] = [start[0] - world.PUSH_CONTACT - 0.02, start[1], 0.0]
+    env.step(_noop(gripper=1.0))
+    for _ in range(5):
+        _, _, _, _, info = env.step(_noop(gripper=1.0, dx=0.04))
+    assert state.obj_xy[i, 0] - start[0] > world.PUSH_DIST and info["success"]
+    assert state.obj_xy[i, 1] == pytest.approx(start[1])
+
+
+def test_rendering_shows_gripper_state_and_lift():
+    rng = np.random.default_rng(0)
+    state = world.build_scene(rng, ["red block"], [], "gray")
+    state.ee[:] = [0.2, 0.2, 0.1]
+    static = render.render_static(state)
+    open_img = render.render_frame(static, state)
+    state.gripper_closed = True
+    closed_img = render.render_frame(static, state)
+    assert not np.array_equal(open_img, closed_img)
+    red = np.array(render.COLOR_RGB["red"])
+    resting = np.all(render.render_frame(static, state) == red, axis=-1).sum()
+    state.obj_z[0] = 0.3
+    lifted = np.all(render.render_frame(static, state) == red, axis=-1).sum()
+    assert lifted > 1.3 * resting
+    # every card symbol renders as a distinct glyph
+    glyphs = {symbol: render.glyph_alpha(symbol, 14) for symbol in vocabulary.CARD_SYMBOLS}
+    flat = [g.round(2).tobytes() for g in glyphs.values()]
+    assert len(set(flat)) == len(flat)
+
+
+def test_held_out_concepts():
+    held = world.DEFAULT_HELD_OUT
+    seen = sim.TabletopEnv(concepts="seen")
+    unseen = sim.TabletopEnv(concepts="unseen")
+    for seed in range(100):
+        seen.reset(seed=seed)
+        state = seen.unwrapped.state
+        assert not set(state.names) & set(held.objects)
+        assert state.background not in held.backgrounds
+        _, info = unseen.reset(seed=seed)
+        assert info["task"].obj in held.objects
+    with pytest.raises(ValueError, match="concepts"):
+        sim.TabletopEnv(concepts="novel")
+    with pytest.raises(ValueError, match="pink"):
+        world.HeldOut(objects=("pink star",))
+
+
+def test_gymnasium_registration_and_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(sim.ENV_ID)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    check_env(sim.TabletopEnv(), skip_render_check=True)
+
+
+def test_vqa_answers_match_scene():
+    rng = np.random.default_rng(0)
+    state = world.build_scene(rng, ["red block", "blue ball", "red star"], ["4"], "wood")
+    state.obj_xy[:] = [[0.2, 0.8], [0.8, 0.2], [0.5, 0.5]]
+    questions = vqa.candidate_questions(state, rng, focus="blue ball")
+    by_type = {qa.question_type: qa for qa in questions}
+    assert by_type["exists"].answers == ("yes",)
+    assert by_type["position"].answers == ("bottom right",)
+    assert by_type["background"].answers[0] == "wood"
+    assert by_type["card"].answers[0] == "4" and "four" in by_type["card"].answers
+    assert by_type["shape"].answers[0] == "ball"            # the only unique color is blue
+    color_qa = by_type["color"]
+    shape = next(s for s in ("block", "ball", "star") if s in color_qa.question)
+    assert color_qa.answers == ({"block": "red", "ball": "blue", "star": "red"}[shape],)
+    for _ in range(20):
+        qa = vqa._relation_question(state, rng)
+        a, b = (state.index_of(n) for n in state.names if n in qa.question)
+        i, j = sorted((a, b), key=lambda k: qa.question.index(state.names[k]))
+        left = state.obj_xy[i, 0] < state.obj_xy[j, 0]
+        if "left or" in qa.question:
+            assert qa.answers[0] == ("left" if left else "right")
+        elif "left of" in qa.question:
+            assert qa.answers == (("yes",) if left else ("no",))
+        else:
+            assert qa.answers == (("no",) if left else ("yes",))
+    caption = vqa.caption(state, rng)
+    assert caption.index("red block") < caption.index("red star") < caption.index("blue ball")
+    assert "wood" in caption and "4" in caption
+
+
+def test_sim_imports_no_tensorflow_or_jax():
+    code = ("import sys, rt2_jax.sim; "
+            "bad = [m for m in ('tensorflow', 'jax', 'flax') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,179 @@
+"""The toy-world TFDS datasets: layout, features, content, held-out split, caching, atomicity."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_pipelines.builders import toy_world
+from rt2_jax import sim
+from rt2_jax.sim import world
+
+EPISODES, SCENES = 6, 20
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def paths(cache):
+    return toy_world.ensure_toy_world(cache, episodes=EPISODES, vqa_scenes=SCENES, seed=0)
+
+
+def _load(path, split):
+    return list(tfds.as_numpy(tfds.builder_from_directory(path).as_dataset(split=split)))
+
+
+def test_datasets_load_from_directory_without_this_module(paths):
+    # A fresh interpreter that never imports rt2_jax or data_pipelines reads all three.
+    code = (
+        "import json, sys\n"
+        "import tensorflow_datasets as tfds\n"
+        "out = {}\n"
+        f"for kind, path in {json.dumps({k: paths[k] for k in ('robot', 'vqa', 'captions')})}"
+        ".items():\n"
+        "    b = tfds.builder_from_directory(path)\n"
+        "    out[kind] = {s: b.info.splits[s].num_examples for s in ('train', 'val')}\n"
+        "assert not [m for m in sys.modules if m.startswith(('rt2_jax', 'data_pipelines'))]\n"
+        "print(json.dumps(out))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=Path(paths["root"]).parent)
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["robot"] == {"train": 5, "val": 1}
+    assert counts["vqa"] == {"train": 18 * 3, "val": 2 * 3}
+    assert counts["captions"] == {"train": 18, "val": 2}
+
+
+def test_robot_features_mirror_fractal(paths):
+    features = tfds.builder_from_directory(paths["robot"]).info.features
+    steps = features["steps"]
+    assert steps["observation"]["image"].shape == (128, 128, 3)
+    assert steps["observation"]["natural_language_instruction"].dtype == np.object_
+    action = steps["action"]
+    assert {k: (action[k].shape, action[k].dtype) for k in action.keys()} == {
+        "world_vector": ((3,), np.float32), "rotation_delta": ((3,), np.float32),
+        "gripper_closedness_action": ((1,), np.float32), "terminate_episode": ((3,), np.int32)}
+    assert {"is_first", "is_last", "is_terminal", "reward"} <= set(steps.keys())
+    assert set(features["episode_metadata"].keys()) == {
+        "task", "instruction", "seed", "objects", "background", "success"}
+
+
+def test_robot_episodes_content_and_replay(paths):
+    episodes = _load(paths["robot"], "train") + _load(paths["robot"], "val")
+    assert len(episodes) == EPISODES
+    params = toy_world.GenerationParams(episodes=EPISODES, vqa_scenes=SCENES)
+    for ep in episodes:
+        steps = list(ep["steps"])
+        n = len(steps)
+        assert [s["is_first"] for s in steps] == [True] + [False] * (n - 1)
+        assert [s["is_last"] for s in steps] == [False] * (n - 1) + [True]
+        assert steps[-1]["is_terminal"] and steps[-1]["reward"] == 1.0
+        terminate = np.stack([s["action"]["terminate_episode"] for s in steps])
+        np.testing.assert_array_equal(terminate[:-1], [toy_world.CONTINUE] * (n - 1))
+        np.testing.assert_array_equal(terminate[-1], toy_world.TERMINATE)
+        meta = ep["episode_metadata"]
+        assert steps[0]["observation"]["natural_language_instruction"] == meta["instruction"]
+        # Replaying the recorded seed reproduces every image and action bit for bit.
+        env = sim.TabletopEnv()
+        expert = sim.ScriptedExpert(env, noise_std=params.noise_std, pause_prob=params.pause_prob)
+        replay = sim.rollout(env, expert, int(meta["seed"]))
+        assert replay.task.instruction == meta["instruction"].decode()
+        np.testing.assert_array_equal(
+            replay.images, np.stack([s["observation"]["image"] for s in steps]))
+        actions = np.stack([np.concatenate([[s["action"]["terminate_episode"][0]],
+                                            s["action"]["world_vector"],
+                                            s["action"]["rotation_delta"],
+                                            s["action"]["gripper_closedness_action"]])
+                            for s in steps]).astype(np.float32)
+        np.testing.assert_array_equal(replay.actions, actions)
+
+
+def test_held_out_only_in_vqa(paths):
+    held = world.DEFAULT_HELD_OUT
+    robot = _load(paths["robot"], "train") + _load(paths["robot"], "val")
+    for ep in robot:
+        names = {o.decode() for o in ep["episode_metadata"]["objects"]}
+        assert not names & set(held.objects)
+        assert ep["episode_metadata"]["background"].decode() not in held.backgrounds
+        instruction = ep["episode_metadata"]["instruction"].decode()
+        assert not any(h in instruction for h in held.objects)
+    vqa = _load(paths["vqa"], "train") + _load(paths["vqa"], "val")
+    vqa_objects = {o.decode() for ex in vqa for o in ex["objects"]}
+    assert set(held.objects) & vqa_objects
+    assert {ex["background"].decode() for ex in vqa} & set(held.backgrounds)
+    assert any(h in ex["question"].decode() for ex in vqa for h in held.objects)
+    captions = _load(paths["captions"], "train")
+    assert any(h in ex["caption"].decode() for ex in captions for h in held.objects)
+
+
+def test_vqa_and_caption_examples(paths):
+    train, val = _load(paths["vqa"], "train"), _load(paths["vqa"], "val")
+    assert {ex["scene_id"] for ex in train}.isdisjoint({ex["scene_id"] for ex in val})
+    for ex in train + val:
+        assert ex["image"].shape == (128, 128, 3) and ex["image"].dtype == np.uint8
+        assert ex["question"].decode().endswith("?") and len(ex["answers"]) >= 1
+        assert all(0 < len(a.decode().split()) <= 3 for a in ex["answers"])
+    captions = {ex["scene_id"]: ex for ex in _load(paths["captions"], "train")}
+    for ex in train:   # same scene, same image in both datasets
+        np.testing.assert_array_equal(ex["image"], captions[ex["scene_id"]]["image"])
+
+
+def test_cache_reuse_new_key_and_atomic_failure(paths, cache, monkeypatch):
+    # Same parameters: returned from the cache, nothing rebuilt.
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("rebuilt a cached dataset")
+
+    monkeypatch.setattr(toy_world, "_build_into", must_not_build)
+    again = toy_world.ensure_toy_world(cache, episodes=EPISODES, vqa_scenes=SCENES, seed=0)
+    assert again == paths
+    monkeypatch.undo()
+
+    # A crash while writing the last dataset leaves no directory that looks complete.
+    def broken_caption(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(toy_world.vqa, "caption", broken_caption)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        toy_world.ensure_toy_world(cache, episodes=3, vqa_scenes=4, seed=0)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (cache / "toy_world").iterdir()) == [Path(paths["root"]).name]
+
+    # Other parameters: a separate directory, built now.
+    other = toy_world.ensure_toy_world(cache, episodes=3, vqa_scenes=4, seed=0)
+    assert other["root"] != paths["root"]
+    assert tfds.builder_from_directory(other["robot"]).info.splits["train"].num_examples == 2
+    stored = json.loads((Path(other["root"]) / toy_world.PARAMS_FILE).read_text())
+    assert stored["episodes"] == 3 and stored["held_out"]["backgrounds"] == ["marble"]
+
+
+def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("RT2_JAX_CACHE", str(tmp_path))
+    assert toy_world.default_cache_dir() == tmp_path
+    with pytest.raises(ValueError, match="episodes"):
+        toy_world.GenerationParams(episodes=1)
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="occupied"):
+        toy_world.generate(tmp_path / "occupied", toy_world.GenerationParams(episodes=2,
+                                                                            vqa_scenes=2))
+
+
+def test_command_line(tmp_path, capsys):
+    toy_world.main(["--out", str(tmp_path / "data"), "--episodes", "2", "--vqa_scenes", "2",
+                    "--seed", "5", "--held_out_objects", "red ball", "--held_out_backgrounds",
+                    "wood"])
+    printed = capsys.readouterr().out
+    robot = tfds.builder_from_directory(str(tmp_path / "data" / "toy_world_robot" / "1.0.0"))
+    assert robot.info.splits["val"].num_examples == 1
+    assert f"robot: {tmp_path / 'data'}" in printed
+    params = json.loads((tmp_path / "data" / toy_world.PARAMS_FILE).read_text())
+    assert params["seed"] == 5 and params["held_out"]["objects"] == ["red ball"]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
