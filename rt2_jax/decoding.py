@@ -1,0 +1,274 @@
+"""Jitted decoding: masked action decoding, chain-of-thought, and free text.
+
+One loop serves all three modes. The ViT and encoder run once (`VLM.prefill`); the decoder then
+runs one cached step per token inside a `lax.while_loop`. Each batch row carries a small state
+machine, so rows of one batch may be in different phases:
+
+  TEXT    free text; the vocabulary is limited to real pieces (no padding ids); in free-text mode
+          EOS ends the row, in chain-of-thought mode the row moves on when it has written the
+          `Action:` marker (or hit the plan length limit, after which the marker is forced).
+  MARKER  the marker's tokens are forced, one per step (chain-of-thought only).
+  ACTION  8 steps; step j allows only the ids of `position_masks[j]` (step 0: the two terminate
+          ids; steps 1-7: the 256 bin ids). Logits outside the mask become -inf before argmax or
+          sampling, so whatever the weights, an action-mode output is a valid action.
+  DONE    pad.
+
+The masks are static numpy arrays built once from the action tokenizer and closed over by the
+jitted function: a second call with the same input shapes reuses the compiled loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rt2_jax import actions as actions_lib
+from rt2_jax import tokenizer as tokenizer_lib
+from rt2_jax.models.vlm import VLM
+
+TEXT, MARKER, ACTION, DONE = 0, 1, 2, 3
+MODES = ("action", "cot", "text")
+_NEG_INF = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """temperature 0 = greedy (argmax); top_k 0 = no top-k truncation."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}.")
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
+    """logits [B,V] (masked ids at -inf) -> ids [B]."""
+    if sampling.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, _NEG_INF, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def cot_marker_ids(tokenizer: tokenizer_lib.Tokenizer) -> np.ndarray:
+    """Token ids that end every chain-of-thought prefix (`... Action:`), found as the longest
+    common suffix of the encodings of several plans."""
+    plans = ("pick up the red block", "move the ball near the star", "push it left", "go")
+    encodings = [tokenizer.encode(tokenizer_lib.cot_prefix(p)) for p in plans]
+    suffix: list[int] = []
+    for ids in zip(*(e[::-1] for e in encodings), strict=False):
+        if len(set(ids)) != 1:
+            break
+        suffix.append(ids[0])
+    if not suffix:
+        raise ValueError("The tokenizer encodes the chain-of-thought marker 'Action:' differently "
+                         "after different plans; chain-of-thought decoding needs a fixed marker.")
+    return np.asarray(suffix[::-1], np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """Static description of one decoding mode (all arrays are numpy, hashed by identity)."""
+
+    mode: str
+    max_steps: int
+    text_mask: np.ndarray = dataclasses.field(compare=False)       # bool [V]
+    position_masks: np.ndarray = dataclasses.field(compare=False)  # bool [8, V]
+    marker: np.ndarray = dataclasses.field(compare=False)          # int32 [m]
+    logit_bias: np.ndarray | None = dataclasses.field(default=None, compare=False)  # f32 [V]
+    pad_id: int = 0
+    eos_id: int = 1
+    start_id: int = 0
+
+
+def _decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
+                 image: jax.Array, tokens: jax.Array, mask: jax.Array, rng: jax.Array):
+    batch = image.shape[0]
+    steps = spec.max_steps
+    text_mask = jnp.asarray(spec.text_mask)
+    pos_masks = jnp.asarray(spec.position_masks)
+    marker = jnp.asarray(spec.marker)
+    m = marker.shape[0]
+    cot = spec.mode == "cot"
+    start_phase = ACTION if spec.mode == "action" else TEXT
+
+    start = jnp.full((batch, 1), spec.start_id, jnp.int32)
+    logits, state = model.apply(params, image, tokens, mask, start, steps + 1,
+                                method=VLM.prefill)
+
+    def select(t, logits, row, rng):
+        phase, j, window, out, act = row
+        step_rng = jax.random.fold_in(rng, t)
+        if spec.logit_bias is not None:
+            logits = logits + jnp.asarray(spec.logit_bias)[None]
+        allowed = jnp.where((phase == ACTION)[:, None], pos_masks[jnp.minimum(j, 7)],
+                            text_mask[None])
+        tok = sample_token(jnp.where(allowed, logits, _NEG_INF), step_rng, sampling)
+        tok = jnp.where(phase == MARKER, marker[jnp.minimum(j, m - 1)], tok)
+        tok = jnp.where(phase == DONE, spec.pad_id, tok)
+        out = out.at[:, t].set(tok)
+        act = jnp.where((phase == ACTION)[:, None] & (jnp.arange(8)[None] == j[:, None]),
+                        tok[:, None], act)
+        window = jnp.concatenate([window[:, 1:], tok[:, None]], axis=1)
+        # Transitions.
+        text_steps_left = steps - (t + 1) - 8  # room left for marker + action after this step
+        in_text = phase == TEXT
+        if cot:
+            matched = jnp.all(window == marker[None], axis=1)
+            to_action = in_text & matched
+            to_marker = in_text & ~matched & (text_steps_left <= m)
+            new_phase = jnp.where(to_action, ACTION, jnp.where(to_marker, MARKER, phase))
+        else:
+            new_phase = jnp.where(in_text & (tok == spec.eos_id), DONE, phase)
+        j_next = jnp.where(new_phase != phase, 0, j + 1)
+        marker_done = (phase == MARKER) & (j_next == m)
+        action_done = (phase == ACTION) & (j_next == 8)
+        new_phase = jnp.where(marker_done, ACTION, jnp.where(action_done, DONE, new_phase))
+        j_next = jnp.where(marker_done | action_done, 0, j_next)
+        return tok, (new_phase, j_next, window, out, act)
+
+    row = (
+        jnp.full((batch,), start_phase, jnp.int32),
+        jnp.zeros((batch,), jnp.int32),
+        jnp.full((batch, m), -1, jnp.int32),
+        jnp.full((batch, steps), spec.pad_id, jnp.int32),
+        jnp.zeros((batch, 8), jnp.int32),
+    )
+    tok, row = select(0, logits[:, 0], row, rng)
+
+    def cond(carry):
+        t, _, _, row = carry
+        return (t < steps) & jnp.any(row[0] != DONE)
+
+    def body(carry):
+        t, tok, state, row = carry
+        logits, state = model.apply(params, state, tok, method=VLM.decode_step)
+        tok, row = select(t, logits, row, rng)
+        return t + 1, tok, state, row
+
+    num_steps, _, _, row = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, state, row))
+    _, _, _, out, act = row
+    return {"tokens": out, "action_ids": act, "num_steps": num_steps}
+
+
+class Decoder:
+    """Decodes actions, chain-of-thought plans + actions, or free text with one compiled loop per
+    (mode, sampling, input shapes).
+
+        decoder = Decoder(model, action_tokenizer, vocab_size=config.model.vocab_size)
+        out = decoder.actions(params, image, prompt_tokens, prompt_mask)   # {'action', 'bins', ...}
+    """
+
+    def __init__(self, model: VLM, action_tokenizer: actions_lib.ActionTokenizer,
+                 vocab_size: int, max_text_len: int = 32, logit_bias: np.ndarray | None = None):
+        """`logit_bias` [V] (optional, static) is added to every step's logits before masking."""
+        self.model = model
+        self.action_tokenizer = action_tokenizer
+        self.tokenizer = action_tokenizer.tokenizer
+        self.vocab_size = vocab_size
+        self.max_text_len = max_text_len
+        tok = self.tokenizer
+        text_mask = np.zeros(vocab_size, bool)
+        text_mask[: tok.vocab_size] = True  # padding ids of an enlarged model vocab never appear
+        text_mask[tok.pad_id] = False
+        self._text_mask = text_mask
+        cot_text_mask = text_mask.copy()
+        cot_text_mask[tok.eos_id] = False   # a plan ends with the marker, not with EOS
+        self._cot_text_mask = cot_text_mask
+        self._position_masks = np.asarray(action_tokenizer.position_masks(vocab_size))
+        if logit_bias is not None:
+            logit_bias = np.asarray(logit_bias, np.float32)
+            if logit_bias.shape != (vocab_size,):
+                raise ValueError(f"logit_bias must have shape ({vocab_size},), "
+                                 f"got {logit_bias.shape}.")
+        self._logit_bias = logit_bias
+        self._marker = None
+        self._compiled: dict[tuple, Any] = {}
+        self.num_compilations = 0
+
+    def _spec(self, mode: str) -> DecodeSpec:
+        if mode not in MODES:
+            raise ValueError(f"Unknown decode mode {mode!r}; use one of {MODES}.")
+        if mode == "cot" and self._marker is None:
+            self._marker = cot_marker_ids(self.tokenizer)
+        marker = self._marker if mode == "cot" else np.zeros((1,), np.int32)
+        steps = {"action": 8, "text": self.max_text_len,
+                 "cot": self.max_text_len + len(marker) + 8}[mode]
+        tok = self.tokenizer
+        return DecodeSpec(
+            mode=mode, max_steps=steps,
+            text_mask=self._cot_text_mask if mode == "cot" else self._text_mask,
+            position_masks=self._position_masks, marker=marker, logit_bias=self._logit_bias,
+            pad_id=tok.pad_id,
+            eos_id=tok.eos_id, start_id=tok.decoder_start_id)
+
+    def _fn(self, mode: str, sampling: Sampling):
+        key = (mode, sampling)
+        if key not in self._compiled:
+            spec = self._spec(mode)
+
+            def traced(*args):
+                self.num_compilations += 1  # runs only when jax traces, i.e. compiles
+                return _decode_loop(self.model, spec, sampling, *args)
+
+            self._compiled[key] = jax.jit(traced)
+        return self._compiled[key]
+
+    def run(self, mode: str, params, image, tokens, mask, *, rng=None,
+            sampling: Sampling = Sampling()) -> dict[str, np.ndarray]:
+        """Raw decode: {'tokens' [B,steps], 'action_ids' [B,8], 'num_steps'} as numpy."""
+        if sampling.temperature > 0 and rng is None:
+            raise ValueError("Sampling with temperature > 0 needs an explicit PRNG key `rng`.")
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        params = params if "params" in params else {"params": params}
+        out = self._fn(mode, sampling)(params, jnp.asarray(image), jnp.asarray(tokens),
+                                       jnp.asarray(mask, bool), rng)
+        return jax.tree.map(np.asarray, out)
+
+    def actions(self, params, image, tokens, mask, **kw) -> dict[str, np.ndarray]:
+        """Masked action decoding -> {'action' float32 [B,8] (robot units), 'bins', 'ids'}."""
+        out = self.run("action", params, image, tokens, mask, **kw)
+        bins = self.action_tokenizer.token_ids_to_bins(out["action_ids"])
+        return {"action": self.action_tokenizer.decode(bins), "bins": bins,
+                "ids": out["action_ids"]}
+
+    def chain_of_thought(self, params, image, tokens, mask, **kw) -> list[dict[str, Any]]:
+        """Plan text, then a masked action -> per row {'plan', 'action', 'bins'}."""
+        out = self.run("cot", params, image, tokens, mask, **kw)
+        results = []
+        for row, act_ids in zip(out["tokens"], out["action_ids"], strict=True):
+            plan, well_formed = self._parse_plan(row)
+            bins = self.action_tokenizer.token_ids_to_bins(act_ids)
+            results.append({"plan": plan, "well_formed": well_formed, "ids": row, "bins": bins,
+                            "action": self.action_tokenizer.decode(bins)})
+        return results
+
+    def _parse_plan(self, row: np.ndarray) -> tuple[str, bool]:
+        """(plan, well_formed): well_formed is False when the model did not write
+        `Plan: ... Action:` itself (the marker was forced at the length limit)."""
+        ids = [int(i) for i in row]
+        marker = self._marker.tolist()
+        m = len(marker)
+        end = next((e for e in range(len(ids) - m + 1) if ids[e:e + m] == marker), None)
+        if end is None:  # cannot happen: the loop forces the marker before the action
+            raise RuntimeError(f"chain-of-thought output {ids} lacks the marker {marker}")
+        try:
+            plan, _ = tokenizer_lib.split_cot_text(self.tokenizer.decode(ids[:end + m]))
+            return plan, True
+        except ValueError:
+            return self.tokenizer.decode(ids[:end]).strip(), False
+
+    def text(self, params, image, tokens, mask, **kw) -> list[str]:
+        """Free text (VQA answers, captions), stopping at EOS or max_text_len."""
+        out = self.run("text", params, image, tokens, mask, **kw)
+        return [self.tokenizer.decode([int(i) for i in row]) for row in out["tokens"]]

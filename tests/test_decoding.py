@@ -1,0 +1,183 @@
+"""Constrained decoding: validity under adversarial logits, cache vs. recompute, sampling, modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from rt2_jax import actions, decoding, tokenizer
+from rt2_jax.models import params as params_lib
+from rt2_jax.models.vlm import VLM
+
+B = 4
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = tiny.get_config()
+    tok = tokenizer.Tokenizer()
+    bounds = actions.ActionBounds.from_stats(None, "fixed", [-1.0] * 7, [1.0] * 7)
+    act_tok = actions.ActionTokenizer(bounds, tok, "integers")
+    model = VLM.from_config(config)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (B, 64, 64, 3), dtype=np.uint8)
+    prompts = ["pick up the red block", "push the blue ball left",
+               "move the green star near the white ring", "grab the black cylinder"]
+    toks, mask = tok.encode_batch([tokenizer.robot_prompt(p) for p in prompts],
+                                  config.max_prompt_len)
+    variables = params_lib.unbox(model.init(jax.random.PRNGKey(0), image, toks, mask,
+                                            np.zeros((B, 4), np.int32)))
+    return dict(config=config, tok=tok, act_tok=act_tok, model=model, params=variables,
+                image=image, toks=toks, mask=mask)
+
+
+def _anti_action_bias(act_tok, vocab_size, strength=1e4):
+    bias = np.full(vocab_size, strength, np.float32)
+    bias[act_tok.action_ids] = 0.0  # every other id is hugely favoured
+    return bias
+
+
+def test_masked_actions_are_always_valid_under_adversarial_bias(setup):
+    s = setup
+    vocab = s["config"].model.vocab_size
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab,
+                           logit_bias=_anti_action_bias(s["act_tok"], vocab))
+    image = np.repeat(s["image"], 64, axis=0)  # 256 rows per call
+    toks, mask = np.repeat(s["toks"], 64, axis=0), np.repeat(s["mask"], 64, axis=0)
+    total = 0
+    for seed in range(4):  # 1,024 actions: greedy once, then sampling at a high temperature
+        sampling = decoding.Sampling() if seed == 0 else decoding.Sampling(temperature=5.0)
+        out = dec.actions(s["params"], image, toks, mask, rng=jax.random.PRNGKey(seed),
+                          sampling=sampling)
+        ids = out["ids"]
+        assert ids.shape == (256, 8)
+        assert np.isin(ids[:, 0], s["act_tok"].terminate_ids).all()
+        assert np.isin(ids[:, 1:], s["act_tok"].action_ids).all()
+        assert out["action"].shape == (256, 8) and np.isfinite(out["action"]).all()
+        assert set(np.unique(out["action"][:, 0])) <= {0.0, 1.0}
+        total += len(ids)
+    assert total >= 1000
+
+
+def _reference_greedy(s, masks):
+    """Recomputes the whole decoder (teacher forcing over the prefix) at every step."""
+    model, params = s["model"], s["params"]
+    start = s["tok"].decoder_start_id
+    prefix = np.full((B, 1), start, np.int32)
+    apply = jax.jit(lambda p: model.apply(params, s["image"], s["toks"], s["mask"], p))
+    for t in range(8):
+        logits = np.asarray(apply(prefix))[:, -1]
+        logits = np.where(masks[t][None], logits, -np.inf)
+        prefix = np.concatenate([prefix, logits.argmax(-1)[:, None].astype(np.int32)], axis=1)
+    return prefix[:, 1:]
+
+
+def test_cached_loop_matches_recomputing_reference(setup):
+    s = setup
+    vocab = s["config"].model.vocab_size
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab)
+    ids = dec.actions(s["params"], s["image"], s["toks"], s["mask"])["ids"]
+    np.testing.assert_array_equal(ids, _reference_greedy(s, s["act_tok"].position_masks(vocab)))
+
+
+def test_sampling_is_reproducible_for_a_key(setup):
+    s = setup
+    dec = decoding.Decoder(s["model"], s["act_tok"], s["config"].model.vocab_size)
+    sampling = decoding.Sampling(temperature=3.0, top_k=50)
+    run = lambda seed: dec.actions(s["params"], s["image"], s["toks"], s["mask"],
+                                   rng=jax.random.PRNGKey(seed), sampling=sampling)["ids"]
+    np.testing.assert_array_equal(run(1), run(1))
+    assert any(not np.array_equal(run(1), run(k)) for k in (2, 3, 4))
+    with pytest.raises(ValueError, match="PRNG key"):
+        dec.actions(s["params"], s["image"], s["toks"], s["mask"], sampling=sampling)
+
+
+def test_top_k_one_equals_greedy(setup):
+    s = setup
+    dec = decoding.Decoder(s["model"], s["act_tok"], s["config"].model.vocab_size)
+    greedy = dec.actions(s["params"], s["image"], s["toks"], s["mask"])["ids"]
+    top1 = dec.actions(s["params"], s["image"], s["toks"], s["mask"], rng=jax.random.PRNGKey(3),
+                       sampling=decoding.Sampling(temperature=1.0, top_k=1))["ids"]
+    np.testing.assert_array_equal(greedy, top1)
+
+
+def test_compiled_once_per_shape(setup):
+    s = setup
+    dec = decoding.Decoder(s["model"], s["act_tok"], s["config"].model.vocab_size)
+    dec.actions(s["params"], s["image"], s["toks"], s["mask"])
+    assert dec.num_compilations == 1
+    dec.actions(s["params"], s["image"][::-1].copy(), s["toks"], s["mask"])
+    assert dec.num_compilations == 1  # same shapes: no retrace
+    dec.actions(s["params"], s["image"][:2], s["toks"][:2], s["mask"][:2])
+    assert dec.num_compilations == 2  # a new batch size compiles once more
+
+
+def test_chain_of_thought_output_parses(setup):
+    s = setup
+    vocab = s["config"].model.vocab_size
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab, max_text_len=10)
+    marker = decoding.cot_marker_ids(s["tok"])
+    results = dec.chain_of_thought(s["params"], s["image"], s["toks"], s["mask"])
+    assert len(results) == B
+    for r in results:
+        ids = [int(i) for i in r["ids"] if i != s["tok"].pad_id]
+        # [plan ...] [marker] [8 action ids], the action ids valid per position.
+        assert ids[-8 - len(marker):-8] == marker.tolist()
+        assert ids[-8] in s["act_tok"].terminate_ids.tolist()
+        assert np.isin(ids[-7:], s["act_tok"].action_ids).all()
+        np.testing.assert_array_equal(s["act_tok"].token_ids_to_bins(np.array(ids[-8:])),
+                                      r["bins"])
+        assert isinstance(r["plan"], str)
+
+
+def test_chain_of_thought_stops_planning_at_a_generated_marker(setup):
+    """Bias the marker's tokens so the model writes it itself: the plan ends right there."""
+    s = setup
+    vocab = s["config"].model.vocab_size
+    marker = decoding.cot_marker_ids(s["tok"])
+    bias = np.zeros(vocab, np.float32)
+    bias[marker[-1]] = 1e4  # the last marker piece wins every free-text step
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab, max_text_len=10, logit_bias=bias)
+    out = dec.run("cot", s["params"], s["image"], s["toks"], s["mask"])
+    # With a one-piece marker, the first step matches; otherwise the marker is forced at the end.
+    if len(marker) == 1:
+        assert int(out["num_steps"]) == 1 + 8
+    for row in out["tokens"]:
+        ids = [int(i) for i in row if i != s["tok"].pad_id]
+        assert ids[-8 - len(marker):-8] == marker.tolist()
+
+
+def test_free_text_stops_at_eos(setup):
+    s = setup
+    vocab = s["config"].model.vocab_size
+    bias = np.zeros(vocab, np.float32)
+    bias[s["tok"].eos_id] = 1e4
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab, max_text_len=16, logit_bias=bias)
+    out = dec.run("text", s["params"], s["image"], s["toks"], s["mask"])
+    assert int(out["num_steps"]) == 1
+    assert dec.text(s["params"], s["image"], s["toks"], s["mask"]) == [""] * B
+    plain = decoding.Decoder(s["model"], s["act_tok"], vocab, max_text_len=16)
+    raw = plain.run("text", s["params"], s["image"], s["toks"], s["mask"])["tokens"]
+    assert raw.shape == (B, 16)
+    assert (raw < s["tok"].vocab_size).all() and (raw[:, 0] != s["tok"].pad_id).all()
+
+
+def test_bad_arguments(setup):
+    s = setup
+    vocab = s["config"].model.vocab_size
+    with pytest.raises(ValueError, match="logit_bias"):
+        decoding.Decoder(s["model"], s["act_tok"], vocab, logit_bias=np.zeros(3))
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab)
+    with pytest.raises(ValueError, match="decode mode"):
+        dec.run("poetry", s["params"], s["image"], s["toks"], s["mask"])
+    with pytest.raises(ValueError, match="temperature"):
+        decoding.Sampling(temperature=-1.0)
+
+
+def test_sample_token_respects_mask():
+    logits = jnp.array([[5.0, 1.0, 3.0]])
+    masked = jnp.where(jnp.array([[False, True, True]]), logits, decoding._NEG_INF)
+    for seed in range(20):
+        tok = decoding.sample_token(masked, jax.random.PRNGKey(seed), decoding.Sampling(2.0))
+        assert int(tok[0]) in (1, 2)
