@@ -6,6 +6,7 @@ sentencepiece model (rt2_jax/assets), padded to 1024 ids.
 """
 
 from configs import base
+from data_pipelines import config as data_config
 
 
 def get_config():
@@ -19,4 +20,5 @@ def get_config():
         encdec=dict(d_model=64, num_heads=4, head_dim=16, d_ff=128,
                     num_encoder_layers=2, num_decoder_layers=2),
     )
+    c.data = data_config.get_data_config(global_batch_size=16)
     return c

@@ -226,7 +226,7 @@ def _source_dataset(src, config, *, train, split, seed, counters):
         def count_gaps(last, indexed):
             index, example = indexed
             counters.add("unreadable_images", index - last - 1)
-            return index, example
+            return index, (index, example)
 
         ds = ds.scan(tf.constant(-1, tf.int64), count_gaps)
     return ds.map(lambda index, example: example)
@@ -458,6 +458,8 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
     per_source = []
     for src in sources:
         src_split = src.config.train_split if train else src.config.eval_split
+        if not src_split:  # eval_split "" leaves the source out of evaluation
+            continue
         src_split = robot.split_for_process(src_split, process_index, process_count)
         src_seed = _seed(seed, process_index, src.index)
         ds = _source_dataset(src, config, train=train, split=src_split, seed=src_seed,
@@ -468,6 +470,8 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
         logging.info("Source %d %s (%s): split %s, weight %s.", src.index, src.name,
                      src.config.kind, src_split, src.config.weight)
 
+    if not per_source:
+        raise ValueError(f"No source has a {split} split configured.")
     weights = np.array([float(s.config.weight) for s in sources])
     if (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"config.data.sources weights must be >= 0 with a positive sum, got "

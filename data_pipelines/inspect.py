@@ -1,0 +1,124 @@
+"""Prints what the model will see from a config's data.
+
+  python -m data_pipelines.inspect --config=configs/tiny.py --num_batches=4 [--json]
+      [--split=val] [--image_grid=batch.png] [--config.data.sources.robot.weight=2]
+
+Shapes and dtypes, decoded prompts and targets (robot actions as integers and in robot units),
+per-source counts against the weights, the skip/clip counters, and a PNG grid of one batch.
+"""
+import collections
+import contextlib
+import json
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from PIL import Image
+
+from data_pipelines import mixture as mixture_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Batches to read.")
+_SPLIT = flags.DEFINE_enum("split", "train", ["train", "val"], "Which stream.")
+_EXAMPLES = flags.DEFINE_integer("examples", 6, "Examples of the first batch to print.")
+_IMAGE_GRID = flags.DEFINE_string("image_grid", "data_batch.png", "PNG of the first batch.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+
+
+def describe_example(mix, batch, row):
+    tok, atok = mix.tokenizer, mix.action_tokenizer
+    out = {
+        "source": mix.source_names[int(batch["source"][row])],
+        "prompt": tok.decode(batch["encoder_tokens"][row]),
+        "target_ids": batch["decoder_tokens"][row][batch["decoder_loss_mask"][row] > 0].tolist(),
+    }
+    if batch["is_robot"][row]:
+        ids = batch["decoder_tokens"][row][:8]
+        out["action_bins"] = atok.token_ids_to_bins(ids).tolist()
+        robot_units = atok.action_from_token_ids(ids).astype(np.float64)
+        out["action_robot_units"] = np.round(robot_units, 4).tolist()
+        out["action_normalized"] = np.round(batch["action"][row].astype(np.float64), 4).tolist()
+    else:
+        out["target"] = tok.decode(batch["decoder_tokens"][row])
+    return out
+
+
+def image_grid(images, columns=8):
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.zeros((rows * h, columns * w, c), np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+    return grid
+
+
+def inspect(config, split, num_batches, num_examples, grid_path):
+    mix = mixture_lib.build_mixture(config, split=split)
+    counts = collections.Counter()
+    first, total = None, 0
+    for _ in range(num_batches):
+        try:
+            batch = next(mix)
+        except StopIteration:
+            break
+        first = batch if first is None else first
+        valid = batch.get("valid", np.ones_like(batch["is_robot"]))
+        counts.update(batch["source"][valid].tolist())
+        total += int(valid.sum())
+    if first is None:
+        raise SystemExit(f"The {split} stream is empty.")
+    if grid_path:
+        Image.fromarray(image_grid(first["image"])).save(grid_path)
+    return {
+        "split": split,
+        "shapes": {k: [str(v.dtype), list(v.shape)] for k, v in first.items()},
+        "examples": [describe_example(mix, first, r)
+                     for r in range(min(num_examples, len(first["source"])))],
+        "sources": {name: {"weight": round(weight, 4), "count": counts[i],
+                           "fraction": round(counts[i] / max(total, 1), 4)}
+                    for i, (name, weight) in enumerate(zip(mix.source_names, mix.weights,
+                                                           strict=True))},
+        "counters": mix.counters(),
+        "action_bounds": mix.action_bounds.to_json_dict(),
+        "action_stats": {k: v for k, v in (mix.action_stats or {}).items() if k != "mapping"},
+        "image_grid": grid_path,
+    }
+
+
+def print_text(report):
+    print(f"split: {report['split']}")
+    for key, (dtype, shape) in report["shapes"].items():
+        print(f"  {key:18s} {dtype:8s} {shape}")
+    print("examples:")
+    for example in report["examples"]:
+        print(f"  [{example['source']}] {example['prompt']!r}")
+        if "action_bins" in example:
+            print(f"      action bins  {example['action_bins']}")
+            print(f"      robot units  {example['action_robot_units']}")
+        else:
+            print(f"      target       {example['target']!r}")
+    print("sources (count / fraction vs weight):")
+    for name, s in report["sources"].items():
+        print(f"  {name:12s} {s['count']:6d}  {s['fraction']:.3f} vs {s['weight']:.3f}")
+    print("counters:", json.dumps(report["counters"]))
+    if report["image_grid"]:
+        print("image grid:", report["image_grid"])
+
+
+def main(argv):
+    del argv
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress to stdout
+        report = inspect(_CONFIG.value, _SPLIT.value, _NUM_BATCHES.value, _EXAMPLES.value,
+                         _IMAGE_GRID.value)
+    if _JSON.value:
+        json.dump(report, sys.stdout)
+        print()
+    else:
+        print_text(report)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
