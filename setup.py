@@ -17,7 +17,9 @@ INSTALL_REQUIRES = [
     "pillow==13.0.0",
     "sentencepiece==0.2.3",
     "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
     "tensorflow-datasets==4.9.10",
+    "importlib_resources==7.1.0",  # tfds needs it to write datasets
     "tqdm==4.70.1",
 ]
 

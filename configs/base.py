@@ -30,4 +30,35 @@ def base_config() -> ml_collections.ConfigDict:
         mapping="integers",      # integers (PaLI-X) | least_frequent (PaLM-E)
         bounds="q01_q99",        # q01_q99 | min_max | fixed
         fixed_low=[-1.0] * 7, fixed_high=[1.0] * 7))
+
+    # ---- devices (rt2_jax.sharding) ----
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # -1 = the rest
+    c.sharding_rules = ()  # () = rt2_jax.sharding.DEFAULT_RULES; else ((logical, mesh axes), ...)
+
+    # ---- training (rt2_jax.train) ----
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=1000,
+        optimizer="adafactor",       # adafactor (PaLI/T5X default) | adamw
+        learning_rate=1e-3,          # RT-2-PaLI-X: 1e-3
+        schedule="cosine",           # constant | linear | cosine | rsqrt
+        warmup_steps=100,
+        end_lr_fraction=0.0,
+        weight_decay=0.0,
+        b1=0.9, b2=0.999,            # adamw only
+        grad_clip_norm=1.0,          # 0 = off
+        grad_accum_steps=1,          # micro-batches per step (global batch is split)
+        freeze_regex="",             # e.g. "^img/" freezes the ViT
+        z_loss=1e-4,
+        log_every=10,
+        eval_every=200,              # 0 = never
+        checkpoint_every=200,
+        keep_checkpoints=3,
+        async_checkpoints=True,
+        export_at_end=False,         # also write {workdir}/export after the last step
+        export_dtype="bfloat16",
+    ))
+    c.eval = ml_collections.ConfigDict(dict(
+        num_batches=4,               # per evaluation; 0 = the whole eval split
+        max_text_len=8,              # free-text decoding limit for VQA exact match
+    ))
     return c

@@ -324,7 +324,8 @@ class Tokenizer:
 
         With `add_eos`, EOS is appended; a row too long for `length` keeps its first
         `length - 1` ids and still ends with EOS. Without it, a long row keeps its first `length`
-        ids. Every truncated row adds 1 to `num_truncated` and is logged as a warning.
+        ids. Every truncated row adds 1 to `num_truncated`; a warning is logged for the first
+        truncation and whenever the total passes a power of ten.
         """
         if length < (2 if add_eos else 1):
             raise ValueError(f"length must be >= {2 if add_eos else 1}, got {length}")
@@ -342,7 +343,12 @@ class Tokenizer:
             ids[row, :len(sequence)] = sequence
             mask[row, :len(sequence)] = True
         if truncated:
+            before = self.num_truncated
             self.num_truncated += len(truncated)
+            # Report the first truncation and then each time the total passes a power of ten, so
+            # a long run keeps reporting without flooding the log.
+            if before and len(str(before)) == len(str(self.num_truncated)):
+                return ids, mask
             row, size = truncated[0]
             logger.warning(
                 "truncated %d of %d sequences to length %d (first: row %d with %d ids%s); "

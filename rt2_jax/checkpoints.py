@@ -1,0 +1,153 @@
+"""orbax checkpoints (resume) and export directories (inference).
+
+Layout under a workdir:
+  checkpoints/<step>/{state, meta}          orbax CheckpointManager; a step directory appears
+                                            only once complete (orbax writes to a temporary
+                                            directory and renames), so a crash mid-save never
+                                            leaves an unreadable latest checkpoint
+  data_iterator/<step>/process_<i>/         tf.data iterator state of each process, written
+                                            before the orbax step it belongs to
+An export directory holds `params/` (orbax, bf16 by default), `tokenizer.model`,
+`action_stats.json` (statistics and the bounds actually used) and `config.json`. Nothing pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from rt2_jax import actions as actions_lib
+
+EXPORT_FILES = ("params", "tokenizer.model", "action_stats.json", "config.json")
+
+
+def _state_dict(state) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "rng": state.rng}
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        self.workdir = workdir
+        self.directory = os.path.join(workdir, "checkpoints")
+        self.data_directory = os.path.join(workdir, "data_iterator")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def _data_dir(self, step: int) -> str:
+        return os.path.join(self.data_directory, str(step), f"process_{jax.process_index()}")
+
+    def save(self, step: int, state, meta: dict, mixture=None, *, wait: bool = False) -> None:
+        """Saves the data position (if `mixture`), then the train state and `meta` (JSON)."""
+        if mixture is not None:
+            mixture.save(self._data_dir(step))
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_state_dict(state)), meta=ocp.args.JsonSave(meta)),
+            force=True)
+        if wait:
+            self.manager.wait_until_finished()
+        self._prune_data(keep_step=step)
+
+    def _prune_data(self, keep_step: int) -> None:
+        if jax.process_index() != 0 or not tf.io.gfile.exists(self.data_directory):
+            return
+        keep = {str(s) for s in self.manager.all_steps()} | {str(keep_step)}
+        for name in tf.io.gfile.listdir(self.data_directory):
+            name = name.rstrip("/")
+            if name.isdigit() and name not in keep and int(name) < keep_step:
+                tf.io.gfile.rmtree(os.path.join(self.data_directory, name))
+
+    def restore(self, step: int, abstract_state):
+        """Restores the train state into the shardings of `abstract_state`; returns
+        (state, meta)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_state_dict(abstract_state)),
+            meta=ocp.args.JsonRestore()))
+        s = restored["state"]
+        state = abstract_state.replace(step=s["step"], params=s["params"],
+                                       opt_state=s["opt_state"], rng=s["rng"])
+        return state, restored["meta"]
+
+    def restore_data(self, step: int, mixture) -> bool:
+        """Restores the iterator position saved with `step`; False if none was saved."""
+        directory = self._data_dir(step)
+        if not tf.io.gfile.exists(os.path.join(directory, "data_iterator.index")):
+            logging.warning("No data iterator state for step %d in %s; the data stream restarts "
+                            "from its beginning.", step, directory)
+            return False
+        mixture.restore(directory)
+        return True
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_path: str,
+           action_stats: dict | None, bounds: actions_lib.ActionBounds,
+           dtype: str = "bfloat16") -> None:
+    """Writes an inference export directory (see the module docstring)."""
+    cast = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+    if dtype not in cast:
+        raise ValueError(f"export dtype {dtype!r}: use one of {sorted(cast)}.")
+    params = jax.tree.map(lambda x: x.astype(cast[dtype]), params)
+    if tf.io.gfile.exists(os.path.join(out_dir, "params")):
+        raise FileExistsError(f"{out_dir} already holds an export; choose a new --out directory.")
+    tf.io.gfile.makedirs(out_dir)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(os.path.abspath(out_dir), "params"), params)
+    if jax.process_index() != 0:
+        return
+    tf.io.gfile.copy(tokenizer_path, os.path.join(out_dir, "tokenizer.model"), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "action_stats.json"), "w") as f:
+        json.dump({"stats": action_stats, "bounds": bounds.to_json_dict(),
+                   "mapping": config.actions.mapping}, f, indent=2)
+    export_config = ml_collections.ConfigDict(config.to_dict())
+    export_config.tokenizer.model_path = "tokenizer.model"  # relative to the export dir
+    export_config.model.param_dtype = dtype
+    with tf.io.gfile.GFile(os.path.join(out_dir, "config.json"), "w") as f:
+        f.write(export_config.to_json_best_effort(indent=2))
+    logging.info("Exported %s params, tokenizer, action statistics and config to %s.", dtype,
+                 out_dir)
+
+
+def load_export(export_dir: str):
+    """(params, config, action_stats_json) from an export directory; the tokenizer path in the
+    returned config is absolute."""
+    missing = [f for f in EXPORT_FILES if not tf.io.gfile.exists(os.path.join(export_dir, f))]
+    if missing:
+        raise FileNotFoundError(f"{export_dir} is not a complete export: missing {missing}. "
+                                "Create one with `python -m rt2_jax.export`.")
+    with tf.io.gfile.GFile(os.path.join(export_dir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.tokenizer.model_path = os.path.join(export_dir, "tokenizer.model")
+    with tf.io.gfile.GFile(os.path.join(export_dir, "action_stats.json")) as f:
+        stats = json.load(f)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(os.path.join(os.path.abspath(export_dir), "params"))
+    return params, config, stats
+
+
+def remove_tree(path: str) -> None:
+    if tf.io.gfile.exists(path):
+        if path.startswith("gs://"):
+            tf.io.gfile.rmtree(path)
+        else:
+            shutil.rmtree(path)

@@ -1,0 +1,123 @@
+"""Periodic evaluation during training, fully jitted so it runs the same on one host or a pod.
+
+- Robot rows: masked action decoding (the deployed decode loop) against the target bins:
+  per-dim and all-8 accuracy, and L1 of the decoded action in normalized units ([-1, 1] per
+  continuous dim, i.e. 2 / 256 per bin of error).
+- VQA rows: free-text decoding, exact match against any reference answer. The match is made in
+  token space: the decoded ids (up to EOS) must equal the tokenizer's encoding of an answer.
+Metric sums are reduced inside the jitted function, so each process gets the global result.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rt2_jax import actions as actions_lib
+from rt2_jax import decoding, sharding, trainer
+
+
+class Evaluator:
+    def __init__(self, config, setup: trainer.TrainSetup, train_mixture):
+        from data_pipelines import mixture as mixture_lib
+
+        self.config = config
+        self.setup = setup
+        self.mixture = mixture_lib.build_mixture(
+            config, split="val", process_index=jax.process_index(),
+            process_count=jax.process_count(), progress=False)
+        self.tokenizer = self.mixture.tokenizer
+        self.source_kinds = tuple(train_mixture.source_kinds)
+        decoder = decoding.Decoder(setup.model, train_mixture.action_tokenizer,
+                                   int(config.model.vocab_size),
+                                   max_text_len=int(config.eval.max_text_len))
+        self._action_spec = decoder._spec("action")
+        self._text_spec = decoder._spec("text")
+        self._fn = jax.jit(self._metrics)
+
+    def _metrics(self, params, batch):
+        model = self.setup.model
+        rng = jax.random.PRNGKey(0)
+        greedy = decoding.Sampling()
+        args = (params, batch["image"], batch["encoder_tokens"], batch["encoder_mask"], rng)
+        act = decoding._decode_loop(model, self._action_spec, greedy, *args)["action_ids"]
+        txt = decoding._decode_loop(model, self._text_spec, greedy, *args)["tokens"]
+        valid = batch["valid"]
+        robot = (valid & batch["is_robot"]).astype(jnp.float32)
+        target = batch["decoder_tokens"][:, :8]
+        correct = (act == target).astype(jnp.float32) * robot[:, None]
+        table = jnp.asarray(self._id_to_bin)
+        bins = table[act].astype(jnp.float32)
+        centres = (bins[:, 1:] + 0.5) / actions_lib.NUM_BINS * 2.0 - 1.0
+        pred = jnp.concatenate([bins[:, :1], centres], axis=1)
+        l1 = jnp.abs(pred - batch["action"]) * robot[:, None]
+        vqa = (valid & batch["is_vqa"]).astype(jnp.float32)
+        match = jnp.any(jnp.all(txt[:, None, :] == batch["answer_ids"], axis=-1), axis=-1)
+        return {
+            "robot_rows": robot.sum(), "action_correct": correct.sum(0),
+            "action_exact": (correct.sum(1) == 8).astype(jnp.float32).sum(),
+            "action_l1": l1.sum(0), "vqa_rows": vqa.sum(),
+            "vqa_exact": (match.astype(jnp.float32) * vqa).sum(),
+        }
+
+    @property
+    def _id_to_bin(self) -> np.ndarray:
+        table = np.full(int(self.config.model.vocab_size), 0, np.int32)
+        ids = self.mixture.action_tokenizer.action_ids
+        table[ids] = np.arange(actions_lib.NUM_BINS, dtype=np.int32)
+        return table
+
+    def _answer_ids(self, answers: np.ndarray, steps: int) -> np.ndarray:
+        """bytes [B, K] -> int32 [B, K, steps]: each answer's ids + EOS, pad after; -2 rows for
+        empty answers (they never match)."""
+        tok = self.tokenizer
+        out = np.full((*answers.shape, steps), -2, np.int32)
+        for idx in np.ndindex(answers.shape):
+            text = answers[idx].decode("utf-8")
+            if not text:
+                continue
+            ids = [*tok.encode(text), tok.eos_id]
+            if len(ids) <= steps:
+                out[idx] = tok.pad_id
+                out[idx][: len(ids)] = ids
+        return out
+
+    def _global_batch(self, host: dict) -> dict:
+        kinds = np.asarray(self.source_kinds)
+        source = host["source"]
+        is_vqa = np.where(source >= 0, kinds[np.clip(source, 0, None)] == "vqa", False)
+        arrays = {k: host[k] for k in ("image", "encoder_tokens", "encoder_mask",
+                                       "decoder_tokens", "is_robot", "action", "valid")}
+        arrays["is_vqa"] = is_vqa
+        arrays["answer_ids"] = self._answer_ids(host["answers"], self._text_spec.max_steps)
+        out = {}
+        for k, v in arrays.items():
+            spec = sharding.batch_sharding(self.setup.mesh, self.setup.rules, v.ndim)
+            out[k] = jax.make_array_from_process_local_data(spec, v)
+        return out
+
+    def run(self, params) -> dict[str, float]:
+        """Evaluates on config.eval.num_batches batches of the val split (the same ones every
+        time: the val stream restarts)."""
+        limit = int(self.config.eval.num_batches)
+        sums = None
+        for i, host in enumerate(self.mixture.dataset.as_numpy_iterator()):
+            if limit and i >= limit:
+                break
+            out = self._fn({"params": params}, self._global_batch(host))
+            out = jax.tree.map(np.asarray, out)
+            sums = out if sums is None else jax.tree.map(np.add, sums, out)
+        if sums is None:
+            return {}
+        results = {}
+        if sums["robot_rows"] > 0:
+            n = float(sums["robot_rows"])
+            results["action_acc"] = float(sums["action_correct"].sum() / (8 * n))
+            results["action_exact"] = float(sums["action_exact"] / n)
+            results["action_l1"] = float(sums["action_l1"][1:].sum() / (7 * n))
+            results["robot_examples"] = n
+        if sums["vqa_rows"] > 0:
+            results["vqa_exact_match"] = float(sums["vqa_exact"] / sums["vqa_rows"])
+            results["vqa_examples"] = float(sums["vqa_rows"])
+        return results

@@ -1,0 +1,259 @@
+"""Training entry point.
+
+    python -m rt2_jax.train --config=configs/tiny.py --workdir=runs/tiny [--config.x=y ...]
+
+Builds the mesh and shardings from the config, reads the data mixture, and trains with one
+jitted, donated train step. Resumes from the latest checkpoint in {workdir}/checkpoints (params,
+optimizer, step, RNG, data iterator position, action statistics); saves and exits cleanly on
+SIGTERM. Logs readable console lines and TensorBoard events (process 0 only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints, "
+                               "TensorBoard events and exports.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for "
+                                   "multi-process runs off TPU (TPU pods detect it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize() for multi-process runs: explicit flags, or a TPU pod."""
+    if _COORDINATOR.value:
+        if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+            raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value,
+                                   process_id=_PROCESS_ID.value)
+    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()  # multi-host TPU slice: discovered from the environment
+
+
+def validate_config(config) -> None:
+    """Fails before anything compiles, naming the bad field and the fix."""
+    for section in ("model", "data", "train", "mesh", "eval"):
+        if section not in config:
+            raise ValueError(f"The config has no `{section}` section; start from configs/base.py.")
+    t = config.train
+    if t.num_steps <= 0:
+        raise ValueError(f"config.train.num_steps={t.num_steps} must be positive.")
+    for name in ("log_every", "checkpoint_every"):
+        if t[name] <= 0:
+            raise ValueError(f"config.train.{name}={t[name]} must be positive.")
+    if t.grad_accum_steps < 1:
+        raise ValueError(f"config.train.grad_accum_steps={t.grad_accum_steps} must be >= 1.")
+    if config.data.global_batch_size % jax.process_count():
+        raise ValueError(f"config.data.global_batch_size={config.data.global_batch_size} is not "
+                         f"divisible by the {jax.process_count()} processes.")
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint at the end of this step.")
+        self.requested = True
+
+    def any_process(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        flags_all = multihost_utils.process_allgather(np.array([self.requested]))
+        return bool(np.any(flags_all))
+
+
+class Logger:
+    """Console lines for people plus TensorBoard scalars (process 0 only)."""
+
+    def __init__(self, workdir: str, total_steps: int):
+        self.total_steps = total_steps
+        self.writer = None
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.lines: list[str] = []
+        if jax.process_index() == 0:
+            import tensorflow as tf
+            self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            if tf.io.gfile.exists(self.jsonl_path):  # a resumed run keeps the earlier lines
+                with tf.io.gfile.GFile(self.jsonl_path) as f:
+                    self.lines = f.read().splitlines()
+
+    def jsonl(self, step: int, values: dict[str, float]) -> None:
+        """One JSON line per log step in {workdir}/metrics.jsonl (for scripts). Rewritten whole
+        each time because object stores such as GCS cannot append."""
+        if jax.process_index() != 0:
+            return
+        self.lines.append(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}))
+        with open_text(self.jsonl_path + ".tmp", "w") as f:
+            f.write("\n".join(self.lines) + "\n")
+        import tensorflow as tf
+        tf.io.gfile.rename(self.jsonl_path + ".tmp", self.jsonl_path, overwrite=True)
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        import tensorflow as tf
+        with self.writer.as_default():
+            for k, v in values.items():
+                tf.summary.scalar(prefix + k, float(v), step=step)
+        self.writer.flush()
+
+    def console(self, step: int, values: dict[str, float], keys: tuple[str, ...]) -> None:
+        if jax.process_index() != 0:
+            return
+        parts = [f"step {step}/{self.total_steps}"]
+        for k in keys:
+            if k in values:
+                v = values[k]
+                parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+        print(" | ".join(parts), flush=True)
+
+
+def train(config, workdir: str) -> dict[str, float]:
+    """Trains; returns the last logged metrics (used by tests and benchmarks)."""
+    # Deferred imports keep `--help` fast and let tests set XLA flags before JAX starts.
+    from data_pipelines import mixture as mixture_lib
+    from rt2_jax import checkpoints, evaluation, trainer
+    from rt2_jax.models import params as params_lib
+
+    validate_config(config)
+    setup = trainer.make_setup(config)
+    say(f"Mesh {dict(setup.mesh.shape)} over {jax.device_count()} devices "
+        f"({jax.process_count()} processes).")
+    mixture = mixture_lib.build_mixture(config, split="train", process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    vocab = int(config.model.vocab_size)
+    if mixture.tokenizer.vocab_size > vocab:
+        raise ValueError(f"config.model.vocab_size={vocab} is smaller than the tokenizer's "
+                         f"{mixture.tokenizer.vocab_size} pieces; raise it.")
+    tables = trainer.ActionTables.build(mixture.action_tokenizer, vocab)
+    step_fn = trainer.make_train_step(setup, tables, len(mixture.source_names))
+    ckpt = checkpoints.Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
+                                    async_save=bool(config.train.async_checkpoints))
+    meta = {"action_stats": mixture.action_stats,
+            "action_bounds": mixture.action_bounds.to_json_dict(),
+            "source_names": list(mixture.source_names), "config": config.to_json_best_effort()}
+
+    latest = ckpt.latest_step()
+    if latest is None:
+        state = trainer.init_state(setup, int(config.seed))
+        say(f"Initialized {params_lib.count(setup.abstract_state.params):,} parameters; "
+            f"training {config.train.num_steps} steps.")
+    else:
+        state, saved_meta = ckpt.restore(latest, setup.abstract_state)
+        if saved_meta.get("action_bounds") != meta["action_bounds"]:
+            raise ValueError(
+                f"The checkpoint at step {latest} was trained with action bounds "
+                f"{saved_meta.get('action_bounds')}, but the data now gives "
+                f"{meta['action_bounds']}. Use the same data and config.actions, or a new "
+                "--workdir.")
+        ckpt.restore_data(latest, mixture)
+        say(f"Resumed from step {latest} in {ckpt.directory}.")
+    start_step = int(state.step)
+
+    total = int(config.train.num_steps)
+    log = Logger(workdir, total)
+    preempt = Preemption()
+    evaluator = evaluation.Evaluator(config, setup, mixture) if config.train.eval_every else None
+    sums, wait_s, step_s, last = None, 0.0, 0.0, {}
+    examples_per_step = int(config.data.global_batch_size)
+    t_window = time.perf_counter()
+    steps_in_window = 0
+    for step in range(start_step, total):
+        t0 = time.perf_counter()
+        host_batch = next(mixture)
+        t1 = time.perf_counter()
+        batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding[k],
+                                                           host_batch[k])
+                 for k in trainer.MODEL_KEYS}
+        state, metrics = step_fn(state, batch)
+        sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
+        wait_s += t1 - t0
+        steps_in_window += 1
+        done = step + 1
+        if done % config.train.log_every == 0 or done == total:
+            sums = jax.tree.map(np.asarray, sums)  # waits for the step to finish
+            elapsed = time.perf_counter() - t_window
+            step_s = elapsed / steps_in_window
+            last = trainer.summarize(sums, mixture.source_names)
+            last.update(
+                grad_norm=float(metrics["grad_norm"]), param_norm=float(metrics["param_norm"]),
+                learning_rate=_lr(config, done),
+                steps_per_s=1.0 / step_s, examples_per_s=examples_per_step / step_s,
+                data_wait_fraction=wait_s / elapsed, eta_min=(total - done) * step_s / 60)
+            log.console(done, last, ("loss", "loss/robot", "action_acc", "action_l1",
+                                     "web_token_acc", "learning_rate", "grad_norm",
+                                     "steps_per_s", "data_wait_fraction", "eta_min"))
+            log.scalars(done, last, "train/")
+            log.jsonl(done, last)
+            sums, wait_s, steps_in_window = None, 0.0, 0
+            t_window = time.perf_counter()
+        if evaluator is not None and (done % config.train.eval_every == 0 or done == total):
+            results = evaluator.run(state.params)
+            log.console(done, results, tuple(results))
+            log.scalars(done, results, "eval/")
+            log.jsonl(done, {f"eval/{k}": v for k, v in results.items()})
+            last.update({f"eval/{k}": v for k, v in results.items()})
+            t_window = time.perf_counter()
+        stop = preempt.any_process()
+        if done % config.train.checkpoint_every == 0 or done == total or stop:
+            ckpt.save(done, state, meta, mixture, wait=stop or done == total)
+        if stop:
+            say(f"Saved step {done} after SIGTERM; exiting. Re-run the same command to resume.")
+            ckpt.close()
+            sys.exit(0)
+    ckpt.close()
+    if config.train.export_at_end and start_step < total:
+        checkpoints.export(os.path.join(workdir, "export"), state.params, config,
+                           mixture.tokenizer.model_path, mixture.action_stats,
+                           mixture.action_bounds, config.train.export_dtype)
+    return last
+
+
+def _lr(config, step: int) -> float:
+    from rt2_jax import optim
+    return float(optim.learning_rate_schedule(config.train)(step))
+
+
+def open_text(path: str, mode: str):
+    import tensorflow as tf
+    return tf.io.gfile.GFile(path, mode)
+
+
+def say(message: str) -> None:
+    """Progress a person should see (process 0), independent of the log verbosity."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # keep the console readable; -v 0 = all
+    initialize_distributed()
+    train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

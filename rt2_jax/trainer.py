@@ -1,0 +1,264 @@
+"""Train state, its shardings, the loss and metrics, and the jitted train step.
+
+Used by `rt2_jax.train` (the entry point) and `rt2_jax.tools.aot` (ahead-of-time compilation):
+both build the same `TrainSetup`, so what the fit check compiles is what the pod runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from rt2_jax import actions as actions_lib
+from rt2_jax import optim, sharding
+from rt2_jax.models import params as params_lib
+from rt2_jax.models.encoder_decoder import shift_right
+from rt2_jax.models.vlm import VLM
+
+# Host batch keys the train step consumes (see the host-batch contract).
+MODEL_KEYS = ("image", "encoder_tokens", "encoder_mask", "decoder_tokens", "decoder_loss_mask",
+              "source", "is_robot", "action")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def batch_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one global batch (the host-batch contract)."""
+    size, le, ld = config.image_size, config.max_prompt_len, config.max_target_len
+    return {
+        "image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+        "encoder_tokens": jax.ShapeDtypeStruct((batch_size, le), jnp.int32),
+        "encoder_mask": jax.ShapeDtypeStruct((batch_size, le), jnp.bool_),
+        "decoder_tokens": jax.ShapeDtypeStruct((batch_size, ld), jnp.int32),
+        "decoder_loss_mask": jax.ShapeDtypeStruct((batch_size, ld), jnp.float32),
+        "source": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+        "is_robot": jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
+        "action": jax.ShapeDtypeStruct((batch_size, 8), jnp.float32),
+    }
+
+
+@dataclasses.dataclass
+class ActionTables:
+    """Static arrays that turn predicted token ids into action bins inside the step."""
+
+    id_to_bin: np.ndarray        # int32 [V]: bin of an action id, -1 elsewhere
+    position_masks: np.ndarray   # bool [8, V]
+
+    @classmethod
+    def build(cls, action_tokenizer: actions_lib.ActionTokenizer, vocab_size: int):
+        id_to_bin = np.full(vocab_size, -1, np.int32)
+        id_to_bin[action_tokenizer.action_ids] = np.arange(actions_lib.NUM_BINS, dtype=np.int32)
+        return cls(id_to_bin, np.asarray(action_tokenizer.position_masks(vocab_size)))
+
+
+def cross_entropy(logits, targets, mask, z_loss: float):
+    """Per-token loss [B, L] (masked) and the z-loss term, both in float32."""
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    loss = (log_z - target_logit) + z_loss * jnp.square(log_z)
+    return loss * mask
+
+
+def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_loss: float):
+    """Sums and counts (so that they average correctly over hosts and micro-batches)."""
+    targets, mask = batch["decoder_tokens"], batch["decoder_loss_mask"]
+    token_loss = cross_entropy(logits, targets, mask, z_loss)
+    row_loss = token_loss.sum(-1)
+    row_tokens = mask.sum(-1)
+    onehot = jax.nn.one_hot(batch["source"], num_sources, dtype=jnp.float32)  # [B, S]
+    robot = batch["is_robot"].astype(jnp.float32)
+    web = 1.0 - robot
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * mask
+
+    # Action metrics on robot rows: the first 8 target positions are the action tokens.
+    act_logits = logits[:, :8]
+    masked = jnp.where(jnp.asarray(tables.position_masks)[None], act_logits, -jnp.inf)
+    pred_ids = jnp.argmax(masked, -1)                                      # always valid ids
+    pred_bins = jnp.asarray(tables.id_to_bin)[pred_ids]
+    act_correct = (pred_ids == targets[:, :8]).astype(jnp.float32) * robot[:, None]
+    centres = (pred_bins[:, 1:].astype(jnp.float32) + 0.5) / actions_lib.NUM_BINS * 2.0 - 1.0
+    pred_norm = jnp.concatenate([pred_bins[:, :1].astype(jnp.float32), centres], axis=1)
+    act_l1 = jnp.abs(pred_norm - batch["action"]) * robot[:, None]
+    return {
+        "loss_sum": row_loss.sum(), "token_count": row_tokens.sum(),
+        "source_loss_sum": (row_loss[:, None] * onehot).sum(0),
+        "source_token_count": (row_tokens[:, None] * onehot).sum(0),
+        "source_examples": onehot.sum(0),
+        "z_sum": (z_loss * jnp.square(jax.nn.logsumexp(logits, -1)) * mask).sum(),
+        "robot_rows": robot.sum(),
+        "action_correct_per_dim": act_correct.sum(0),
+        "action_all_correct": (act_correct.sum(1) == 8).astype(jnp.float32).sum(),
+        "action_l1_per_dim": act_l1.sum(0),
+        "web_correct": (correct * web[:, None]).sum(),
+        "web_tokens": (mask * web[:, None]).sum(),
+    }
+
+
+def summarize(sums: dict[str, np.ndarray], source_names: tuple[str, ...]) -> dict[str, float]:
+    """Turns summed metrics into the logged averages."""
+    s = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+    out = {"loss": s["loss_sum"] / max(s["token_count"], 1.0)}
+    for i, name in enumerate(source_names):
+        if s["source_token_count"][i] > 0:
+            out[f"loss/{name}"] = s["source_loss_sum"][i] / s["source_token_count"][i]
+        out[f"examples/{name}"] = s["source_examples"][i]
+    robot = max(s["robot_rows"], 1.0)
+    if s["robot_rows"] > 0:
+        out["action_acc"] = s["action_correct_per_dim"].sum() / (8 * robot)
+        out["action_exact"] = s["action_all_correct"] / robot
+        out["action_l1"] = s["action_l1_per_dim"][1:].sum() / (7 * robot)
+        for d, name in enumerate(actions_lib.ACTION_DIMS):
+            out[f"action_acc/{name}"] = s["action_correct_per_dim"][d] / robot
+    if s["web_tokens"] > 0:
+        out["web_token_acc"] = s["web_correct"] / s["web_tokens"]
+    return out
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """Everything needed to initialize, restore and step the model on a mesh."""
+
+    config: Any
+    model: VLM
+    mesh: Mesh
+    rules: tuple
+    tx: optax.GradientTransformation
+    abstract_state: TrainState          # ShapeDtypeStructs
+    state_sharding: TrainState          # NamedShardings
+    batch_sharding: dict[str, NamedSharding]
+
+
+def _abstract_boxed_params(model: VLM, config):
+    spec = batch_spec(config, 1)
+    args = [spec[k] for k in ("image", "encoder_tokens", "encoder_mask", "decoder_tokens")]
+    return jax.eval_shape(lambda *a: model.init(jax.random.PRNGKey(0), *a), *args)["params"]
+
+
+def _on_mesh(s, mesh: Mesh) -> NamedSharding:
+    """A compiler-chosen sharding expressed on `mesh` (scalars may come back on one device)."""
+    if isinstance(s, NamedSharding) and s.mesh == mesh:
+        return s
+    if s.is_fully_replicated:
+        return sharding.replicated(mesh)
+    raise ValueError(f"Cannot express the optimizer-state sharding {s} on mesh {mesh}.")
+
+
+def make_setup(config, mesh: Mesh | None = None) -> TrainSetup:
+    model = VLM.from_config(config)
+    rules = sharding.rules_from_config(config)
+    mesh = mesh or sharding.make_mesh(config)
+    dp = sharding.data_parallel_size(mesh, rules)
+    gbs = int(config.data.global_batch_size)
+    accum = int(config.train.grad_accum_steps)
+    if gbs % (dp * accum):
+        raise ValueError(f"config.data.global_batch_size={gbs} must be divisible by the "
+                         f"data-parallel size {dp} (mesh {dict(mesh.shape)}) times "
+                         f"config.train.grad_accum_steps={accum}.")
+    boxed = _abstract_boxed_params(model, config)
+    param_sharding = sharding.logical_sharding(boxed, mesh, rules)
+    abstract_params = params_lib.unbox(boxed)
+    tx = optim.make_optimizer(config.train, abstract_params)
+    abstract_params = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
+        param_sharding)
+    # Optimizer-state shardings: let XLA propagate them from the parameter shardings.
+    opt_init = jax.jit(tx.init).lower(abstract_params).compile()
+    opt_sharding = jax.tree.map(lambda s: _on_mesh(s, mesh), opt_init.output_shardings)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    repl = sharding.replicated(mesh)
+    state_sharding = TrainState(step=repl, params=param_sharding, opt_state=opt_sharding,
+                                rng=repl)
+    abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=repl),
+        params=abstract_params,
+        opt_state=jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                               abstract_opt, opt_sharding),
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl))
+    bspec = batch_spec(config, gbs)
+    batch_sharding = {k: sharding.batch_sharding(mesh, rules, len(v.shape))
+                      for k, v in bspec.items()}
+    return TrainSetup(config, model, mesh, rules, tx, abstract_state, state_sharding,
+                      batch_sharding)
+
+
+def init_state(setup: TrainSetup, seed: int) -> TrainState:
+    """Initializes parameters and optimizer state directly in their shardings."""
+    config, model, tx = setup.config, setup.model, setup.tx
+    spec = batch_spec(config, 1)
+    dummy = [jnp.zeros(spec[k].shape, spec[k].dtype)
+             for k in ("image", "encoder_tokens", "encoder_mask", "decoder_tokens")]
+
+    def init(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        params = params_lib.unbox(model.init(init_rng, *dummy)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=state_rng)
+
+    return jax.jit(init, out_shardings=setup.state_sharding)(jax.random.PRNGKey(seed))
+
+
+def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
+    """The jitted step: (state, batch) -> (state, metric sums). State is donated."""
+    config, model, tx = setup.config, setup.model, setup.tx
+    accum = int(config.train.grad_accum_steps)
+    z_loss = float(config.train.z_loss)
+    start_id = 0  # T5 convention: the decoder start token is pad
+
+    def loss_fn(params, batch, rng):
+        dec_in = shift_right(batch["decoder_tokens"], start_id)
+        logits = model.apply({"params": params}, batch["image"], batch["encoder_tokens"],
+                             batch["encoder_mask"], dec_in, train=True, rngs={"dropout": rng})
+        metrics = compute_metrics(logits, batch, num_sources, tables, z_loss)
+        return metrics["loss_sum"] / jnp.maximum(metrics["token_count"], 1.0), metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch):
+        with sharding.activation_context(setup.mesh, setup.rules):
+            return _step(state, batch)
+
+    def _step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        if accum == 1:
+            (_, metrics), grads = grad_fn(state.params, batch, rng)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape((accum, x.shape[0] // accum, *x.shape[1:])), batch)
+
+            def body(carry, xs):
+                grads_acc, metrics_acc = carry
+                mb, i = xs
+                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, grads_acc, g),
+                        jax.tree.map(jnp.add, metrics_acc, m)), None
+
+            zeros_g = jax.tree.map(jnp.zeros_like, state.params)
+            first = jax.tree.map(lambda x: x[0], micro)
+            zeros_m = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                lambda: loss_fn(state.params, first, rng)[1]))
+            (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m),
+                                               (micro, jnp.arange(accum)))
+            grads = jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                       param_norm=optax.global_norm(params))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return jax.jit(step, in_shardings=(setup.state_sharding, setup.batch_sharding),
+                   out_shardings=(setup.state_sharding, sharding.replicated(setup.mesh)),
+                   donate_argnums=(0,))

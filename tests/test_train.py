@@ -1,0 +1,233 @@
+"""Training: learning, resume after kill -9, sharded == unsharded, multi-process, bad configs."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from rt2_jax import train as train_lib
+from rt2_jax import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "train_worker.py")
+
+
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory):
+    """A small toy world shared by the tests of this module (generated once)."""
+    from data_pipelines.builders import toy_world
+
+    cache = str(tmp_path_factory.mktemp("toy_cache"))
+    toy_world.ensure_toy_world(cache, episodes=16, vqa_scenes=40, seed=0)
+    return cache
+
+
+def small_config(cache: str, **train):
+    c = tiny.get_config()
+    c.data.toy_world.cache_dir = cache
+    c.data.toy_world.episodes = 16
+    c.data.toy_world.vqa_scenes = 40
+    c.data.global_batch_size = 8
+    c.data.shuffle_buffer = 64
+    c.data.eval.max_examples_per_source = 8
+    c.data.cache_dir = os.path.join(cache, "stats")
+    c.max_target_len = 16
+    c.train.update(dict(num_steps=40, warmup_steps=5, log_every=10, eval_every=0,
+                        checkpoint_every=20, async_checkpoints=False))
+    c.train.update(train)
+    return c
+
+
+def overrides(c) -> list[str]:
+    """Command-line flags that reproduce small_config() in a subprocess."""
+    flat = {
+        "data.toy_world.cache_dir": c.data.toy_world.cache_dir,
+        "data.toy_world.episodes": c.data.toy_world.episodes,
+        "data.toy_world.vqa_scenes": c.data.toy_world.vqa_scenes,
+        "data.global_batch_size": c.data.global_batch_size,
+        "data.shuffle_buffer": c.data.shuffle_buffer,
+        "data.eval.max_examples_per_source": c.data.eval.max_examples_per_source,
+        "data.cache_dir": c.data.cache_dir, "max_target_len": c.max_target_len,
+        **{f"train.{k}": v for k, v in c.train.items()},
+    }
+    return [f"--config.{k}={v}" for k, v in flat.items()]
+
+
+def read_losses(workdir: str) -> dict[int, float]:
+    """step -> loss from metrics.jsonl (a resumed run's later lines win)."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            if "loss" in row:
+                out[row["step"]] = row["loss"]
+    return out
+
+
+def run_train(workdir, c, extra_env=None, **popen):
+    env = dict(os.environ, **(extra_env or {}))
+    cmd = [sys.executable, "-m", "rt2_jax.train", "--config=configs/tiny.py",
+           f"--workdir={workdir}", *overrides(c)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_forty_steps_lower_the_loss(toy_cache, tmp_path):
+    c = small_config(toy_cache, num_steps=40, log_every=10, eval_every=40, learning_rate=3e-3)
+    last = train_lib.train(c, str(tmp_path))
+    losses = read_losses(str(tmp_path))
+    assert sorted(losses) == [10, 20, 30, 40]
+    assert losses[40] < 0.8 * losses[10], losses
+    assert 0.0 <= last["action_acc"] <= 1.0 and "loss/robot" in last
+    assert "eval/action_acc" in last and "eval/vqa_exact_match" in last
+    assert 0.0 <= last["data_wait_fraction"] <= 1.0
+    assert os.listdir(tmp_path / "tensorboard")
+    # Training to num_steps again is a no-op resume from the final checkpoint.
+    again = train_lib.train(c, str(tmp_path))
+    assert again == {}
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(toy_cache, tmp_path):
+    c = small_config(toy_cache, num_steps=16, log_every=1, checkpoint_every=4)
+    ref_dir, cut_dir = str(tmp_path / "ref"), str(tmp_path / "cut")
+    ref = run_train(ref_dir, c)
+    out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out[-3000:]
+    reference = read_losses(ref_dir)
+    assert sorted(reference) == list(range(1, 17))
+
+    kill_at = random.Random(os.getpid()).randint(6, 13)
+    proc = run_train(cut_dir, c)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        path = os.path.join(cut_dir, "metrics.jsonl")
+        if os.path.exists(path) and max(read_losses(cut_dir), default=0) >= kill_at:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert max(read_losses(cut_dir)) < 16, "the run finished before it could be killed"
+
+    resumed = run_train(cut_dir, c)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    assert "Resumed from step" in out
+    losses = read_losses(cut_dir)
+    for step in range(1, 17):
+        np.testing.assert_allclose(losses[step], reference[step], atol=1e-5, rtol=0,
+                                   err_msg=f"step {step} (killed near {kill_at})")
+
+
+def test_sigterm_saves_and_exits_cleanly(toy_cache, tmp_path):
+    c = small_config(toy_cache, num_steps=400, log_every=1, checkpoint_every=1000)
+    proc = run_train(str(tmp_path), c)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(tmp_path / "metrics.jsonl") and read_losses(str(tmp_path)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "after SIGTERM" in out
+    steps = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+    assert steps and max(steps) < 400
+
+
+def test_sharded_mesh_matches_one_device():
+    """8 simulated CPU devices, mesh data=2 x fsdp=2 x model=2, vs 1 device: same losses."""
+    out = subprocess.run(
+        [sys.executable, WORKER, "mesh"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["mesh"] == {"data": 2, "fsdp": 2, "model": 2}
+    assert result["sharded_param"] != "PartitionSpec()"  # something really is sharded
+    np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    """Two jax.distributed processes (2 CPU devices each) vs one process with 4 devices."""
+    port = str(20000 + os.getpid() % 20000)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, WORKER, "multiprocess", port, str(i),
+                               str(tmp_path / f"p{i}.json")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    single = subprocess.run(
+        [sys.executable, WORKER, "single", str(tmp_path / "single.json")], cwd=ROOT,
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    ref = json.loads((tmp_path / "single.json").read_text())
+    for i in range(2):
+        got = json.loads((tmp_path / f"p{i}.json").read_text())
+        assert got["process_count"] == 2 and got["devices"] == 4
+        np.testing.assert_allclose(got["losses"], ref["losses"], atol=1e-5, rtol=0)
+
+
+def test_bad_configs_are_explained_before_compiling(toy_cache):
+    c = small_config(toy_cache)
+    c.mesh.update(dict(data=3, fsdp=1, model=1))
+    with pytest.raises(ValueError, match=r"config.mesh .*3 devices but 1 are available"):
+        trainer.make_setup(c)
+    c = small_config(toy_cache)
+    c.data.global_batch_size = 6
+    c.train.grad_accum_steps = 4
+    with pytest.raises(ValueError, match="global_batch_size=6 must be divisible"):
+        trainer.make_setup(c)
+    c = small_config(toy_cache)
+    c.data.sources.robot.builder_dir = "/nonexistent/fractal20220817_data/0.1.0"
+    with pytest.raises(Exception, match="nonexistent"):
+        train_lib.train(c, "unused")
+    c = small_config(toy_cache, optimizer="sgdx")
+    with pytest.raises(ValueError, match="sgdx"):
+        trainer.make_setup(c)
+    c = small_config(toy_cache, freeze_regex="^nothing_matches/")
+    with pytest.raises(ValueError, match="matches no parameter"):
+        trainer.make_setup(c)
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "rt2_jax.train", "--config=configs/tiny.py",
+         f"--workdir={tmp_path}", "--config.train.num_stepz=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "num_stepz" in out.stderr
+
+
+def test_gradient_accumulation_matches_one_big_batch(toy_cache):
+    """Accumulating 2 micro-batches gives the same update as one batch (token-balanced data)."""
+    c1 = small_config(toy_cache, optimizer="adamw", grad_clip_norm=0.0, z_loss=0.0)
+    c2 = small_config(toy_cache, optimizer="adamw", grad_clip_norm=0.0, z_loss=0.0,
+                      grad_accum_steps=2)
+    rng = np.random.default_rng(0)
+    b = c1.data.global_batch_size
+    batch = {
+        "image": rng.integers(0, 256, (b, 64, 64, 3), dtype=np.uint8),
+        "encoder_tokens": rng.integers(3, 500, (b, c1.max_prompt_len)).astype(np.int32),
+        "encoder_mask": np.ones((b, c1.max_prompt_len), bool),
+        "decoder_tokens": rng.integers(3, 500, (b, c1.max_target_len)).astype(np.int32),
+        "decoder_loss_mask": np.ones((b, c1.max_target_len), np.float32),
+        "source": np.zeros(b, np.int32), "is_robot": np.zeros(b, bool),
+        "action": np.zeros((b, 8), np.float32),
+    }
+    params = []
+    for c in (c1, c2):
+        setup = trainer.make_setup(c)
+        tables = trainer.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool))
+        step = trainer.make_train_step(setup, tables, num_sources=3)
+        state, _ = step(trainer.init_state(setup, 0), batch)
+        params.append(jax.tree.map(np.asarray, state.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4), *params)
