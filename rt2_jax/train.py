@@ -208,11 +208,11 @@ def train(config, workdir: str) -> dict[str, float]:
             sums, wait_s, steps_in_window = None, 0.0, 0
             t_window = time.perf_counter()
         if evaluator is not None and (done % config.train.eval_every == 0 or done == total):
-            results = evaluator.run(state.params)
+            results = {f"eval/{k}": v for k, v in evaluator.run(state.params).items()}
             log.console(done, results, tuple(results))
-            log.scalars(done, results, "eval/")
-            log.jsonl(done, {f"eval/{k}": v for k, v in results.items()})
-            last.update({f"eval/{k}": v for k, v in results.items()})
+            log.scalars(done, results)
+            log.jsonl(done, results)
+            last.update(results)
             t_window = time.perf_counter()
         stop = preempt.any_process()
         if done % config.train.checkpoint_every == 0 or done == total or stop:

@@ -93,6 +93,21 @@ def test_forty_steps_lower_the_loss(toy_cache, tmp_path):
     # Training to num_steps again is a no-op resume from the final checkpoint.
     again = train_lib.train(c, str(tmp_path))
     assert again == {}
+    # Export: bf16 params equal to the checkpoint's, plus tokenizer, statistics and config.
+    from rt2_jax import checkpoints, export
+
+    out = str(tmp_path / "export")
+    assert export.export_workdir(str(tmp_path), out) == 40
+    params, config, stats = checkpoints.load_export(out)
+    assert config.model.vocab_size == c.model.vocab_size
+    assert stats["bounds"]["low"] and stats["mapping"] == "integers"
+    setup = trainer.make_setup(c)
+    state, _ = checkpoints.Checkpointer(str(tmp_path)).restore(40, setup.abstract_state)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(
+        np.asarray(a), np.asarray(b.astype(np.asarray(a).dtype))), params, state.params)
+    assert {str(np.asarray(x).dtype) for x in jax.tree.leaves(params)} == {"bfloat16"}
+    with pytest.raises(FileExistsError):
+        export.export_workdir(str(tmp_path), out)
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(toy_cache, tmp_path):
