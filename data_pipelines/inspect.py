@@ -18,13 +18,6 @@ from PIL import Image
 
 from data_pipelines import mixture as mixture_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Batches to read.")
-_SPLIT = flags.DEFINE_enum("split", "train", ["train", "val"], "Which stream.")
-_EXAMPLES = flags.DEFINE_integer("examples", 6, "Examples of the first batch to print.")
-_IMAGE_GRID = flags.DEFINE_string("image_grid", "data_batch.png", "PNG of the first batch.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
-
 
 def describe_example(mix, batch, row):
     tok, atok = mix.tokenizer, mix.action_tokenizer
@@ -110,9 +103,9 @@ def print_text(report):
 def main(argv):
     del argv
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress to stdout
-        report = inspect(_CONFIG.value, _SPLIT.value, _NUM_BATCHES.value, _EXAMPLES.value,
-                         _IMAGE_GRID.value)
-    if _JSON.value:
+        f = flags.FLAGS
+        report = inspect(f.config, f.split, f.num_batches, f.examples, f.image_grid)
+    if flags.FLAGS.json:
         json.dump(report, sys.stdout)
         print()
     else:
@@ -120,5 +113,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    flags.DEFINE_integer("num_batches", 4, "Batches to read.")
+    flags.DEFINE_enum("split", "train", ["train", "val"], "Which stream.")
+    flags.DEFINE_integer("examples", 6, "Examples of the first batch to print.")
+    flags.DEFINE_string("image_grid", "data_batch.png", "PNG of the first batch.")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
     flags.mark_flag_as_required("config")
     app.run(main)

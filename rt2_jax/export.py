@@ -18,11 +18,6 @@ from absl import app, flags
 from rt2_jax import actions as actions_lib
 from rt2_jax import checkpoints, tokenizer
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
-_OUT = flags.DEFINE_string("out", None, "Export directory to create.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Parameter dtype.")
-
 
 def export_workdir(workdir: str, out: str, step: int | None = None,
                    dtype: str = "bfloat16") -> int:
@@ -52,10 +47,15 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    step = export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _DTYPE.value)
-    print(f"Exported step {step} of {_WORKDIR.value} to {_OUT.value}.")
+    f = flags.FLAGS
+    step = export_workdir(f.workdir, f.out, f.step, f.dtype)
+    print(f"Exported step {step} of {f.workdir} to {f.out}.")
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
+    flags.DEFINE_string("out", None, "Export directory to create.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Parameter dtype.")
     flags.mark_flags_as_required(["workdir", "out"])
     app.run(main)

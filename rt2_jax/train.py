@@ -23,23 +23,28 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints, "
-                               "TensorBoard events and exports.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for "
-                                   "multi-process runs off TPU (TPU pods detect it).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+def define_flags() -> None:
+    """Command-line flags; defined only when run as a program so the module imports cleanly."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints, "
+                        "TensorBoard events and exports.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process "
+                        "runs off TPU (TPU pods detect it).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes.")
+    flags.DEFINE_integer("process_id", None, "This process's index.")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
     """jax.distributed.initialize() for multi-process runs: explicit flags, or a TPU pod."""
-    if _COORDINATOR.value:
-        if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+    if coordinator:
+        if num_processes is None or process_id is None:
             raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
     elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
         jax.distributed.initialize()  # multi-host TPU slice: discovered from the environment
 
@@ -250,10 +255,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)  # keep the console readable; -v 0 = all
-    initialize_distributed()
-    train(_CONFIG.value, _WORKDIR.value)
+    f = flags.FLAGS
+    initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+    train(f.config, f.workdir)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
+    define_flags()
     app.run(main)

@@ -15,9 +15,6 @@ from ml_collections import config_flags
 from rt2_jax.models import params as params_lib
 from rt2_jax.models.vlm import VLM
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_JSON = flags.DEFINE_bool("json", False, "Print one flat JSON object instead of a table.")
-
 # Component -> predicate on the flattened parameter name. Order matters: first match wins.
 COMPONENTS = (
     ("projection", lambda k: k.startswith("img/head/")),
@@ -64,10 +61,12 @@ def format_table(counts: dict[str, int]) -> str:
 
 def main(argv):
     del argv
-    counts = count_by_component(abstract_params(_CONFIG.value))
-    print(json.dumps(counts) if _JSON.value else format_table(counts))
+    counts = count_by_component(abstract_params(flags.FLAGS.config))
+    print(json.dumps(counts) if flags.FLAGS.json else format_table(counts))
 
 
 if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    flags.DEFINE_bool("json", False, "Print one flat JSON object instead of a table.")
     flags.mark_flag_as_required("config")
     app.run(main)
