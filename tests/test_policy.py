@@ -1,0 +1,216 @@
+"""Policy from an export dir (valid actions, parity with the decoder and the TF pipeline, one
+compile, input errors) and the closed-loop toy-world evaluation."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from absl import logging as absl_logging
+
+from configs import tiny
+from rt2_jax import actions as actions_lib
+from rt2_jax import checkpoints, decoding, sim
+from rt2_jax import policy as policy_lib
+from rt2_jax import tokenizer as tokenizer_lib
+from rt2_jax.models import params as params_lib
+from rt2_jax.models.vlm import VLM
+from rt2_jax.tools import eval_sim
+
+LOW, HIGH = sim.ACTION_LOW[1:], sim.ACTION_HIGH[1:]
+
+
+def random_params(config, seed=0):
+    """Parameters of the config's model drawn with numpy from the shapes jax.eval_shape gives
+    (no XLA compile: quicker than model.init on a busy CPU). Norm scales are 1."""
+    model = VLM.from_config(config)
+    size, length = config.image_size, config.max_prompt_len
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            np.zeros((1, size, size, 3), np.uint8), np.zeros((1, length), np.int32),
+                            np.ones((1, length), bool), np.zeros((1, 4), np.int32))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if "scale" in jax.tree_util.keystr(path):
+            return np.ones(leaf.shape, np.float32)
+        return (rng.standard_normal(leaf.shape) * 0.1).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, params_lib.unbox(shapes["params"]))
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    """A tiny-config export with random weights and the toy world's action bounds."""
+    config = tiny.get_config()
+    bounds = actions_lib.ActionBounds(tuple(LOW), tuple(HIGH))
+    out = str(tmp_path_factory.mktemp("policy") / "export")
+    checkpoints.export(out, random_params(config), config, tokenizer_lib.default_model_path(),
+                       None, bounds)
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy(export_dir):
+    return policy_lib.Policy.from_export(export_dir)
+
+
+def observations(n, concepts="seen"):
+    env = sim.TabletopEnv(concepts=concepts)
+    obs = [env.reset(seed=seed)[0] for seed in range(n)]
+    return [o["image"] for o in obs], [o["instruction"] for o in obs]
+
+
+def test_actions_are_valid(policy):
+    images, instructions = observations(2)
+    action = policy.act(images[0], instructions[0])
+    assert action.shape == (8,) and action.dtype == np.float32
+    rng = np.random.default_rng(0)
+    odd_sizes = [images[0], rng.integers(0, 256, (90, 150, 3), np.uint8)]
+    batch = policy.act_batch(odd_sizes, instructions)
+    assert batch.shape == (2, 8) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[0], action)
+    centres = policy.bin_centres()
+    for row in batch:
+        assert row[0] in (0.0, 1.0)
+        assert np.all(row[1:] >= LOW) and np.all(row[1:] <= HIGH)
+        # Each continuous dim is exactly one of its 256 bin centres.
+        assert np.all(np.isclose(centres, row[1:, None], rtol=0, atol=1e-6).any(axis=1))
+
+
+def test_equals_decoder_actions_on_the_same_input(policy, export_dir):
+    from data_pipelines import mixture
+
+    assert policy_lib.PROMPT_ADD_EOS == mixture.PROMPT_ADD_EOS
+    images, instructions = observations(2, concepts="unseen")
+    params, config, stats = checkpoints.load_export(export_dir)
+    tok = tokenizer_lib.Tokenizer(config.tokenizer.model_path)
+    action_tok = actions_lib.ActionTokenizer(
+        actions_lib.ActionBounds.from_json_dict(stats["bounds"]), tok, stats["mapping"])
+    decoder = decoding.Decoder(VLM.from_config(config), action_tok, config.model.vocab_size)
+    tokens, mask = tok.encode_batch([tokenizer_lib.robot_prompt(i) for i in instructions],
+                                    config.max_prompt_len, add_eos=True)
+    assert mask.sum(1).max() < config.max_prompt_len  # nothing truncated, EOS present
+    np.testing.assert_array_equal(tokens[np.arange(2), mask.sum(1) - 1], tok.eos_id)
+    pixels = np.stack([policy.preprocess_image(i) for i in images])
+    assert pixels.shape == (2, config.image_size, config.image_size, 3)
+    expected = decoder.actions(params, pixels, tokens, mask)
+    got = policy.predict(images, instructions)
+    np.testing.assert_array_equal(got["bins"], expected["bins"])
+    np.testing.assert_array_equal(got["action"], expected["action"])
+
+
+@pytest.mark.parametrize("aspect", policy_lib.ASPECT_MODES)
+def test_resize_matches_the_tf_pipeline(aspect):
+    import tensorflow as tf
+
+    from data_pipelines import mixture
+
+    rng = np.random.default_rng(1)
+    for shape, size in (((128, 128), 64), ((100, 160), 64), ((150, 90), 48), ((40, 52), 64)):
+        image = rng.integers(0, 256, (*shape, 3), np.uint8)
+        image[: shape[0] // 2] //= 3   # some structure besides noise
+        ref = mixture.resize_image(tf.constant(image), size, aspect)
+        ref = tf.cast(tf.clip_by_value(tf.round(ref), 0.0, 255.0), tf.uint8).numpy()
+        ours = policy_lib.resize_image(image, size, aspect)
+        assert ours.shape == ref.shape == (size, size, 3) and ours.dtype == np.uint8
+        diff = np.abs(ours.astype(int) - ref.astype(int))
+        assert diff.max() <= 1, (shape, size)           # float rounding at .5 boundaries only
+        assert (diff > 0).mean() < 0.005, (shape, size)
+
+
+def test_policy_uses_the_configured_aspect_mode(policy):
+    config = policy.config.copy_and_resolve_references()
+    config.data.image_aspect = "pad"
+    padded = policy_lib.Policy(policy.params, config, policy.action_tokenizer)
+    wide = np.full((50, 100, 3), 200, np.uint8)
+    out = padded.preprocess_image(wide)
+    assert out.shape == (64, 64, 3)
+    assert out[0].max() == 0 and out[-1].max() == 0 and out[32].min() == 200  # letterboxed
+    assert policy.preprocess_image(wide).min() == 200                          # squashed
+    config.data.image_aspect = "stretch"
+    with pytest.raises(ValueError, match="image_aspect"):
+        policy_lib.Policy(policy.params, config, policy.action_tokenizer)
+
+
+def test_second_call_does_not_recompile(policy):
+    images, instructions = observations(3)
+    policy.act(images[0], instructions[0])
+    compiled = policy.num_compilations
+    policy.act(images[1], instructions[1])
+    policy.act(np.zeros((30, 40, 3), np.uint8), "pick up the red block")  # other image size
+    assert policy.num_compilations == compiled
+    policy.act_batch(images[:2], instructions[:2])
+    compiled = policy.num_compilations
+    policy.act_batch(images[1:], instructions[1:])
+    assert policy.num_compilations == compiled
+
+
+def test_bad_inputs_are_explained(policy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        policy_lib.Policy.from_export(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="not a complete export"):
+        policy_lib.Policy.from_export(str(tmp_path))
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(TypeError, match="uint8"):
+        policy.act(image.astype(np.float32), "pick up the red block")
+    with pytest.raises(TypeError, match="numpy"):
+        policy.act(image.tolist(), "pick up the red block")
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        policy.act(image[..., 0], "pick up the red block")
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        policy.act(np.zeros((64, 64, 4), np.uint8), "pick up the red block")
+    with pytest.raises(ValueError, match="empty side"):
+        policy.act(np.zeros((0, 64, 3), np.uint8), "pick up the red block")
+    with pytest.raises(ValueError, match="instruction is empty"):
+        policy.act(image, "  ")
+    with pytest.raises(TypeError, match="instruction must be a str"):
+        policy.act(image, None)
+    with pytest.raises(ValueError, match="2 images but 1 instructions"):
+        policy.act_batch([image, image], ["pick up the red block"])
+    with pytest.raises(TypeError, match="sequence of str"):
+        policy.act_batch([image], "pick up the red block")
+
+
+EXPECTED_KEYS = {"success_rate", "per_task", "expert_success_rate", "episodes",
+                 "mean_episode_length", "num_episodes"}
+
+
+def test_eval_sim_runs_episodes_end_to_end(policy):
+    lines = []
+    result = eval_sim.evaluate(policy, episodes=2, concepts="unseen", seed=3, batch_size=2,
+                               max_episode_steps=3, log=lines.append)
+    assert EXPECTED_KEYS <= set(result)
+    assert result["num_episodes"] == 2 and len(lines) == 2
+    assert [r["seed"] for r in result["episodes"]] == [3, 4]
+    assert all(1 <= r["steps"] <= 3 for r in result["episodes"])
+    assert sum(v["num_episodes"] for v in result["per_task"].values()) == 2
+    assert 0.0 <= result["success_rate"] <= 1.0
+    assert 0.0 <= result["expert_success_rate"] <= 1.0
+    assert all(r["expert_steps"] <= 3 for r in result["episodes"])   # the same step limit
+    json.dumps(result)
+
+
+def test_eval_sim_cli_prints_json(export_dir, policy, capsys, monkeypatch):
+    loaded = []
+
+    def from_export(path, **kwargs):   # the module's policy, whose loop is compiled already
+        loaded.append(path)
+        return policy
+
+    monkeypatch.setattr(policy_lib.Policy, "from_export", from_export)
+    argv = ["eval_sim", f"--export={export_dir}", "--episodes=2", "--concepts=seen",
+            "--max_episode_steps=2", "--batch_size=2", "--json"]
+    verbosity = absl_logging.get_verbosity()
+    flags.FLAGS(argv)
+    try:
+        eval_sim.main(argv[:1])
+    finally:
+        flags.FLAGS.unparse_flags()
+        absl_logging.set_verbosity(verbosity)
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert loaded == [export_dir]
+    assert EXPECTED_KEYS <= set(result) and result["export"] == export_dir
+    assert len(result["episodes"]) == 2
+    assert err.count("expert:") == 2   # one progress line per episode, on stderr
