@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from absl import logging as absl_logging
 
 from configs import tiny
 from rt2_jax import actions as actions_lib
@@ -199,18 +198,15 @@ def test_eval_sim_cli_prints_json(export_dir, policy, capsys, monkeypatch):
         return policy
 
     monkeypatch.setattr(policy_lib.Policy, "from_export", from_export)
-    argv = ["eval_sim", f"--export={export_dir}", "--episodes=2", "--concepts=seen",
-            "--max_episode_steps=2", "--batch_size=2", "--json"]
-    verbosity = absl_logging.get_verbosity()
-    flags.FLAGS(argv)
-    try:
-        eval_sim.main(argv[:1])
-    finally:
-        flags.FLAGS.unparse_flags()
-        absl_logging.set_verbosity(verbosity)
+    fv = flags.FlagValues()
+    eval_sim.define_flags(fv)
+    fv(["eval_sim", f"--export={export_dir}", "--episodes=2", "--concepts=seen",
+        "--max_episode_steps=2", "--batch_size=2", "--json"])
+    returned = eval_sim.run(fv)
     out, err = capsys.readouterr()
     result = json.loads(out)
     assert loaded == [export_dir]
     assert EXPECTED_KEYS <= set(result) and result["export"] == export_dir
     assert len(result["episodes"]) == 2
     assert err.count("expert:") == 2   # one progress line per episode, on stderr
+    assert result == json.loads(json.dumps(returned))

@@ -28,17 +28,26 @@ from absl import app, flags, logging
 
 from rt2_jax import sim
 
-_EXPORT = flags.DEFINE_string("export", None, "Export directory (python -m rt2_jax.export).")
-_EPISODES = flags.DEFINE_integer("episodes", 50, "Number of episodes.")
-_CONCEPTS = flags.DEFINE_enum("concepts", "seen", ["seen", "unseen", "all"],
-                              "Objects/backgrounds: seen in robot data, held out, or any.")
-_SEED = flags.DEFINE_integer("seed", 0, "Episode i uses seed + i.")
-_JSON = flags.DEFINE_bool("json", False, "Print the summary as one JSON object on stdout.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Episodes run side by side per policy call.")
-_MAX_STEPS = flags.DEFINE_integer("max_episode_steps", sim.MAX_EPISODE_STEPS,
-                                  "Truncate an episode after this many steps.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The CLI flags; defined only when the module runs as a program (or by a caller on its own
+    FlagValues), so importing it never clashes with other tools' flags."""
+    fv = flag_values
+    flags.DEFINE_string("export", None, "Export directory (python -m rt2_jax.export).",
+                        flag_values=fv)
+    flags.DEFINE_integer("episodes", 50, "Number of episodes.", flag_values=fv)
+    flags.DEFINE_enum("concepts", "seen", ["seen", "unseen", "all"],
+                      "Objects/backgrounds: seen in robot data, held out, or any.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Episode i uses seed + i.", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print the summary as one JSON object on stdout.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch_size", 8, "Episodes run side by side per policy call.",
+                         flag_values=fv)
+    flags.DEFINE_integer("max_episode_steps", sim.MAX_EPISODE_STEPS,
+                         "Truncate an episode after this many steps.", flag_values=fv)
+    flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding.", flag_values=fv)
+    flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).", flag_values=fv)
+    flags.mark_flags_as_required(["export"], flag_values=fv)
 
 
 @dataclasses.dataclass
@@ -176,28 +185,29 @@ def format_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def run(f: flags.FlagValues) -> dict:
+    """Evaluates as the parsed flags `f` say; prints progress and the summary; returns it."""
     from rt2_jax import decoding
     from rt2_jax import policy as policy_lib
 
-    logging.set_verbosity(logging.WARNING)  # checkpoint-loading chatter would bury the progress
-
-    sampling = decoding.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value)
-    policy = policy_lib.Policy.from_export(_EXPORT.value, sampling=sampling, seed=_SEED.value)
-    stream = sys.stderr if _JSON.value else sys.stdout
-    result = evaluate(policy, episodes=_EPISODES.value, concepts=_CONCEPTS.value,
-                      seed=_SEED.value, batch_size=_BATCH.value,
-                      max_episode_steps=_MAX_STEPS.value,
+    sampling = decoding.Sampling(temperature=f.temperature, top_k=f.top_k)
+    policy = policy_lib.Policy.from_export(f.export, sampling=sampling, seed=f.seed)
+    stream = sys.stderr if f.json else sys.stdout
+    result = evaluate(policy, episodes=f.episodes, concepts=f.concepts, seed=f.seed,
+                      batch_size=f.batch_size, max_episode_steps=f.max_episode_steps,
                       log=lambda line: print(line, file=stream, flush=True))
-    result = {"export": _EXPORT.value, **result}
-    if _JSON.value:
-        print(json.dumps(result))
-    else:
-        print(format_summary(result))
+    result = {"export": f.export, **result}
+    print(json.dumps(result) if f.json else format_summary(result), flush=True)
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # checkpoint-loading chatter would bury the progress
+    run(flags.FLAGS)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["export"])
+    define_flags()
     app.run(main)
