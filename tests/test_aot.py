@@ -1,0 +1,69 @@
+"""Ahead-of-time fit check on a described TPU topology (needs libtpu; runs on a CPU host)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("libtpu", reason="the fit check needs libtpu's topology descriptions")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = [sys.executable, "-m", "rt2_jax.tools.aot", "--config=configs/tiny.py",
+        "--topology=v5e:2x2"]
+
+
+def _start(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen([*TOOL, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Both compiles at once (each is mostly single-threaded XLA work)."""
+    procs = {"fits": _start("--json"),
+             "tiny_hbm": _start("--json", "--hbm_gib=0.001", "--count_flops=false")}
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        out[name] = (proc.returncode, stdout, stderr)
+    return out
+
+
+def test_tiny_compiles_and_reports(runs):
+    rc, stdout, stderr = runs["fits"]
+    assert rc == 0, stderr[-3000:]
+    report = json.loads(stdout)
+    for key in ("command", "topology", "devices", "params", "bytes_per_device",
+                "hbm_bytes_per_device", "fits", "flops_per_step", "compile_s"):
+        assert key in report, key
+    assert report["topology"] == "v5e:2x2" and report["devices"] == 4
+    assert report["fits"] is True
+    assert report["bytes_per_device"] > 0 and report["temp_bytes"] >= 0
+    assert report["hbm_bytes_per_device"] == 16 * 1024**3
+    assert report["params"] > 100_000
+    # Unrolled XLA FLOPs agree with the 6 * params * tokens estimate within a small factor.
+    assert 0.5 < report["flops_vs_analytic"] < 2.0
+    assert report["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
+
+
+def test_impossible_budget_is_reported_not_crashed(runs):
+    rc, stdout, stderr = runs["tiny_hbm"]
+    assert rc == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "does not fit" in stderr
+    report = json.loads(stdout)
+    assert report["fits"] is False
+    assert report["headroom_bytes"] < 0
+    assert report["bytes_per_device"] > report["hbm_bytes_per_device"]
+
+
+def test_mesh_that_does_not_divide_the_topology_is_a_clear_error():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([*TOOL, "--config.mesh.model=3"], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "config.mesh" in proc.stderr
