@@ -1,26 +1,33 @@
 # Two entry points that install what they need into ./.venv on first use:
 #   make demo   trains the tiny config on the toy world (the embedded default data)
-#   make test   runs lint and the test suite
+#   make test   runs lint and the test suite (with the tpu and parity extras, so the
+#               ahead-of-time TPU compile and the Hugging Face parity tests run too)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint install clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,tpu,parity]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q tests
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
 	$(BIN)/python -m rt2_jax.train --config=configs/tiny.py --workdir=runs/tiny

@@ -30,7 +30,7 @@ EXTRAS_REQUIRE = {
         "ruff==0.17.6",
     ],
     # Ahead-of-time compilation for TPU topologies on a CPU host (libtpu).
-    "tpu": ["jax[tpu]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
     # Optional parity tests and peer benchmarks only; never imported by the library.
     "parity": ["torch==2.13.0", "transformers==5.23.0"],
 }
