@@ -86,6 +86,9 @@ class DecodeSpec:
     position_masks: np.ndarray = dataclasses.field(compare=False)  # bool [8, V]
     marker: np.ndarray = dataclasses.field(compare=False)          # int32 [m]
     logit_bias: np.ndarray | None = dataclasses.field(default=None, compare=False)  # f32 [V]
+    # Vocabulary ids the mode can ever emit; when set, only those columns of the output
+    # projection are computed (action mode: the 256 action ids instead of the whole vocabulary).
+    output_ids: np.ndarray | None = dataclasses.field(default=None, compare=False)  # int32 [K]
     pad_id: int = 0
     eos_id: int = 1
     start_id: int = 0
@@ -95,25 +98,32 @@ def _decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
                  image: jax.Array, tokens: jax.Array, mask: jax.Array, rng: jax.Array):
     batch = image.shape[0]
     steps = spec.max_steps
-    text_mask = jnp.asarray(spec.text_mask)
-    pos_masks = jnp.asarray(spec.position_masks)
+    text_mask, pos_masks, bias = spec.text_mask, spec.position_masks, spec.logit_bias
+    out_ids = None
+    if spec.output_ids is not None:  # score only the ids this mode can emit
+        out_ids = jnp.asarray(spec.output_ids)
+        text_mask, pos_masks = text_mask[spec.output_ids], pos_masks[:, spec.output_ids]
+        bias = None if bias is None else bias[spec.output_ids]
+    text_mask, pos_masks = jnp.asarray(text_mask), jnp.asarray(pos_masks)
     marker = jnp.asarray(spec.marker)
     m = marker.shape[0]
     cot = spec.mode == "cot"
     start_phase = ACTION if spec.mode == "action" else TEXT
 
     start = jnp.full((batch, 1), spec.start_id, jnp.int32)
-    logits, state = model.apply(params, image, tokens, mask, start, steps + 1,
+    logits, state = model.apply(params, image, tokens, mask, start, steps + 1, out_ids,
                                 method=VLM.prefill)
 
     def select(t, logits, row, rng):
         phase, j, window, out, act = row
         step_rng = jax.random.fold_in(rng, t)
-        if spec.logit_bias is not None:
-            logits = logits + jnp.asarray(spec.logit_bias)[None]
+        if bias is not None:
+            logits = logits + jnp.asarray(bias)[None]
         allowed = jnp.where((phase == ACTION)[:, None], pos_masks[jnp.minimum(j, 7)],
                             text_mask[None])
         tok = sample_token(jnp.where(allowed, logits, _NEG_INF), step_rng, sampling)
+        if out_ids is not None:
+            tok = out_ids[tok]
         tok = jnp.where(phase == MARKER, marker[jnp.minimum(j, m - 1)], tok)
         tok = jnp.where(phase == DONE, spec.pad_id, tok)
         out = out.at[:, t].set(tok)
@@ -152,7 +162,7 @@ def _decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
 
     def body(carry):
         t, tok, state, row = carry
-        logits, state = model.apply(params, state, tok, method=VLM.decode_step)
+        logits, state = model.apply(params, state, tok, out_ids, method=VLM.decode_step)
         tok, row = select(t, logits, row, rng)
         return t + 1, tok, state, row
 
@@ -209,6 +219,8 @@ class Decoder:
             mode=mode, max_steps=steps,
             text_mask=self._cot_text_mask if mode == "cot" else self._text_mask,
             position_masks=self._position_masks, marker=marker, logit_bias=self._logit_bias,
+            output_ids=(np.flatnonzero(self._position_masks.any(0)).astype(np.int32)
+                        if mode == "action" else None),
             pad_id=tok.pad_id,
             eos_id=tok.eos_id, start_id=tok.decoder_start_id)
 

@@ -125,6 +125,25 @@ class DecoderLayer(nn.Module):
         return x, (cache, cross_kv)
 
 
+class Logits(nn.Module):
+    """Untied output projection `kernel` [embed, vocab]. With `output_ids` [K] only those
+    columns are computed (constrained decoding needs just the allowed ids), in that order."""
+
+    vocab_size: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, output_ids: Array | None = None) -> Array:
+        kernel = self.param(
+            "kernel", layers.logical_init(layers.DEFAULT_KERNEL_INIT, (EMBED, VOCAB)),
+            (x.shape[-1], self.vocab_size), self.param_dtype)
+        if output_ids is not None:
+            kernel = jnp.take(kernel, output_ids, axis=1)
+        logits = jnp.einsum("...d,dv->...v", x.astype(self.dtype), kernel.astype(self.dtype))
+        return logits.astype(jnp.float32)
+
+
 class _Stack(nn.Module):
     """Shared fields of the encoder and decoder stacks."""
 
@@ -173,10 +192,11 @@ class Decoder(_Stack):
 
     @nn.compact
     def __call__(self, x, encoded, encoder_mask, cross_kv=None, cache=None, index=None,
-                 train: bool = False):
+                 train: bool = False, output_ids=None):
         """x [B,S,D] embedded decoder inputs. Without `cache`: teacher forcing over S positions.
         With `cache` ((k, v), each [L,B,T,H,D]): the S inputs sit at positions index..index+S-1.
-        Returns (logits [B,S,V] float32, (cache, cross_kv))."""
+        Returns (logits [B,S,V] float32 — or [B,S,K] for `output_ids` [K] —, (cache, cross_kv)).
+        """
         seq = x.shape[1]
         relpos = self.relpos(bidirectional=False)
         if cache is None:
@@ -197,10 +217,9 @@ class Decoder(_Stack):
             stack, in_axes, x, self_bias, cross_bias, encoded, cross_kv, cache, index)
         x = layers.RMSNorm(name="decoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         x = nn.Dropout(self.dropout_rate)(x, not train)
-        logits = layers.dense_general(
-            self.vocab_size, kernel_axes=(EMBED, VOCAB), bias_axes=None, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="logits_dense")(x)
-        logits = layers.constrain(logits.astype(jnp.float32), (layers.BATCH, layers.LENGTH, VOCAB))
+        logits = Logits(self.vocab_size, self.dtype, self.param_dtype, name="logits_dense")(
+            x, output_ids)
+        logits = layers.constrain(logits, (layers.BATCH, layers.LENGTH, VOCAB))
         return logits, (cache, cross_kv)
 
 
@@ -247,10 +266,12 @@ class EncoderDecoder(nn.Module):
                                  train=train)
         return logits
 
-    def prefill(self, encoded: Array, encoder_mask: Array, tokens: Array, max_len: int):
+    def prefill(self, encoded: Array, encoder_mask: Array, tokens: Array, max_len: int,
+                output_ids: Array | None = None):
         """Runs the decoder on the first `tokens` [B,S] with a fresh cache of `max_len` positions.
 
         Returns (logits [B,S,V], DecodeState) with the cross-attention keys/values computed once.
+        `output_ids` [K] restricts the logits to those vocabulary ids ([B,S,K]).
         """
         b, s = tokens.shape
         if s > max_len:
@@ -259,18 +280,20 @@ class EncoderDecoder(nn.Module):
         cache = (jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
         index = jnp.zeros((), jnp.int32)
         logits, (cache, cross_kv) = self.decoder(
-            self.embed(tokens), encoded, encoder_mask, cache=cache, index=index)
+            self.embed(tokens), encoded, encoder_mask, cache=cache, index=index,
+            output_ids=output_ids)
         state = DecodeState(cache_k=cache[0], cache_v=cache[1], cross_k=cross_kv[0],
                             cross_v=cross_kv[1], encoder_mask=encoder_mask,
                             index=index + s)
         return logits, state
 
-    def decode_step(self, state: DecodeState, tokens: Array):
-        """One decoder step for tokens [B] at position state.index -> (logits [B,V], state)."""
+    def decode_step(self, state: DecodeState, tokens: Array, output_ids: Array | None = None):
+        """One decoder step for tokens [B] at position state.index -> (logits [B,V], state);
+        [B,K] logits for `output_ids` [K]."""
         logits, (cache, _) = self.decoder(
             self.embed(tokens[:, None]), None, state.encoder_mask,
             cross_kv=(state.cross_k, state.cross_v), cache=(state.cache_k, state.cache_v),
-            index=state.index)
+            index=state.index, output_ids=output_ids)
         state = state.replace(cache_k=cache[0], cache_v=cache[1], index=state.index + 1)
         return logits[:, 0], state
 

@@ -52,12 +52,15 @@ class VLM(nn.Module):
         return self.encdec.decode(encoded, mask, decoder_input_tokens, train)
 
     def prefill(self, image: Array, encoder_tokens: Array, encoder_mask: Array,
-                decoder_tokens: Array, max_decode_len: int) -> tuple[Array, DecodeState]:
+                decoder_tokens: Array, max_decode_len: int,
+                output_ids: Array | None = None) -> tuple[Array, DecodeState]:
         """Runs the ViT and encoder once and the decoder on `decoder_tokens` [B,S] (usually the
-        start token). Returns (logits [B,S,V], DecodeState) for `decode_step`."""
+        start token). Returns (logits [B,S,V], DecodeState) for `decode_step`; with
+        `output_ids` [K] only those vocabulary ids are scored ([B,S,K])."""
         encoded, mask = self.encode(image, encoder_tokens, encoder_mask)
-        return self.encdec.prefill(encoded, mask, decoder_tokens, max_decode_len)
+        return self.encdec.prefill(encoded, mask, decoder_tokens, max_decode_len, output_ids)
 
-    def decode_step(self, state: DecodeState, tokens: Array) -> tuple[Array, DecodeState]:
-        """One cached decoder step for tokens [B] -> (logits [B,V], next state)."""
-        return self.encdec.decode_step(state, tokens)
+    def decode_step(self, state: DecodeState, tokens: Array,
+                    output_ids: Array | None = None) -> tuple[Array, DecodeState]:
+        """One cached decoder step for tokens [B] -> (logits [B,V] or [B,K], next state)."""
+        return self.encdec.decode_step(state, tokens, output_ids)
