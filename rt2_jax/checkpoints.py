@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -143,11 +142,3 @@ def load_export(export_dir: str):
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(os.path.abspath(export_dir), "params"))
     return params, config, stats
-
-
-def remove_tree(path: str) -> None:
-    if tf.io.gfile.exists(path):
-        if path.startswith("gs://"):
-            tf.io.gfile.rmtree(path)
-        else:
-            shutil.rmtree(path)

@@ -18,6 +18,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
@@ -137,7 +138,7 @@ def train(config, workdir: str) -> dict[str, float]:
     """Trains; returns the last logged metrics (used by tests and benchmarks)."""
     # Deferred imports keep `--help` fast and let tests set XLA flags before JAX starts.
     from data_pipelines import mixture as mixture_lib
-    from rt2_jax import checkpoints, evaluation, trainer
+    from rt2_jax import checkpoints, evaluation, optim, trainer
     from rt2_jax.models import params as params_lib
 
     validate_config(config)
@@ -179,7 +180,8 @@ def train(config, workdir: str) -> dict[str, float]:
     log = Logger(workdir, total)
     preempt = Preemption()
     evaluator = evaluation.Evaluator(config, setup, mixture) if config.train.eval_every else None
-    sums, wait_s, step_s, last = None, 0.0, 0.0, {}
+    schedule = optim.learning_rate_schedule(config.train)
+    sums, wait_s, last = None, 0.0, {}
     examples_per_step = int(config.data.global_batch_size)
     t_window = time.perf_counter()
     steps_in_window = 0
@@ -191,7 +193,8 @@ def train(config, workdir: str) -> dict[str, float]:
                                                            host_batch[k])
                  for k in trainer.MODEL_KEYS}
         state, metrics = step_fn(state, batch)
-        sums = metrics if sums is None else jax.tree.map(np.add, sums, metrics)
+        # Summed on device (jnp, not np) so the host never waits for a step between log lines.
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
         wait_s += t1 - t0
         steps_in_window += 1
         done = step + 1
@@ -202,7 +205,7 @@ def train(config, workdir: str) -> dict[str, float]:
             last = trainer.summarize(sums, mixture.source_names)
             last.update(
                 grad_norm=float(metrics["grad_norm"]), param_norm=float(metrics["param_norm"]),
-                learning_rate=_lr(config, done),
+                learning_rate=float(schedule(done)),
                 steps_per_s=1.0 / step_s, examples_per_s=examples_per_step / step_s,
                 data_wait_fraction=wait_s / elapsed, eta_min=(total - done) * step_s / 60)
             log.console(done, last, ("loss", "loss/robot", "action_acc", "action_l1",
@@ -232,11 +235,6 @@ def train(config, workdir: str) -> dict[str, float]:
                            mixture.tokenizer.model_path, mixture.action_stats,
                            mixture.action_bounds, config.train.export_dtype)
     return last
-
-
-def _lr(config, step: int) -> float:
-    from rt2_jax import optim
-    return float(optim.learning_rate_schedule(config.train)(step))
 
 
 def open_text(path: str, mode: str):
