@@ -96,7 +96,7 @@ def nocache_loop(model: VLM, position_masks: np.ndarray, start_id: int):
             # Causal self-attention: positions after t do not change position t's logits.
             logits = model.apply(params, encoded, enc_mask, prefix[:, :steps], method=decode)
             logits_t = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
-            tok = jnp.argmax(jnp.where(masks[t][None], logits_t, decoding._NEG_INF), axis=-1)
+            tok = jnp.argmax(jnp.where(masks[t][None], logits_t, decoding.NEG_INF), axis=-1)
             return jax.lax.dynamic_update_index_in_dim(
                 prefix, tok.astype(jnp.int32)[:, None], t + 1, axis=1)
 

@@ -32,7 +32,7 @@ from rt2_jax.models.vlm import VLM
 
 TEXT, MARKER, ACTION, DONE = 0, 1, 2, 3
 MODES = ("action", "cot", "text")
-_NEG_INF = -1e30
+NEG_INF = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.A
     logits = logits / sampling.temperature
     if sampling.top_k:
         kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, _NEG_INF, logits)
+        logits = jnp.where(logits < kth, NEG_INF, logits)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -94,8 +94,10 @@ class DecodeSpec:
     start_id: int = 0
 
 
-def _decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
+def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
                  image: jax.Array, tokens: jax.Array, mask: jax.Array, rng: jax.Array):
+    """The decode loop as a traceable function (call it under `jax.jit`): `Decoder` wraps it, and
+    the evaluator and the AOT tool jit it together with their own code."""
     batch = image.shape[0]
     steps = spec.max_steps
     text_mask, pos_masks, bias = spec.text_mask, spec.position_masks, spec.logit_bias
@@ -121,7 +123,7 @@ def _decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
             logits = logits + jnp.asarray(bias)[None]
         allowed = jnp.where((phase == ACTION)[:, None], pos_masks[jnp.minimum(j, 7)],
                             text_mask[None])
-        tok = sample_token(jnp.where(allowed, logits, _NEG_INF), step_rng, sampling)
+        tok = sample_token(jnp.where(allowed, logits, NEG_INF), step_rng, sampling)
         if out_ids is not None:
             tok = out_ids[tok]
         tok = jnp.where(phase == MARKER, marker[jnp.minimum(j, m - 1)], tok)
@@ -206,7 +208,8 @@ class Decoder:
         self._compiled: dict[tuple, Any] = {}
         self.num_compilations = 0
 
-    def _spec(self, mode: str) -> DecodeSpec:
+    def spec(self, mode: str) -> DecodeSpec:
+        """The static description of `mode` ('action', 'cot' or 'text') for `decode_loop`."""
         if mode not in MODES:
             raise ValueError(f"Unknown decode mode {mode!r}; use one of {MODES}.")
         if mode == "cot" and self._marker is None:
@@ -227,11 +230,11 @@ class Decoder:
     def _fn(self, mode: str, sampling: Sampling):
         key = (mode, sampling)
         if key not in self._compiled:
-            spec = self._spec(mode)
+            spec = self.spec(mode)
 
             def traced(*args):
                 self.num_compilations += 1  # runs only when jax traces, i.e. compiles
-                return _decode_loop(self.model, spec, sampling, *args)
+                return decode_loop(self.model, spec, sampling, *args)
 
             self._compiled[key] = jax.jit(traced)
         return self._compiled[key]

@@ -32,8 +32,8 @@ class Evaluator:
         decoder = decoding.Decoder(setup.model, train_mixture.action_tokenizer,
                                    int(config.model.vocab_size),
                                    max_text_len=int(config.eval.max_text_len))
-        self._action_spec = decoder._spec("action")
-        self._text_spec = decoder._spec("text")
+        self._action_spec = decoder.spec("action")
+        self._text_spec = decoder.spec("text")
         self._fn = jax.jit(self._metrics)
 
     def _metrics(self, params, batch):
@@ -41,8 +41,8 @@ class Evaluator:
         rng = jax.random.PRNGKey(0)
         greedy = decoding.Sampling()
         args = (params, batch["image"], batch["encoder_tokens"], batch["encoder_mask"], rng)
-        act = decoding._decode_loop(model, self._action_spec, greedy, *args)["action_ids"]
-        txt = decoding._decode_loop(model, self._text_spec, greedy, *args)["tokens"]
+        act = decoding.decode_loop(model, self._action_spec, greedy, *args)["action_ids"]
+        txt = decoding.decode_loop(model, self._text_spec, greedy, *args)["tokens"]
         valid = batch["valid"]
         robot = (valid & batch["is_robot"]).astype(jnp.float32)
         target = batch["decoder_tokens"][:, :8]

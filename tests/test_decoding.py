@@ -177,7 +177,7 @@ def test_bad_arguments(setup):
 
 def test_sample_token_respects_mask():
     logits = jnp.array([[5.0, 1.0, 3.0]])
-    masked = jnp.where(jnp.array([[False, True, True]]), logits, decoding._NEG_INF)
+    masked = jnp.where(jnp.array([[False, True, True]]), logits, decoding.NEG_INF)
     for seed in range(20):
         tok = decoding.sample_token(masked, jax.random.PRNGKey(seed), decoding.Sampling(2.0))
         assert int(tok[0]) in (1, 2)
