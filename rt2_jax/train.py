@@ -185,17 +185,21 @@ def train(config, workdir: str) -> dict[str, float]:
     examples_per_step = int(config.data.global_batch_size)
     t_window = time.perf_counter()
     steps_in_window = 0
+    metrics = None
     for step in range(start_step, total):
         t0 = time.perf_counter()
         host_batch = next(mixture)
-        t1 = time.perf_counter()
+        # Steps run asynchronously: fetching overlaps the previous step. Time counts as waiting
+        # for data only if the accelerator was already idle (the previous step had finished)
+        # when the batch arrived — an upper bound on the real stall.
+        if metrics is None or metrics["loss_sum"].is_ready():
+            wait_s += time.perf_counter() - t0
         batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding[k],
                                                            host_batch[k])
                  for k in trainer.MODEL_KEYS}
         state, metrics = step_fn(state, batch)
         # Summed on device (jnp, not np) so the host never waits for a step between log lines.
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-        wait_s += t1 - t0
         steps_in_window += 1
         done = step + 1
         if done % config.train.log_every == 0 or done == total:
