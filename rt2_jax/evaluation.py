@@ -32,6 +32,9 @@ class Evaluator:
         decoder = decoding.Decoder(setup.model, train_mixture.action_tokenizer,
                                    int(config.model.vocab_size),
                                    max_text_len=int(config.eval.max_text_len))
+        # Decoded action ids are always valid, so the table's -1 entries are never read.
+        self._id_to_bin = trainer.ActionTables.build(train_mixture.action_tokenizer,
+                                                     int(config.model.vocab_size)).id_to_bin
         self._action_spec = decoder.spec("action")
         self._text_spec = decoder.spec("text")
         self._fn = jax.jit(self._metrics)
@@ -60,13 +63,6 @@ class Evaluator:
             "action_l1": l1.sum(0), "vqa_rows": vqa.sum(),
             "vqa_exact": (match.astype(jnp.float32) * vqa).sum(),
         }
-
-    @property
-    def _id_to_bin(self) -> np.ndarray:
-        table = np.full(int(self.config.model.vocab_size), 0, np.int32)
-        ids = self.mixture.action_tokenizer.action_ids
-        table[ids] = np.arange(actions_lib.NUM_BINS, dtype=np.int32)
-        return table
 
     def _answer_ids(self, answers: np.ndarray, steps: int) -> np.ndarray:
         """bytes [B, K] -> int32 [B, K, steps]: each answer's ids + EOS, pad after; -2 rows for
