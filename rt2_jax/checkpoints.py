@@ -35,6 +35,8 @@ def _state_dict(state) -> dict:
 
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        # orbax needs absolute paths; keep URLs (gs://...) as they are.
+        workdir = workdir if "://" in workdir else os.path.abspath(workdir)
         self.workdir = workdir
         self.directory = os.path.join(workdir, "checkpoints")
         self.data_directory = os.path.join(workdir, "data_iterator")
