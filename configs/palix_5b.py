@@ -10,6 +10,7 @@ The vocabulary must be supplied: set `tokenizer.model_path` to the mT5/PaLI sent
 """
 
 from configs import base
+from data_pipelines import config as data_config
 
 
 def get_config():
@@ -22,4 +23,19 @@ def get_config():
     )
     c.model.dtype = "bfloat16"
     c.model.remat_policy = "dots_with_no_batch_dims_saveable"
+
+    # Co-fine-tuning shape: 224px (256 image tokens), 64 prompt ids, 16 target ids.
+    c.max_prompt_len = 64
+    c.max_target_len = 16
+    # Set builder_dir to the RT-1 (fractal) RLDS directory and add web sources for co-training.
+    c.data = data_config.get_data_config(
+        global_batch_size=256,
+        sources=dict(robot=data_config.robot_source(weight=1.0, builder_dir="",
+                                                    mapping="fractal20220817_data")))
+    # Weights and optimizer state sharded over all devices (FSDP); no tensor parallelism needed
+    # at this size.
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.mesh.model = 1
+    c.train.optimizer = "adafactor"
     return c
