@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rt2_jax import actions as actions_lib
 from rt2_jax import optim, sharding
@@ -147,6 +147,33 @@ def _abstract_boxed_params(model: VLM, config):
     return jax.eval_shape(lambda *a: model.init(jax.random.PRNGKey(0), *a), *args)["params"]
 
 
+def _sharding_like_param(leaf, param, mesh: Mesh) -> NamedSharding:
+    """Sharding of an optimizer-state leaf that belongs to `param`: the parameter's own sharding
+    for a same-shaped leaf (Adam moments, unfactored Adafactor), the parameter's spec without the
+    reduced axis for a factored leaf (Adafactor's row/column statistics), else replicated."""
+    spec = tuple(param.sharding.spec) + (None,) * (len(param.shape) - len(param.sharding.spec))
+    if tuple(leaf.shape) == tuple(param.shape):
+        return NamedSharding(mesh, PartitionSpec(*spec))
+    for axis in range(len(param.shape)):
+        if tuple(leaf.shape) == tuple(param.shape[:axis] + param.shape[axis + 1:]):
+            return NamedSharding(mesh, PartitionSpec(*(spec[:axis] + spec[axis + 1:])))
+    return sharding.replicated(mesh)
+
+
+def optimizer_state_sharding(tx, abstract_opt, abstract_params, mesh: Mesh):
+    """Shards each optimizer-state leaf like the parameter it tracks (counts etc. replicated).
+    XLA's propagation would leave freshly initialized zeros replicated on every device."""
+    try:
+        return optax.tree_utils.tree_map_params(
+            tx, lambda leaf, param: _sharding_like_param(leaf, param, mesh), abstract_opt,
+            abstract_params, transform_non_params=lambda _: sharding.replicated(mesh))
+    except ValueError:
+        # Partitioned optimizers (frozen groups: masked states) do not mirror the parameter
+        # tree; fall back to the shardings XLA propagates (moments may end up replicated).
+        compiled = jax.jit(tx.init).lower(abstract_params).compile()
+        return jax.tree.map(lambda s: _on_mesh(s, mesh), compiled.output_shardings)
+
+
 def _on_mesh(s, mesh: Mesh) -> NamedSharding:
     """A compiler-chosen sharding expressed on `mesh` (scalars may come back on one device)."""
     if isinstance(s, NamedSharding) and s.mesh == mesh:
@@ -174,10 +201,8 @@ def make_setup(config, mesh: Mesh | None = None) -> TrainSetup:
     abstract_params = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
         param_sharding)
-    # Optimizer-state shardings: let XLA propagate them from the parameter shardings.
-    opt_init = jax.jit(tx.init).lower(abstract_params).compile()
-    opt_sharding = jax.tree.map(lambda s: _on_mesh(s, mesh), opt_init.output_shardings)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sharding = optimizer_state_sharding(tx, abstract_opt, abstract_params, mesh)
     repl = sharding.replicated(mesh)
     state_sharding = TrainState(step=repl, params=param_sharding, opt_state=opt_sharding,
                                 rng=repl)

@@ -167,6 +167,7 @@ def test_sharded_mesh_matches_one_device():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["mesh"] == {"data": 2, "fsdp": 2, "model": 2}
     assert result["sharded_param"] != "PartitionSpec()"  # something really is sharded
+    assert result["adam_mu"] == result["sharded_param"]  # optimizer state sharded like params
     np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
 
 

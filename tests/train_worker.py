@@ -88,10 +88,15 @@ def main(argv):
         sharded, setup = run(sharding.make_mesh(c))
         spec = setup.state_sharding.params["encdec"]["decoder"]["layers"]["mlp"]["wi_0"][
             "kernel"].spec
+        # AdamW's first moment of the same weight must be sharded like the weight.
+        mu_spec = next(
+            v.spec for k, v in jax.tree_util.tree_leaves_with_path(setup.state_sharding.opt_state)
+            if ".mu['encdec']['decoder']['layers']['mlp']['wi_0']['kernel']"
+            in jax.tree_util.keystr(k))
         c.mesh.update(dict(data=1, fsdp=1, model=1))
         single, _ = run(sharding.make_mesh(c, jax.devices()[:1]))
         print(json.dumps({"mesh": dict(setup.mesh.shape), "sharded": sharded, "single": single,
-                          "sharded_param": str(spec)}))
+                          "sharded_param": str(spec), "adam_mu": str(mu_spec)}))
     elif mode == "multiprocess":
         port, pid, out = argv[2], int(argv[3]), argv[4]
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
