@@ -7,6 +7,11 @@ ASSUMED dimensions (RT-2 used a 5B PaLI-X whose exact shape is not published):
   mT5 vocabulary of 250,112 pieces), ~3.7B parameters, untied logits.
 - 224px images at patch 14 -> 256 image tokens.
 The vocabulary must be supplied: set `tokenizer.model_path` to the mT5/PaLI sentencepiece model.
+
+Pod shape: FSDP over all devices, remat nothing_saveable, Adafactor, global batch 256. Checked with
+`python -m rt2_jax.tools.aot --config=configs/palix_5b.py --topology=v5p:4x4x4`: 9.86 GiB per
+device on v5p-128 (benchmarks/results/aot_palix_5b_v5p-128.*). The cheaper remat policy
+dots_with_no_batch_dims_saveable needs 130 GiB of temporaries per device at this batch: too much.
 """
 
 from configs import base
@@ -22,7 +27,7 @@ def get_config():
                     num_encoder_layers=24, num_decoder_layers=24),
     )
     c.model.dtype = "bfloat16"
-    c.model.remat_policy = "dots_with_no_batch_dims_saveable"
+    c.model.remat_policy = "nothing_saveable"
 
     # Co-fine-tuning shape: 224px (256 image tokens), 64 prompt ids, 16 target ids.
     c.max_prompt_len = 64
