@@ -62,3 +62,21 @@ def base_config() -> ml_collections.ConfigDict:
         max_text_len=8,              # free-text decoding limit for VQA exact match
     ))
     return c
+
+
+def pod_setup(c: ml_collections.ConfigDict, *, model_parallel: int) -> None:
+    """The large configs' co-fine-tuning shape on a TPU pod: bf16 compute, remat nothing_saveable,
+    Adafactor, global batch 256 at base_config()'s 224px / 64 prompt / 16 target ids, weights
+    sharded FSDP over the devices left after `model_parallel`-way tensor parallelism. The data
+    block has one robot source; set its builder_dir to the RT-1 (fractal) RLDS directory and add
+    web sources for co-training."""
+    from data_pipelines import config as data_config
+
+    c.model.dtype = "bfloat16"
+    c.model.remat_policy = "nothing_saveable"
+    c.data = data_config.get_data_config(
+        global_batch_size=256,
+        sources=dict(robot=data_config.robot_source(weight=1.0, builder_dir="",
+                                                    mapping="fractal20220817_data")))
+    c.mesh.update(dict(data=1, fsdp=-1, model=model_parallel))
+    c.train.optimizer = "adafactor"

@@ -27,7 +27,6 @@ Pod shape (checked ahead of time with `python -m rt2_jax.tools.aot --config=conf
 """
 
 from configs import base
-from data_pipelines import config as data_config
 
 
 def get_config():
@@ -39,22 +38,6 @@ def get_config():
         encdec=dict(d_model=4096, num_heads=16, head_dim=256, d_ff=16384, mlp_activation="silu",
                     num_encoder_layers=50, num_decoder_layers=50),
     )
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "nothing_saveable"
-
-    # Co-fine-tuning shape: 224px (256 image tokens), 64 prompt ids, 16 target ids.
-    c.image_size = 224
-    c.max_prompt_len = 64
-    c.max_target_len = 16
-    # Set builder_dir to the RT-1 (fractal) RLDS directory and add web sources for co-training.
-    c.data = data_config.get_data_config(
-        global_batch_size=256,
-        sources=dict(robot=data_config.robot_source(weight=1.0, builder_dir="",
-                                                    mapping="fractal20220817_data")))
-
     # 64 chips (v5p-128 / v4-128): FSDP over 16 x tensor parallelism over 4.
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.model = 4
-    c.train.optimizer = "adafactor"
+    base.pod_setup(c, model_parallel=4)
     return c

@@ -15,7 +15,6 @@ dots_with_no_batch_dims_saveable needs 130 GiB of temporaries per device at this
 """
 
 from configs import base
-from data_pipelines import config as data_config
 
 
 def get_config():
@@ -26,21 +25,6 @@ def get_config():
         encdec=dict(d_model=2048, num_heads=32, head_dim=64, d_ff=5120, mlp_activation="gelu",
                     num_encoder_layers=24, num_decoder_layers=24),
     )
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "nothing_saveable"
-
-    # Co-fine-tuning shape: 224px (256 image tokens), 64 prompt ids, 16 target ids.
-    c.max_prompt_len = 64
-    c.max_target_len = 16
-    # Set builder_dir to the RT-1 (fractal) RLDS directory and add web sources for co-training.
-    c.data = data_config.get_data_config(
-        global_batch_size=256,
-        sources=dict(robot=data_config.robot_source(weight=1.0, builder_dir="",
-                                                    mapping="fractal20220817_data")))
-    # Weights and optimizer state sharded over all devices (FSDP); no tensor parallelism needed
-    # at this size.
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.model = 1
-    c.train.optimizer = "adafactor"
+    # FSDP over all devices; no tensor parallelism needed at this size.
+    base.pod_setup(c, model_parallel=1)
     return c
