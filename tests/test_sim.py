@@ -4,8 +4,10 @@ import subprocess
 import sys
 
 import gymnasium as gym
+import hypothesis
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from rt2_jax import sim
 from rt2_jax.sim import render, vocabulary, vqa, world
@@ -69,11 +71,11 @@ def test_instructions_come_from_templates(env):
 
 
 def test_reset_with_explicit_task(env):
-    task = sim.Task(kind="place_on_card", obj="blue ball", symbol="7")
+    task = sim.Task(kind="place_on_card", obj="blue ball", symbol="3")
     obs, _ = env.reset(seed=3, options={"task": task})
     state = env.unwrapped.state
-    assert "blue ball" in state.names and "7" in state.card_symbols
-    assert "blue ball" in obs["instruction"] and "7" in obs["instruction"]
+    assert "blue ball" in state.names and "3" in state.card_symbols
+    assert "blue ball" in obs["instruction"] and "3" in obs["instruction"]
     obs, _ = env.reset(seed=3, options={"task": {"kind": "push", "obj": "red block",
                                                  "direction": "left"}})
     assert obs["instruction"] in {t.format(obj="red block", direction="left")
@@ -171,19 +173,64 @@ def test_rendering_shows_gripper_state_and_lift():
 
 def test_held_out_concepts():
     held = world.DEFAULT_HELD_OUT
-    seen = sim.TabletopEnv(concepts="seen")
-    unseen = sim.TabletopEnv(concepts="unseen")
+    envs = {c: sim.TabletopEnv(concepts=c) for c in world.EVAL_CATEGORIES}
+    unseen_alias = sim.TabletopEnv(concepts="unseen")
+    kinds = set()
     for seed in range(100):
-        seen.reset(seed=seed)
-        state = seen.unwrapped.state
-        assert not set(state.names) & set(held.objects)
-        assert state.background not in held.backgrounds
-        _, info = unseen.reset(seed=seed)
+        for concepts, env in envs.items():
+            _, info = env.reset(seed=seed)
+            state, task = env.unwrapped.state, info["task"]
+            distractors = set(state.names) - {task.obj}
+            assert not distractors & set(held.objects), (concepts, seed)
+            task_cards = {task.symbol} if concepts == "symbols" else set()
+            assert not (set(state.card_symbols) - task_cards) & set(held.symbols), (concepts, seed)
+            assert (task.obj in held.objects) == (concepts == "unseen_objects")
+            assert (state.background in held.backgrounds) == (concepts == "unseen_backgrounds")
+            if concepts == "symbols":
+                assert task.kind == "place_on_card" and task.symbol in held.symbols
+                assert task.symbol in task.instruction
+            else:
+                assert task.symbol not in held.symbols
+                assert not any(h in task.instruction.split() for h in held.symbols)
+            if concepts == "seen":
+                kinds.add(task.kind)
+        _, info = unseen_alias.reset(seed=seed)
         assert info["task"].obj in held.objects
+    assert kinds == set(world.TASK_KINDS)
     with pytest.raises(ValueError, match="concepts"):
         sim.TabletopEnv(concepts="novel")
     with pytest.raises(ValueError, match="pink"):
         world.HeldOut(objects=("pink star",))
+    with pytest.raises(ValueError, match="symbol 'sun'"):
+        world.HeldOut(symbols=("sun",))
+    with pytest.raises(ValueError, match="held-out symbols"):
+        sim.TabletopEnv(concepts="symbols", held_out=world.HeldOut(symbols=()))
+    with pytest.raises(ValueError, match="held out"):
+        world.sample_episode(np.random.default_rng(0), world.Task(
+            kind="place_on_card", obj="red block", symbol=held.symbols[0]))
+
+
+def test_expert_solves_every_category():
+    for concepts in world.EVAL_CATEGORIES:
+        env = sim.TabletopEnv(concepts=concepts)
+        expert = sim.ScriptedExpert(env)
+        results = [sim.rollout(env, expert, seed) for seed in range(40)]
+        assert np.mean([r.success and r.terminated for r in results]) >= 0.99, concepts
+
+
+def test_intended_actions_are_the_noise_free_plan():
+    env = sim.TabletopEnv()
+    noisy = sim.rollout(env, sim.ScriptedExpert(env, noise_std=0.01, pause_prob=0.2), seed=5)
+    assert noisy.intended_actions.shape == noisy.actions.shape
+    moved = noisy.actions[:, 1:4]
+    planned = noisy.intended_actions[:, 1:4]
+    paused = np.all(moved == 0, axis=1) & np.any(planned != 0, axis=1)
+    assert paused.any()   # a pause executes nothing but keeps the plan's label
+    diff = (moved - planned)[~paused & (noisy.actions[:, 0] == 0)]
+    assert 0 < np.abs(diff).max() < 0.06   # noise only, never a different plan
+    np.testing.assert_array_equal(noisy.intended_actions[:, 0], noisy.actions[:, 0])
+    clean = sim.rollout(env, sim.ScriptedExpert(env), seed=5)   # no noise: labels == actions
+    np.testing.assert_array_equal(clean.intended_actions, clean.actions)
 
 
 def test_gymnasium_registration_and_checker():
@@ -230,3 +277,55 @@ def test_sim_imports_no_tensorflow_or_jax():
             "bad = [m for m in ('tensorflow', 'jax', 'flax') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(x=st.floats(0, 1), y=st.floats(0, 1))
+def test_location_answer_round_trip(x, y):
+    text = vqa.location_answer([x, y])
+    col, row = (int(v) for v in text.split())
+    assert 0 <= col < vqa.LOCATION_BINS and 0 <= row < vqa.LOCATION_BINS
+    point = vqa.parse_location(text)
+    assert np.all(np.abs(point - [x, y]) <= 1 / vqa.LOCATION_BINS)   # within one cell
+    assert vqa.location_correct(text, text)
+
+
+@hypothesis.given(st.text(max_size=12))
+def test_parse_location_never_raises(text):
+    point = vqa.parse_location(text)
+    assert point is None or (point.shape == (2,) and np.all((point > 0) & (point < 1)))
+
+
+def test_location_scoring():
+    assert vqa.location_answer([0.0, 1.0]) == "0 0"        # top left of the image
+    assert vqa.location_answer([1.0, 0.0]) == "255 255"    # bottom right
+    assert vqa.location_correct("130 128", "128 128")
+    assert not vqa.location_correct("160 128", "128 128")  # 32 cells = 0.125 > tolerance
+    for bad in ("", "128", "128 128 5", "a b", "-1 5", "256 3", "12.5 3"):
+        assert vqa.parse_location(bad) is None
+        assert not vqa.location_correct(bad, "128 128")
+    with pytest.raises(ValueError, match="reference location"):
+        vqa.location_correct("1 2", "left")
+
+
+def test_locate_questions_point_at_their_subject():
+    rng = np.random.default_rng(0)
+    held = world.DEFAULT_HELD_OUT
+    asked_held = 0
+    for _ in range(50):
+        state = vqa.sample_vqa_scene(rng)
+        qas = vqa.locate_questions(state, rng, 2)
+        assert len(qas) == 2 and len({qa.question for qa in qas}) == 2
+        for qa in qas:
+            assert qa.question_type == "locate"
+            words = qa.question.rstrip("?").split()
+            named = [xy for k, xy in enumerate(state.obj_xy)
+                     if " ".join(words[-2:]) == state.names[k]]
+            named += [xy for k, xy in enumerate(state.card_xy)
+                      if state.card_symbols[k] in words]
+            assert len(named) == 1, qa.question
+            assert qa.answers[0] == vqa.location_answer(named[0])
+        present = set(state.names) & set(held.objects)
+        if present:   # a held-out object present is always among the first asked
+            asked_held += any(p in qa.question for qa in qas for p in present)
+    assert asked_held > 0

@@ -28,8 +28,10 @@ class TabletopEnv(gym.Env):
 
     Args:
       max_episode_steps: truncation limit.
-      concepts: 'seen' (default; no held-out object or background anywhere), 'unseen' (the
-        task's object is held out: RT-2's unseen-objects evaluation) or 'all'.
+      concepts: the evaluation category (world.CONCEPTS): 'seen' (default; no held-out
+        object, background or card symbol anywhere), 'unseen_objects' (alias 'unseen'; the
+        task's object is held out), 'unseen_backgrounds' (a held-out table), 'symbols'
+        (place_on_card naming a held-out card symbol) or 'all'.
       held_out: which objects and backgrounds count as held out.
       image_size: side of the square RGB observation.
     """
@@ -41,7 +43,7 @@ class TabletopEnv(gym.Env):
                  image_size: int = render.IMAGE_SIZE, render_mode: str | None = "rgb_array"):
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        world.object_pool(held_out, concepts)   # validates concepts
+        world.check_concepts(concepts, held_out)
         self.max_episode_steps = max_episode_steps
         self.concepts = concepts
         self.held_out = held_out

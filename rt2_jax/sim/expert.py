@@ -30,6 +30,10 @@ CARRY_Z = 0.3
 RELEASE_Z = 0.06         # above PUSH_Z: releasing never shoves neighbours
 NEAR_GOAL = 0.12         # where move_near drops the object, from the target's centre
 TOLERANCE = 0.01
+# Where a phase may end within a coarser margin: aligning over an object or a goal. A grasp works
+# within GRASP_RADIUS, and a camera policy cannot see 0.01 (under a pixel of a 64 px image), so
+# a plan that insisted on it would teach hovering; the next phase keeps correcting x and y.
+ALIGN_TOLERANCE = 0.02
 MAX_ATTEMPTS = 3
 
 State = world.WorldState
@@ -42,6 +46,7 @@ class Phase:
     gripper: float                          # closedness command during the phase
     done: Callable[[State], bool] | None = None   # default: the target is reached
     speed: float = EXPERT_SPEED
+    tolerance: float = TOLERANCE                  # per axis, for the default `done`
 
 
 def _at(xy_fn: Callable[[State], np.ndarray], z: float) -> Callable[[State], np.ndarray]:
@@ -53,7 +58,7 @@ def _here(s: State) -> np.ndarray:
 
 
 def _reached(phase: Phase, s: State) -> bool:
-    return bool(np.all(np.abs(phase.target(s) - s.ee) <= TOLERANCE))
+    return bool(np.all(np.abs(phase.target(s) - s.ee) <= phase.tolerance))
 
 
 def _grasp_phases(i: int, lift_z: float) -> list[Phase]:
@@ -62,8 +67,10 @@ def _grasp_phases(i: int, lift_z: float) -> list[Phase]:
         Phase("open", _here, 0.0, done=lambda s: not s.gripper_closed),
         Phase("rise", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0,
               done=lambda s: s.ee[2] >= HOVER_Z - TOLERANCE),
-        Phase("above", _at(obj, HOVER_Z), 0.0),
-        Phase("descend", _at(obj, 0.0), 0.0),
+        Phase("above", _at(obj, HOVER_Z), 0.0, tolerance=ALIGN_TOLERANCE),
+        Phase("descend", _at(obj, 0.0), 0.0,
+              done=lambda s: s.ee[2] <= TOLERANCE and
+              bool(np.all(np.abs(s.obj_xy[i] - s.ee[:2]) <= ALIGN_TOLERANCE))),
         Phase("grasp", _here, 1.0, done=lambda s: s.gripper_closed),
         Phase("lift", lambda s: np.array([*s.ee[:2], lift_z]), 1.0),
     ]
@@ -72,7 +79,7 @@ def _grasp_phases(i: int, lift_z: float) -> list[Phase]:
 def _drop_phases(goal_xy: np.ndarray) -> list[Phase]:
     goal = lambda s: goal_xy
     return [
-        Phase("carry", _at(goal, CARRY_Z), 1.0),
+        Phase("carry", _at(goal, CARRY_Z), 1.0, tolerance=ALIGN_TOLERANCE),
         Phase("lower", _at(goal, RELEASE_Z), 1.0),
         Phase("release", _here, 0.0, done=lambda s: not s.gripper_closed),
         Phase("retreat", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0),
@@ -160,6 +167,9 @@ class ScriptedExpert:
         self._plan: list[Phase] = []
         self._phase = 0
         self.attempts = 0
+        # The action the plan asks for at the last act(), before noise and pauses: a clean label
+        # for imitation while the executed (noisy) actions diversify the states (DART-style).
+        self.intended_action = np.zeros(world.ACTION_DIM, dtype=np.float32)
 
     def reset(self, seed: int | None = None) -> None:
         """Call after env.reset(): plans for the new episode."""
@@ -191,14 +201,17 @@ class ScriptedExpert:
             self._phase += 1
         if self._phase == len(self._plan):
             if world.is_success(state, task) or self.attempts >= MAX_ATTEMPTS:
-                return self._action(np.zeros(3), float(state.gripper_closed), terminate=True)
+                self.intended_action = self._action(np.zeros(3), float(state.gripper_closed),
+                                                    terminate=True)
+                return self.intended_action.copy()
             self.attempts += 1
             self._plan, self._phase = plan_for(state, task), 0
             return self.act()
-        if self.pause_prob and self._rng.random() < self.pause_prob:
-            return self._action(np.zeros(3), float(state.gripper_closed))
         delta = phase.target(state) - state.ee
         move = np.clip(delta, -phase.speed, phase.speed)
+        self.intended_action = self._action(move, phase.gripper)
+        if self.pause_prob and self._rng.random() < self.pause_prob:
+            return self._action(np.zeros(3), float(state.gripper_closed))
         if self.noise_std:
             move = move + self._rng.normal(0.0, self.noise_std, size=3)
         return self._action(move, phase.gripper)
@@ -221,10 +234,12 @@ class Episode:
     objects: list[str]
     background: str
     images: np.ndarray      # (T, H, W, 3) uint8
-    actions: np.ndarray     # (T, 8) float32, clipped to the action bounds
+    actions: np.ndarray     # (T, 8) float32, executed, clipped to the action bounds
     rewards: np.ndarray     # (T,) float32
     success: bool
     terminated: bool
+    intended_actions: np.ndarray | None = None   # (T, 8): the plan's actions without noise/pauses
+    cards: tuple[str, ...] = ()                  # the symbols on the scene's cards
 
 
 def rollout(env: TabletopEnv, expert: ScriptedExpert, seed: int,
@@ -235,15 +250,18 @@ def rollout(env: TabletopEnv, expert: ScriptedExpert, seed: int,
     expert.reset(seed=seed)
     state = env.unwrapped.state
     objects, background = list(state.names), state.background
-    images, actions, rewards = [], [], []
+    images, actions, intended, rewards = [], [], [], []
     terminated = truncated = False
     while not (terminated or truncated):
         action = expert.act(obs)
         images.append(obs["image"])
         actions.append(action)
+        intended.append(expert.intended_action)
         obs, reward, terminated, truncated, info = env.step(action)
         rewards.append(reward)
     return Episode(seed=seed, task=env.unwrapped.task, objects=objects, background=background,
                    images=np.stack(images), actions=np.stack(actions).astype(np.float32),
                    rewards=np.asarray(rewards, np.float32), success=bool(info["success"]),
-                   terminated=terminated)
+                   terminated=terminated,
+                   intended_actions=np.stack(intended).astype(np.float32),
+                   cards=tuple(state.card_symbols))

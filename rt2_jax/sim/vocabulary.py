@@ -82,3 +82,12 @@ CAPTION_TEMPLATES = (
 )
 CAPTION_ONE_CARD_TEMPLATES = (" there is a card showing {cards}.", " a card shows {cards}.")
 CAPTION_CARDS_TEMPLATES = (" the cards show {cards}.", " there are cards showing {cards}.")
+
+# Pointing questions (PaLI-style localization as text): the answer is a point, "x y", two
+# integers 0..255 on a 256 x 256 grid over the image (x from the left, y from the top). They
+# use words the shipped tokenizer already has, so they are kept out of VQA_TEMPLATES (whose
+# phrasings train that tokenizer) to leave it unchanged.
+LOCATE_TEMPLATES = {
+    "object": ("point to the {obj}", "where exactly is the {obj}?"),
+    "card": ("point to the card showing {symbol}", "where exactly is the {symbol} card?"),
+}

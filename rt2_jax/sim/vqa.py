@@ -13,8 +13,12 @@ import numpy as np
 
 from rt2_jax.sim import vocabulary, world
 
-QUESTION_TYPES = tuple(vocabulary.VQA_TEMPLATES)
+QUESTION_TYPES = (*vocabulary.VQA_TEMPLATES, "locate")
 RELATION_MARGIN = 0.08      # x gap below which left-of/right-of is not asked
+LOCATION_BINS = 256         # a point is two integers 0..255 (x from the left, y from the top)
+# A pointing answer is correct when it lands within this distance (table units) of the centre:
+# on the object (OBJECT_RADIUS) or, for a card, inside a circle of the card's half side.
+POINT_TOLERANCE = world.OBJECT_RADIUS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,3 +209,53 @@ def caption(state: world.WorldState, rng: np.random.Generator) -> str:
                      else vocabulary.CAPTION_CARDS_TEMPLATES)
         text += _pick(rng, templates).format(cards=cards)
     return text
+
+
+# ---------------------------------------------------------------- pointing (localization)
+
+
+def location_answer(xy) -> str:
+    """Table point (x right, y up, in [0, 1]) -> "x y": LOCATION_BINS-grid image coordinates."""
+    col = min(int(float(xy[0]) * LOCATION_BINS), LOCATION_BINS - 1)
+    row = min(int((1.0 - float(xy[1])) * LOCATION_BINS), LOCATION_BINS - 1)
+    return f"{max(col, 0)} {max(row, 0)}"
+
+
+def parse_location(text: str) -> np.ndarray | None:
+    """"x y" -> the table point at the centre of that grid cell, or None when `text` is not two
+    integers in 0..LOCATION_BINS-1 (a malformed answer scores as wrong, it never raises)."""
+    parts = text.strip().split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    col, row = int(parts[0]), int(parts[1])
+    if col >= LOCATION_BINS or row >= LOCATION_BINS:
+        return None
+    return np.array([(col + 0.5) / LOCATION_BINS, 1.0 - (row + 0.5) / LOCATION_BINS])
+
+
+def location_correct(text: str, answer: str, tolerance: float = POINT_TOLERANCE) -> bool:
+    """Whether the predicted point `text` lands within `tolerance` of the reference `answer`."""
+    predicted, reference = parse_location(text), parse_location(answer)
+    if reference is None:
+        raise ValueError(f"reference location {answer!r} is not 'x y' with integers 0..255")
+    return predicted is not None and float(np.linalg.norm(predicted - reference)) <= tolerance
+
+
+def locate_questions(state: world.WorldState, rng: np.random.Generator, n: int,
+                     held_out: world.HeldOut = world.DEFAULT_HELD_OUT) -> list[QA]:
+    """Up to n pointing questions about distinct objects and cards of the scene; held-out
+    objects and symbols present are asked first, so web data grounds what robot data lacks."""
+    t = vocabulary.LOCATE_TEMPLATES
+    subjects = [("object", name, state.obj_xy[k]) for k, name in enumerate(state.names)]
+    subjects += [("card", symbol, state.card_xy[k])
+                 for k, symbol in enumerate(state.card_symbols)]
+    order = list(rng.permutation(len(subjects)))
+    held = set(held_out.objects) | set(held_out.symbols)
+    order.sort(key=lambda k: subjects[k][1] not in held)   # stable: held-out first
+    out = []
+    for k in order[:n]:
+        kind, name, xy = subjects[k]
+        template = _pick(rng, t[kind])
+        question = template.format(obj=name) if kind == "object" else template.format(symbol=name)
+        out.append(QA(question, (location_answer(xy),), "locate"))
+    return out

@@ -66,10 +66,15 @@ def parse_object(name: str) -> tuple[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class HeldOut:
-    """Concepts kept out of robot episodes but shown in VQA data (RT-2's transfer experiment)."""
+    """Concepts kept out of robot episodes but shown in VQA data (RT-2's transfer experiment).
+
+    Held-out card symbols never appear on any card of a robot episode (nor in its instruction);
+    they appear on cards in VQA and caption scenes only (RT-2's "symbol understanding").
+    """
 
     objects: tuple[str, ...] = ("purple star", "orange ring", "green triangle")
     backgrounds: tuple[str, ...] = ("marble",)
+    symbols: tuple[str, ...] = ("7", "moon")
 
     def __post_init__(self):
         for name in self.objects:
@@ -78,9 +83,15 @@ class HeldOut:
             if background not in vocabulary.BACKGROUNDS:
                 raise ValueError(f"held-out background {background!r} is not one of "
                                  f"{vocabulary.BACKGROUNDS}")
+        for symbol in self.symbols:
+            if symbol not in vocabulary.CARD_SYMBOLS:
+                raise ValueError(f"held-out symbol {symbol!r} is not one of "
+                                 f"{vocabulary.CARD_SYMBOLS}")
+        symbols_left = set(vocabulary.CARD_SYMBOLS) - set(self.symbols)
         if set(self.objects) >= set(ALL_OBJECTS) or set(self.backgrounds) >= set(
-                vocabulary.BACKGROUNDS):
-            raise ValueError("HeldOut must leave some objects and backgrounds for robot episodes")
+                vocabulary.BACKGROUNDS) or len(symbols_left) < 3:
+            raise ValueError("HeldOut must leave some objects, backgrounds and at least 3 card "
+                             "symbols for robot episodes")
 
 
 DEFAULT_HELD_OUT = HeldOut()
@@ -152,16 +163,41 @@ class WorldState:
 # ---------------------------------------------------------------- scene sampling
 
 
+# What a scene may show, per evaluation category (RT-2's seen / unseen objects / unseen
+# backgrounds / symbol understanding). 'unseen' is kept as another name for 'unseen_objects'.
+CONCEPTS = ("seen", "unseen_objects", "unseen_backgrounds", "symbols", "unseen", "all")
+EVAL_CATEGORIES = ("seen", "unseen_objects", "unseen_backgrounds", "symbols")
+
+
+def check_concepts(concepts: str, held_out: HeldOut) -> str:
+    """Validates `concepts` against CONCEPTS and `held_out`; returns its canonical name."""
+    if concepts not in CONCEPTS:
+        raise ValueError(f"concepts={concepts!r} must be one of {CONCEPTS}")
+    concepts = "unseen_objects" if concepts == "unseen" else concepts
+    needs = {"unseen_objects": "objects", "unseen_backgrounds": "backgrounds",
+             "symbols": "symbols"}.get(concepts)
+    if needs and not getattr(held_out, needs):
+        raise ValueError(f"concepts={concepts!r} needs held-out {needs}; HeldOut.{needs} is empty")
+    return concepts
+
+
 def object_pool(held_out: HeldOut, concepts: str) -> tuple[list[str], list[str]]:
-    """(objects, backgrounds) allowed for a scene; concepts is 'seen', 'unseen' or 'all'."""
-    if concepts == "seen":
-        return ([o for o in ALL_OBJECTS if o not in held_out.objects],
-                [b for b in vocabulary.BACKGROUNDS if b not in held_out.backgrounds])
-    if concepts == "unseen" and not held_out.objects:
-        raise ValueError("concepts='unseen' needs held-out objects; HeldOut.objects is empty")
-    if concepts in ("unseen", "all"):
+    """(objects, backgrounds) a scene of this category may draw from (objects other than the
+    task's own; the task's object is drawn by sample_task)."""
+    concepts = check_concepts(concepts, held_out)
+    if concepts == "all":
         return list(ALL_OBJECTS), list(vocabulary.BACKGROUNDS)
-    raise ValueError(f"concepts={concepts!r} must be 'seen', 'unseen' or 'all'")
+    objects = [o for o in ALL_OBJECTS if o not in held_out.objects]
+    if concepts == "unseen_backgrounds":
+        return objects, list(held_out.backgrounds)
+    return objects, [b for b in vocabulary.BACKGROUNDS if b not in held_out.backgrounds]
+
+
+def symbol_pool(held_out: HeldOut, concepts: str) -> list[str]:
+    """Card symbols a scene of this category may show besides the task's own."""
+    if check_concepts(concepts, held_out) == "all":
+        return list(vocabulary.CARD_SYMBOLS)
+    return [s for s in vocabulary.CARD_SYMBOLS if s not in held_out.symbols]
 
 
 def _choose(rng: np.random.Generator, items, exclude=()):
@@ -171,21 +207,25 @@ def _choose(rng: np.random.Generator, items, exclude=()):
 
 def sample_task(rng: np.random.Generator, kind: str | None = None, *,
                 held_out: HeldOut = DEFAULT_HELD_OUT, concepts: str = "seen") -> Task:
-    """A random task (instruction left empty); under 'unseen' its object is a held-out one."""
+    """A random task (instruction left empty) of the category `concepts`: under
+    'unseen_objects' its object is a held-out one; under 'symbols' it is a place_on_card task
+    naming a held-out symbol; otherwise everything it names is seen (or anything, for 'all')."""
+    concepts = check_concepts(concepts, held_out)
+    if concepts == "symbols":
+        if kind not in (None, "place_on_card"):
+            raise ValueError(f"concepts='symbols' tasks are place_on_card, not {kind!r}")
+        kind = "place_on_card"
     kind = kind or TASK_KINDS[int(rng.integers(len(TASK_KINDS)))]
     objects, _ = object_pool(held_out, concepts)
-    if concepts == "unseen":   # only the task's object is new; a move_near target is seen
-        obj = _choose(rng, held_out.objects)
-        objects = [o for o in objects if o not in held_out.objects]
-    else:
-        obj = _choose(rng, objects)
+    obj = _choose(rng, held_out.objects if concepts == "unseen_objects" else objects)
     target = direction = symbol = None
     if kind == "move_near":
         target = _choose(rng, objects, exclude=(obj,))
     elif kind == "push":
         direction = _choose(rng, vocabulary.DIRECTIONS)
     elif kind == "place_on_card":
-        symbol = _choose(rng, vocabulary.CARD_SYMBOLS)
+        symbol = _choose(rng, held_out.symbols if concepts == "symbols"
+                         else symbol_pool(held_out, concepts))
     return Task(kind=kind, obj=obj, target=target, direction=direction, symbol=symbol)
 
 
@@ -275,19 +315,22 @@ def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
                    ) -> tuple[WorldState, Task]:
     """A scene and task for a robot episode. `task` may be a Task, a task kind or None.
 
-    Under concepts='seen' no held-out object or background appears anywhere in the scene;
-    under 'unseen' the task's object is a held-out one and the rest is drawn from everything.
+    Under every category but 'all', distractor objects and cards are seen ones: only what the
+    category tests is new (the task's object, the background or the task's card symbol).
+    Under 'seen' a given Task must not name a held-out concept.
     """
+    concepts = check_concepts(concepts, held_out)
     if task is None or isinstance(task, str):
         task = sample_task(rng, task, held_out=held_out, concepts=concepts)
     objects, backgrounds = object_pool(held_out, concepts)
-    if concepts == "unseen":   # distractors stay seen: only the named object is new
-        objects = [o for o in objects if o not in held_out.objects]
     if concepts == "seen":
         for name in (task.obj, task.target):
             if name in held_out.objects:
                 raise ValueError(f"{name!r} is held out of robot episodes; use concepts='all' "
                                  "or another HeldOut to ask for it")
+        if task.symbol in held_out.symbols:
+            raise ValueError(f"card symbol {task.symbol!r} is held out of robot episodes; use "
+                             "concepts='symbols' or 'all'")
     chosen = [task.obj] + ([task.target] if task.target else [])
     used_shapes_colors = set(chosen)
     num_objects = int(rng.integers(3, 6))
@@ -301,8 +344,9 @@ def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
         num_cards = int(rng.integers(2, 4))
     else:
         num_cards = int(rng.integers(0, 3))
+    pool = symbol_pool(held_out, concepts)
     while len(symbols) < num_cards:
-        symbols.append(_choose(rng, vocabulary.CARD_SYMBOLS, exclude=symbols))
+        symbols.append(_choose(rng, pool, exclude=symbols))
     background = _choose(rng, backgrounds)
     state = build_scene(rng, chosen, symbols, background, task)
     if not task.instruction:
