@@ -61,7 +61,9 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
         cache_dir="~/.cache/rt2_jax/data",       # action stats when the data dir is read-only
         toy_world=ml_collections.ConfigDict(dict(  # sources with toy_world= and no builder_dir
             cache_dir="",                        # "" = $RT2_JAX_CACHE or ~/.cache/rt2_jax
-            episodes=300, vqa_scenes=2000, seed=0)),
+            episodes=300, vqa_scenes=2000, seed=0,
+            locate_per_scene=2,                  # pointing questions per VQA scene
+            labels="intended")),                 # robot steps record the noise-free plan
         action_stats_source="",                  # robot source whose stats set the bounds
         eval=ml_collections.ConfigDict(dict(
             global_batch_size=eval_batch_size or global_batch_size,

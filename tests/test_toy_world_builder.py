@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines.builders import toy_world
 from rt2_jax import sim
-from rt2_jax.sim import world
+from rt2_jax.sim import vqa, world
 
 EPISODES, SCENES = 6, 20
 
@@ -48,7 +48,7 @@ def test_datasets_load_from_directory_without_this_module(paths):
                             check=True, cwd=Path(paths["root"]).parent)
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert counts["robot"] == {"train": 5, "val": 1}
-    assert counts["vqa"] == {"train": 18 * 3, "val": 2 * 3}
+    assert counts["vqa"] == {"train": 18 * (3 + 2), "val": 2 * (3 + 2)}   # + 2 pointing
     assert counts["captions"] == {"train": 18, "val": 2}
 
 
@@ -63,7 +63,7 @@ def test_robot_features_mirror_fractal(paths):
         "gripper_closedness_action": ((1,), np.float32), "terminate_episode": ((3,), np.int32)}
     assert {"is_first", "is_last", "is_terminal", "reward"} <= set(steps.keys())
     assert set(features["episode_metadata"].keys()) == {
-        "task", "instruction", "seed", "objects", "background", "success"}
+        "task", "instruction", "seed", "objects", "background", "cards", "success"}
 
 
 def test_robot_episodes_content_and_replay(paths):
@@ -93,7 +93,9 @@ def test_robot_episodes_content_and_replay(paths):
                                             s["action"]["rotation_delta"],
                                             s["action"]["gripper_closedness_action"]])
                             for s in steps]).astype(np.float32)
-        np.testing.assert_array_equal(replay.actions, actions)
+        # Steps record the plan's intended action (labels="intended", the default): no noise.
+        np.testing.assert_array_equal(replay.intended_actions, actions)
+        assert not np.array_equal(replay.actions, actions)   # what ran was noisy
 
 
 def test_held_out_only_in_vqa(paths):
@@ -105,6 +107,9 @@ def test_held_out_only_in_vqa(paths):
         assert ep["episode_metadata"]["background"].decode() not in held.backgrounds
         instruction = ep["episode_metadata"]["instruction"].decode()
         assert not any(h in instruction for h in held.objects)
+        cards = {c.decode() for c in ep["episode_metadata"]["cards"]}
+        assert not cards & set(held.symbols)
+        assert not set(instruction.split()) & set(held.symbols)
     vqa = _load(paths["vqa"], "train") + _load(paths["vqa"], "val")
     vqa_objects = {o.decode() for ex in vqa for o in ex["objects"]}
     assert set(held.objects) & vqa_objects
@@ -119,8 +124,14 @@ def test_vqa_and_caption_examples(paths):
     assert {ex["scene_id"] for ex in train}.isdisjoint({ex["scene_id"] for ex in val})
     for ex in train + val:
         assert ex["image"].shape == (128, 128, 3) and ex["image"].dtype == np.uint8
-        assert ex["question"].decode().endswith("?") and len(ex["answers"]) >= 1
+        assert len(ex["answers"]) >= 1
         assert all(0 < len(a.decode().split()) <= 3 for a in ex["answers"])
+        if ex["question_type"] == b"locate":   # a point on the image grid, on its subject
+            assert vqa.parse_location(ex["answers"][0].decode()) is not None
+        else:
+            assert ex["question"].decode().endswith("?")
+    types = [ex["question_type"] for ex in train]
+    assert types.count(b"locate") == 2 * len({ex["scene_id"] for ex in train})
     captions = {ex["scene_id"]: ex for ex in _load(paths["captions"], "train")}
     for ex in train:   # same scene, same image in both datasets
         np.testing.assert_array_equal(ex["image"], captions[ex["scene_id"]]["image"])
@@ -171,7 +182,8 @@ def test_command_line(tmp_path, capsys):
                     "--seed", "5", "--held_out_objects", "red ball", "--held_out_backgrounds",
                     "wood"])
     printed = capsys.readouterr().out
-    robot = tfds.builder_from_directory(str(tmp_path / "data" / "toy_world_robot" / "1.0.0"))
+    robot_dir = tmp_path / "data" / "toy_world_robot" / toy_world.FORMAT_VERSION
+    robot = tfds.builder_from_directory(str(robot_dir))
     assert robot.info.splits["val"].num_examples == 1
     assert f"robot: {tmp_path / 'data'}" in printed
     params = json.loads((tmp_path / "data" / toy_world.PARAMS_FILE).read_text())

@@ -5,9 +5,9 @@
 writes three ordinary TFDS directories, each readable with `tfds.builder_from_directory(path)`
 without importing this module:
 
-    DIR/toy_world_robot/1.0.0     RLDS episodes, the fractal20220817_data layout where it applies
-    DIR/toy_world_vqa/1.0.0       image, question, answers (every acceptable short answer)
-    DIR/toy_world_captions/1.0.0  image, caption (same scenes as the VQA data)
+    DIR/toy_world_robot/1.1.0     RLDS episodes, the fractal20220817_data layout where it applies
+    DIR/toy_world_vqa/1.1.0       image, question, answers (every acceptable short answer)
+    DIR/toy_world_captions/1.1.0  image, caption (same scenes as the VQA data)
     DIR/toy_world.json            the generation parameters
 
 Splits are `train` and `val` (a `val_fraction` of episodes / scenes). Held-out objects and
@@ -48,12 +48,13 @@ from rt2_jax.sim import render, vqa, world
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1.0.0"   # bump when the generated data changes for the same parameters
+FORMAT_VERSION = "1.1.0"   # bump when the generated data changes for the same parameters
 ROBOT_NAME, VQA_NAME, CAPTIONS_NAME = "toy_world_robot", "toy_world_vqa", "toy_world_captions"
 PARAMS_FILE = "toy_world.json"
 TERMINATE, CONTINUE = [1, 0, 0], [0, 1, 0]
 _EPISODE_STREAM, _SCENE_STREAM = 0, 1
 _MAX_RETRIES = 5
+LABEL_KINDS = ("intended", "executed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +66,14 @@ class GenerationParams:
     vqa_scenes: int = 2000
     seed: int = 0
     questions_per_scene: int = 3
+    locate_per_scene: int = 2        # pointing questions ("point to the X" -> "x y") per scene
     val_fraction: float = 0.1
     noise_std: float = 0.005         # expert action noise (world units)
     pause_prob: float = 0.05         # expert pauses, for diversity
+    # Which action a step records: "intended" (the plan's action before noise and pauses; the
+    # noisy one is executed, so states stay diverse but labels are consistent, as in DART) or
+    # "executed" (what moved the robot, noise and pauses included).
+    labels: str = "intended"
     max_episode_steps: int = sim.MAX_EPISODE_STEPS
     held_out: world.HeldOut = world.DEFAULT_HELD_OUT
 
@@ -77,8 +83,12 @@ class GenerationParams:
                              f"val), got episodes={self.episodes}, vqa_scenes={self.vqa_scenes}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.locate_per_scene < 0:
+            raise ValueError(f"locate_per_scene must be >= 0, got {self.locate_per_scene}")
         if self.questions_per_scene < 1:
             raise ValueError(f"questions_per_scene must be >= 1, got {self.questions_per_scene}")
+        if self.labels not in LABEL_KINDS:
+            raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -89,8 +99,7 @@ class GenerationParams:
     def from_json(cls, data: dict) -> GenerationParams:
         data = dict(data)
         held = data.pop("held_out")
-        return cls(**data, held_out=world.HeldOut(objects=tuple(held["objects"]),
-                                                  backgrounds=tuple(held["backgrounds"])))
+        return cls(**data, held_out=world.HeldOut(**{k: tuple(v) for k, v in held.items()}))
 
     def cache_key(self) -> str:
         digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
@@ -149,6 +158,7 @@ def robot_features() -> tfds.features.FeaturesDict:
             "seed": tfds.features.Scalar(dtype=np.int64),
             "objects": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=tf.string)),
             "background": tfds.features.Tensor(shape=(), dtype=tf.string),
+            "cards": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=tf.string)),
             "success": tf.bool,
         }),
     })
@@ -167,10 +177,11 @@ def expert_episode(index: int, params: GenerationParams, env: sim.TabletopEnv,
                        "this is a bug in rt2_jax.sim")
 
 
-def episode_example(episode: sim.Episode) -> dict:
+def episode_example(episode: sim.Episode, labels: str = "intended") -> dict:
     steps = []
     last = len(episode.actions) - 1
-    for t, (image, action) in enumerate(zip(episode.images, episode.actions, strict=True)):
+    recorded = episode.intended_actions if labels == "intended" else episode.actions
+    for t, (image, action) in enumerate(zip(episode.images, recorded, strict=True)):
         steps.append({
             "observation": {"image": _png(image),
                             "natural_language_instruction": episode.task.instruction},
@@ -189,6 +200,7 @@ def episode_example(episode: sim.Episode) -> dict:
     return {"steps": steps, "episode_metadata": {
         "task": episode.task.kind, "instruction": episode.task.instruction,
         "seed": episode.seed, "objects": episode.objects, "background": episode.background,
+        "cards": list(episode.cards),
         "success": episode.success,
     }}
 
@@ -197,7 +209,9 @@ class ToyWorldRobot(tfds.core.GeneratorBasedBuilder):
     """RLDS episodes of the scripted expert in the toy tabletop world."""
 
     VERSION = tfds.core.Version(FORMAT_VERSION)
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {FORMAT_VERSION: "First release."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "First release.",
+        "1.1.0": "Robot steps record the expert's intended action; VQA adds location answers."}
 
     def __init__(self, *, params: GenerationParams | None = None, **kwargs):
         self._params = params or GenerationParams()
@@ -223,7 +237,7 @@ class ToyWorldRobot(tfds.core.GeneratorBasedBuilder):
         expert = sim.ScriptedExpert(env, noise_std=p.noise_std, pause_prob=p.pause_prob)
         indices = _split_indices(split, p.episodes, p)
         for index in _progress(indices, len(indices), f"robot episodes ({split})"):
-            yield index, episode_example(expert_episode(index, p, env, expert))
+            yield index, episode_example(expert_episode(index, p, env, expert), p.labels)
 
 
 # ---------------------------------------------------------------- VQA and captions
@@ -260,7 +274,9 @@ def scene(index: int, params: GenerationParams):
 
 class _SceneBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version(FORMAT_VERSION)
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {FORMAT_VERSION: "First release."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "First release.",
+        "1.1.0": "Robot steps record the expert's intended action; VQA adds location answers."}
     _DESCRIPTION = ""
 
     def __init__(self, *, params: GenerationParams | None = None, **kwargs):
@@ -298,8 +314,10 @@ class ToyWorldVqa(_SceneBuilder):
 
     _DESCRIPTION = ("Questions about rt2_jax toy-world scenes (color, shape, existence, count, "
                     "position, left/right relations, cards, background) with all acceptable "
-                    "short answers. Scenes include the objects and backgrounds held out of the "
-                    "robot episodes.")
+                    "short answers, and pointing questions (question_type 'locate') whose "
+                    "answer is a point 'x y' on a 256 x 256 grid over the image. Scenes "
+                    "include the objects, backgrounds and card symbols held out of the robot "
+                    "episodes.")
 
     def _features(self):
         return vqa_features()
@@ -307,6 +325,8 @@ class ToyWorldVqa(_SceneBuilder):
     def _examples(self, state, image, rng):
         qas = vqa.sample_questions(state, rng, self._params.questions_per_scene,
                                    self._params.held_out)
+        qas += vqa.locate_questions(state, rng, self._params.locate_per_scene,
+                                    self._params.held_out)
         return [{"question": qa.question, "answers": list(qa.answers),
                  "question_type": qa.question_type} for qa in qas]
 
@@ -423,13 +443,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated '<color> <shape>' names kept out of robot episodes")
     parser.add_argument("--held_out_backgrounds",
                         default=",".join(world.DEFAULT_HELD_OUT.backgrounds))
+    parser.add_argument("--held_out_symbols", default=",".join(world.DEFAULT_HELD_OUT.symbols),
+                        help="comma-separated card symbols kept out of robot episodes")
+    parser.add_argument("--locate_per_scene", type=int, default=GenerationParams.locate_per_scene)
+    parser.add_argument("--labels", choices=LABEL_KINDS, default=GenerationParams.labels)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    held_out = world.HeldOut(
-        objects=tuple(s.strip() for s in args.held_out_objects.split(",") if s.strip()),
-        backgrounds=tuple(s.strip() for s in args.held_out_backgrounds.split(",") if s.strip()))
+
+    def names(text):
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+
+    held_out = world.HeldOut(objects=names(args.held_out_objects),
+                             backgrounds=names(args.held_out_backgrounds),
+                             symbols=names(args.held_out_symbols))
     params = GenerationParams(episodes=args.episodes, vqa_scenes=args.vqa_scenes,
                               seed=args.seed, questions_per_scene=args.questions_per_scene,
+                              locate_per_scene=args.locate_per_scene, labels=args.labels,
                               val_fraction=args.val_fraction, held_out=held_out)
     for kind, path in generate(args.out, params).items():
         print(f"{kind}: {path}")
