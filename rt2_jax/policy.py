@@ -251,6 +251,27 @@ class Policy:
                                    sampling=self.sampling)
         return {k: np.asarray(v[:batch]) for k, v in out.items()}
 
+    def answer(self, images, questions: Sequence[str]) -> list[str]:
+        """Free-text answers to VQA questions about images (the web-data prompt
+        `Q: {question} A:`, greedy or the policy's sampling); batches pad to a power of two."""
+        images, questions = list(images), list(questions)
+        if len(images) != len(questions) or not images:
+            raise ValueError(f"need as many questions as images (>= 1), got {len(images)} "
+                             f"images and {len(questions)} questions.")
+        pixels = np.stack([self.preprocess_image(check_image(i)) for i in images])
+        prompts = [tokenizer_lib.vqa_prompt(check_instruction(q)) for q in questions]
+        tokens, mask = self.tokenizer.encode_batch(prompts, self.max_prompt_len,
+                                                   add_eos=PROMPT_ADD_EOS)
+        batch, padded = len(images), _bucket(len(images))
+        if padded != batch:
+            pixels, tokens, mask = (np.concatenate([x, np.repeat(x[:1], padded - batch, axis=0)])
+                                    for x in (pixels, tokens, mask))
+        rng = None
+        if self.sampling.temperature > 0:
+            self._rng, rng = jax.random.split(self._rng)
+        return self.decoder.text(self.params, pixels, tokens, mask, rng=rng,
+                                 sampling=self.sampling)[:batch]
+
     @property
     def num_compilations(self) -> int:
         """How many times the decode loop has been traced (compiled) so far."""

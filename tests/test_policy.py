@@ -2,11 +2,13 @@
 compile, input errors) and the closed-loop toy-world evaluation."""
 
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
 from absl import flags
+from PIL import Image
 
 from configs import tiny
 from rt2_jax import actions as actions_lib
@@ -15,6 +17,7 @@ from rt2_jax import policy as policy_lib
 from rt2_jax import tokenizer as tokenizer_lib
 from rt2_jax.models import params as params_lib
 from rt2_jax.models.vlm import VLM
+from rt2_jax.sim import world
 from rt2_jax.tools import eval_sim
 
 LOW, HIGH = sim.ACTION_LOW[1:], sim.ACTION_HIGH[1:]
@@ -200,13 +203,61 @@ def test_eval_sim_cli_prints_json(export_dir, policy, capsys, monkeypatch):
     monkeypatch.setattr(policy_lib.Policy, "from_export", from_export)
     fv = flags.FlagValues()
     eval_sim.define_flags(fv)
-    fv(["eval_sim", f"--export={export_dir}", "--episodes=2", "--concepts=seen",
-        "--max_episode_steps=2", "--batch_size=2", "--json"])
+    gif = os.path.join(export_dir, "..", "episodes.gif")
+    fv(["eval_sim", f"--export={export_dir}", "--episodes=2", "--categories=seen,symbols",
+        "--max_episode_steps=2", "--batch_size=2", "--vqa_questions=5", f"--gif={gif}",
+        "--gif_episodes=1", "--json"])
     returned = eval_sim.run(fv)
     out, err = capsys.readouterr()
     result = json.loads(out)
     assert loaded == [export_dir]
-    assert EXPECTED_KEYS <= set(result) and result["export"] == export_dir
-    assert len(result["episodes"]) == 2
-    assert err.count("expert:") == 2   # one progress line per episode, on stderr
+    assert set(result["success"]) == {"seen", "symbols"} and result["export"] == export_dir
+    for category in ("seen", "symbols"):
+        assert EXPECTED_KEYS - {"episodes"} <= set(result["categories"][category])
+    assert len(result["episodes"]) == 4
+    assert {r["category"] for r in result["episodes"]} == {"seen", "symbols"}
+    assert err.count("expert:") == 4   # one progress line per episode, on stderr
+    assert 0.0 <= result["vqa_accuracy"] <= 1.0 and result["vqa"]["num_questions"] == 5
+    assert "decoded_actions" in result["episodes"][0] and "frames" not in result["episodes"][0]
+    with Image.open(gif) as image:   # a GIF a person can open: one frame per step
+        assert image.n_frames == result["episodes"][0]["steps"]
     assert result == json.loads(json.dumps(returned))
+
+
+@pytest.mark.parametrize("name", ["expert", "random"])
+def test_reference_policies_through_the_same_loop(name):
+    """The scripted expert must solve >= 99% through the evaluator; random actions ~never."""
+    policy = eval_sim.ExpertPolicy() if name == "expert" else eval_sim.RandomPolicy(seed=0)
+    result = eval_sim.evaluate_all(policy, episodes=25, batch_size=5, log=None)
+    assert set(result["success"]) == set(world.EVAL_CATEGORIES)
+    for category, rate in result["success"].items():
+        if name == "expert":
+            assert rate >= 0.99, (category, rate)
+        else:
+            assert rate <= 0.08, (category, rate)
+    assert result["vqa_accuracy"] is None   # neither policy answers questions
+
+
+def test_heldout_vqa_is_scored_by_type():
+    pairs = eval_sim.heldout_vqa(30, seed=1)
+    assert len(pairs) == 30 and {qa.question_type for _, qa in pairs} >= {"locate"}
+    assert pairs[0][1] == eval_sim.heldout_vqa(1, seed=1)[0][1]   # deterministic
+
+    class Oracle:   # answers every question with its reference (asked in order): accuracy 1
+        asked = 0
+
+        def answer(self, images, questions):
+            chunk = pairs[self.asked:self.asked + len(questions)]
+            assert [qa.question for _, qa in chunk] == list(questions)
+            self.asked += len(questions)
+            return [qa.answers[-1] for _, qa in chunk]
+
+    class Wrong:
+        def answer(self, images, questions):
+            return ["nothing" for _ in questions]
+
+    assert eval_sim.evaluate_vqa(Oracle(), 30, seed=1)["vqa_accuracy"] == 1.0
+    assert eval_sim.evaluate_vqa(Wrong(), 30, seed=1)["vqa_accuracy"] == 0.0
+    with pytest.raises(ValueError, match="categories"):
+        eval_sim.parse_categories(["seen", "moon"])
+    assert eval_sim.parse_categories(["all"]) == list(world.EVAL_CATEGORIES)

@@ -1,18 +1,30 @@
-"""Closed-loop evaluation of an export in the toy tabletop world.
+"""Closed-loop evaluation in the toy tabletop world, per RT-2 category, plus held-out VQA.
 
-    python -m rt2_jax.tools.eval_sim --export=exports/tiny --episodes=50 --concepts=unseen [--json]
+    python -m rt2_jax.tools.eval_sim --export=exports/tiny --episodes=50 \
+        --categories=seen,unseen_objects,unseen_backgrounds,symbols [--json]
+    python -m rt2_jax.tools.eval_sim --policy=expert --episodes=100    # the same loop, as a check
+    python -m rt2_jax.tools.eval_sim --policy=random --episodes=100
 
-Each episode i resets `TabletopEnv(concepts=...)` with seed `--seed + i`; the policy sees the
-observation's image and instruction and its action is stepped until the episode terminates (the
-policy's terminate dim) or is truncated (`--max_episode_steps`). An episode succeeds when the
-policy terminates it with the task solved (the env's reward). `--concepts=unseen` is RT-2's
-generalization experiment in miniature: the task's object comes from concepts that training saw
-only in VQA data. For reference the scripted expert runs the same seeds (same scenes and tasks).
+Categories (rt2_jax.sim.world.EVAL_CATEGORIES) follow RT-2's evaluation: `seen` (objects,
+backgrounds and card symbols of the robot episodes), `unseen_objects` (the task's object was
+shown only in web data), `unseen_backgrounds` (a table only web data showed) and `symbols`
+(place an object on a card whose symbol only web data showed). Episode i of a category resets
+`TabletopEnv(concepts=category)` with seed `--seed + i`; the policy sees the observation's image
+and instruction and its action is stepped until the episode terminates (the policy's terminate
+dim) or is truncated (`--max_episode_steps`). An episode succeeds when the policy terminates it
+with the task solved (the env's reward). For reference the scripted expert runs the same seeds.
+
+`--policy=export` (default) loads `--export`; `expert` is the scripted expert reading the
+simulator's state and `random` draws every action token uniformly (both through the same loop).
+For an export, `--vqa_questions` held-out VQA questions (scenes no training split contains, every
+question type including pointing) are answered by free-text decoding; `vqa_accuracy` is the
+fraction correct (exact match of an acceptable answer; a point within POINT_TOLERANCE).
 
 Several episodes run side by side (`--batch_size`) so one policy call serves them all; the batch
 keeps its size (finished slots repeat a live observation) so the decode loop compiles once.
 Prints one progress line per finished episode and a summary; with --json the summary is one JSON
-object on stdout and progress goes to stderr.
+object on stdout (`success`: category -> rate, `episodes`, `vqa_accuracy`) and progress goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -27,17 +39,28 @@ import numpy as np
 from absl import app, flags, logging
 
 from rt2_jax import sim
+from rt2_jax.sim import vqa, world
+
+POLICIES = ("export", "expert", "random")
+VQA_SEED_OFFSET = 1_000_003   # held-out VQA scenes come from their own seed stream
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The CLI flags; defined only when the module runs as a program (or by a caller on its own
     FlagValues), so importing it never clashes with other tools' flags."""
     fv = flag_values
+    flags.DEFINE_enum("policy", "export", list(POLICIES),
+                      "export: the model in --export; expert / random: reference policies.",
+                      flag_values=fv)
     flags.DEFINE_string("export", None, "Export directory (python -m rt2_jax.export).",
                         flag_values=fv)
-    flags.DEFINE_integer("episodes", 50, "Number of episodes.", flag_values=fv)
-    flags.DEFINE_enum("concepts", "seen", ["seen", "unseen", "all"],
-                      "Objects/backgrounds: seen in robot data, held out, or any.", flag_values=fv)
+    flags.DEFINE_integer("episodes", 50, "Episodes per category.", flag_values=fv)
+    flags.DEFINE_list("categories", ["seen"],
+                      f"Comma-separated categories of {world.EVAL_CATEGORIES} (or 'all').",
+                      flag_values=fv)
+    flags.DEFINE_integer("vqa_questions", 200,
+                         "Held-out VQA questions to answer (export policy only; 0 = skip).",
+                         flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Episode i uses seed + i.", flag_values=fv)
     flags.DEFINE_bool("json", False, "Print the summary as one JSON object on stdout.",
                       flag_values=fv)
@@ -47,7 +70,49 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          "Truncate an episode after this many steps.", flag_values=fv)
     flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding.", flag_values=fv)
     flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).", flag_values=fv)
-    flags.mark_flags_as_required(["export"], flag_values=fv)
+    flags.DEFINE_string("gif", "", "Write the first --gif_episodes episodes of the first "
+                        "category as an animated GIF here.", flag_values=fv)
+    flags.DEFINE_integer("gif_episodes", 4, "Episodes in the GIF.", flag_values=fv)
+
+
+# ---------------------------------------------------------------- reference policies
+
+
+class ExpertPolicy:
+    """The scripted expert behind the evaluator's policy interface. It reads each episode's
+    simulator state (`reset_episode` hands it the env), so it is a check of the loop and the
+    world (it must solve >= 99%), not a learned policy."""
+
+    needs_env = True
+
+    def __init__(self):
+        self._experts: dict[int, sim.ScriptedExpert] = {}
+
+    def reset_episode(self, env: sim.TabletopEnv, seed: int) -> None:
+        expert = sim.ScriptedExpert(env)
+        expert.reset(seed=seed)
+        self._experts[id(env)] = expert
+
+    def act_envs(self, envs) -> np.ndarray:
+        return np.stack([self._experts[id(env)].act() for env in envs])
+
+
+class RandomPolicy:
+    """Every action token drawn uniformly: terminate 0/1, each other dim one of 256 bins of the
+    world's action range (the output a constrained decoder of an untrained model could give)."""
+
+    def __init__(self, seed: int = 0):
+        self._rng = np.random.default_rng(seed)
+        low, high = world.ACTION_LOW[1:], world.ACTION_HIGH[1:]
+        self._centres = low + (np.arange(256)[:, None] + 0.5) / 256 * (high - low)
+
+    def act_batch(self, images, instructions) -> np.ndarray:
+        del images
+        n = len(instructions)
+        bins = self._rng.integers(0, 256, size=(n, 7))
+        continuous = self._centres[bins, np.arange(7)]
+        terminate = self._rng.integers(0, 2, size=(n, 1)).astype(np.float32)
+        return np.concatenate([terminate, continuous], axis=1).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -60,6 +125,7 @@ class _Slot:
     observation: dict | None = None
     steps: int = 0
     started: float = 0.0
+    frames: list | None = None
 
     @property
     def active(self) -> bool:
@@ -98,15 +164,19 @@ def summarize(records: list[dict]) -> dict:
 
 def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
              batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
-             log: Callable[[str], None] | None = print) -> dict:
-    """Runs `episodes` closed-loop episodes of `policy` (anything with `act_batch(images,
-    instructions) -> [B, 8]`) and the scripted expert; returns the summary with the per-episode
-    records under 'episodes'."""
+             log: Callable[[str], None] | None = print, record_frames: int = 0) -> dict:
+    """Runs `episodes` closed-loop episodes of `policy` in one category and the scripted expert
+    on the same seeds; returns the summary with the per-episode records under 'episodes'.
+
+    `policy` has `act_batch(images, instructions) -> [B, 8]`, or (`needs_env = True`)
+    `reset_episode(env, seed)` and `act_envs(envs) -> [B, 8]`. With `record_frames` = n the
+    first n episodes keep their frames and decoded actions (record['frames'], ['actions'])."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch_size = min(batch_size, episodes)
+    uses_env = getattr(policy, "needs_env", False)
     slots = [_Slot(sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts))
              for _ in range(batch_size)]
     records: list[dict | None] = [None] * episodes
@@ -122,6 +192,9 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         slot.index, slot.seed = next_episode, seed + next_episode
         slot.observation, _ = slot.env.reset(seed=slot.seed)
         slot.steps, slot.started = 0, time.perf_counter()
+        slot.frames = [] if slot.index < record_frames else None
+        if uses_env:
+            policy.reset_episode(slot.env, slot.seed)
         next_episode += 1
 
     def finish(slot: _Slot, info: dict, terminated: bool, reward: float) -> None:
@@ -137,26 +210,35 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
             "steps": slot.steps, "expert_success": expert["success"],
             "expert_steps": expert["steps"],
         }
+        if slot.frames is not None:
+            record["frames"] = [f for f, _ in slot.frames]
+            record["actions"] = [a for _, a in slot.frames]
         records[slot.index] = record
         if log is not None:
             done = sum(r is not None for r in records)
             outcome = "success" if record["success"] else (
                 "failure (terminated unsolved)" if terminated else "failure (truncated)")
-            log(f"[{done:>{len(str(episodes))}}/{episodes}] seed={slot.seed} {task.kind:<13} "
-                f"{outcome} in {slot.steps} steps ({time.perf_counter() - slot.started:.1f}s); "
-                f"expert: {'success' if expert['success'] else 'failure'} in "
-                f"{expert['steps']} steps | {task.instruction!r}")
+            log(f"[{concepts} {done:>{len(str(episodes))}}/{episodes}] seed={slot.seed} "
+                f"{task.kind:<13} {outcome} in {slot.steps} steps "
+                f"({time.perf_counter() - slot.started:.1f}s); expert: "
+                f"{'success' if expert['success'] else 'failure'} in {expert['steps']} steps | "
+                f"{task.instruction!r}")
 
     for slot in slots:
         start_next(slot)
     while any(slot.active for slot in slots):
         live = [slot for slot in slots if slot.active]
-        # A constant batch size keeps the compiled decode loop (idle slots repeat a live one).
-        filled = live + [live[0]] * (batch_size - len(live))
-        actions = policy.act_batch([s.observation["image"] for s in filled],
-                                   [s.observation["instruction"] for s in filled])
+        if uses_env:
+            actions = policy.act_envs([s.env for s in live])
+        else:
+            # A constant batch size keeps the compiled decode loop (idle slots repeat a live one).
+            filled = live + [live[0]] * (batch_size - len(live))
+            actions = policy.act_batch([s.observation["image"] for s in filled],
+                                       [s.observation["instruction"] for s in filled])
         calls += 1
         for slot, action in zip(live, actions[:len(live)], strict=True):
+            if slot.frames is not None:
+                slot.frames.append((slot.observation["image"], np.asarray(action)))
             obs, reward, terminated, truncated, info = slot.env.step(np.asarray(action))
             slot.steps += 1
             steps_total += 1
@@ -172,31 +254,142 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
             "episodes": records}
 
 
+# ---------------------------------------------------------------- held-out VQA
+
+
+def heldout_vqa(num_questions: int, seed: int = 0) -> list[tuple[np.ndarray, vqa.QA]]:
+    """(image, question) pairs from scenes of a seed stream no training split uses: the regular
+    question types and pointing questions, about held-out concepts as often as the web data."""
+    out: list[tuple[np.ndarray, vqa.QA]] = []
+    scene = 0
+    while len(out) < num_questions:
+        rng = np.random.default_rng([VQA_SEED_OFFSET, seed, scene])
+        state = vqa.sample_vqa_scene(rng)
+        image = sim.render.render(state)
+        qas = vqa.sample_questions(state, rng, 2) + vqa.locate_questions(state, rng, 1)
+        out += [(image, qa) for qa in qas]
+        scene += 1
+    return out[:num_questions]
+
+
+def score_answer(text: str, qa: vqa.QA) -> bool:
+    """Exact match of an acceptable answer; a pointing answer is right within POINT_TOLERANCE."""
+    if qa.question_type == "locate":
+        return vqa.location_correct(text, qa.answers[0])
+    return text.strip() in qa.answers
+
+
+def evaluate_vqa(policy, num_questions: int, *, seed: int = 0, batch_size: int = 32) -> dict:
+    """Answers `num_questions` held-out questions with `policy.answer`; accuracy overall and
+    per question type."""
+    pairs = heldout_vqa(num_questions, seed)
+    correct: dict[str, list[bool]] = {}
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        texts = policy.answer([image for image, _ in chunk], [qa.question for _, qa in chunk])
+        for text, (_, qa) in zip(texts, chunk, strict=True):
+            correct.setdefault(qa.question_type, []).append(score_answer(text, qa))
+    every = [c for values in correct.values() for c in values]
+    return {"vqa_accuracy": _rate(every), "num_questions": len(every),
+            "per_type": {k: _rate(v) for k, v in sorted(correct.items())}}
+
+
+# ---------------------------------------------------------------- all categories
+
+
+def parse_categories(names) -> list[str]:
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return list(world.EVAL_CATEGORIES)
+    bad = [n for n in names if n not in world.EVAL_CATEGORIES]
+    if bad or not names:
+        raise ValueError(f"unknown categories {bad}; use some of {world.EVAL_CATEGORIES} or 'all'")
+    return names
+
+
+def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, seed: int = 0,
+                 batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
+                 vqa_questions: int = 0, log: Callable[[str], None] | None = print,
+                 record_frames: int = 0) -> dict:
+    """`evaluate` for every category, then held-out VQA (when `policy` can answer and
+    `vqa_questions` > 0). Returns {'success': category -> rate, 'expert_success', 'categories'
+    (full summaries), 'episodes' (records with their 'category'), 'vqa_accuracy', 'vqa'}."""
+    results, episodes_out = {}, []
+    for k, category in enumerate(categories):
+        result = evaluate(policy, episodes=episodes, concepts=category, seed=seed,
+                          batch_size=batch_size, max_episode_steps=max_episode_steps, log=log,
+                          record_frames=record_frames if k == 0 else 0)
+        episodes_out += [{"category": category, **r} for r in result.pop("episodes")]
+        results[category] = result
+    vqa_result = None
+    if vqa_questions > 0 and hasattr(policy, "answer"):
+        vqa_result = evaluate_vqa(policy, vqa_questions, seed=seed)
+    return {"success": {c: r["success_rate"] for c, r in results.items()},
+            "expert_success": {c: r["expert_success_rate"] for c, r in results.items()},
+            "categories": results, "episodes": episodes_out,
+            "vqa_accuracy": vqa_result["vqa_accuracy"] if vqa_result else None,
+            "vqa": vqa_result}
+
+
 def format_summary(result: dict) -> str:
-    lines = [f"concepts={result['concepts']} episodes={result['num_episodes']} "
-             f"seed={result['seed']}",
-             f"{'task':<14}{'n':>4}{'success':>9}{'expert':>8}{'mean len':>10}"]
-    rows = [*result["per_task"].items(), ("all", result)]
-    for name, row in rows:
-        lines.append(f"{name:<14}{row['num_episodes']:>4}{row['success_rate']:>9.2f}"
-                     f"{row['expert_success_rate']:>8.2f}{row['mean_episode_length']:>10.1f}")
-    lines.append(f"{result['env_steps']} env steps in {result['wall_s']}s "
-                 f"({result['env_steps_per_s']} steps/s, {result['policy_calls']} policy calls)")
+    lines = []
+    for category, row in result["categories"].items():
+        lines.append(f"{category}: episodes={row['num_episodes']} seed={row['seed']}")
+        lines.append(f"  {'task':<14}{'n':>4}{'success':>9}{'expert':>8}{'mean len':>10}")
+        for name, task_row in [*row["per_task"].items(), ("all", row)]:
+            lines.append(f"  {name:<14}{task_row['num_episodes']:>4}"
+                         f"{task_row['success_rate']:>9.2f}"
+                         f"{task_row['expert_success_rate']:>8.2f}"
+                         f"{task_row['mean_episode_length']:>10.1f}")
+    lines.append("success: " + ", ".join(f"{c} {v:.2f}" for c, v in result["success"].items()))
+    if result.get("vqa"):
+        per_type = ", ".join(f"{k} {v:.2f}" for k, v in result["vqa"]["per_type"].items())
+        lines.append(f"held-out VQA accuracy {result['vqa_accuracy']:.3f} over "
+                     f"{result['vqa']['num_questions']} questions ({per_type})")
     return "\n".join(lines)
 
 
-def run(f: flags.FlagValues) -> dict:
-    """Evaluates as the parsed flags `f` say; prints progress and the summary; returns it."""
+def write_gif(path: str, records: list[dict], fps: int = 4) -> int:
+    """Writes the recorded episodes (records with 'frames') as one animated GIF, each frame
+    captioned with the instruction and the decoded action; returns the number of frames."""
+    from rt2_jax.tools import gif as gif_lib
+
+    return gif_lib.write_episodes_gif(path, [r for r in records if "frames" in r], fps=fps)
+
+
+def make_policy(f: flags.FlagValues):
+    if f.policy == "expert":
+        return ExpertPolicy()
+    if f.policy == "random":
+        return RandomPolicy(seed=f.seed)
+    if not f.export:
+        raise app.UsageError("--policy=export needs --export=DIR (python -m rt2_jax.export)")
     from rt2_jax import decoding
     from rt2_jax import policy as policy_lib
 
     sampling = decoding.Sampling(temperature=f.temperature, top_k=f.top_k)
-    policy = policy_lib.Policy.from_export(f.export, sampling=sampling, seed=f.seed)
+    return policy_lib.Policy.from_export(f.export, sampling=sampling, seed=f.seed)
+
+
+def run(f: flags.FlagValues) -> dict:
+    """Evaluates as the parsed flags `f` say; prints progress and the summary; returns it."""
+    categories = parse_categories(f.categories)
+    policy = make_policy(f)
     stream = sys.stderr if f.json else sys.stdout
-    result = evaluate(policy, episodes=f.episodes, concepts=f.concepts, seed=f.seed,
-                      batch_size=f.batch_size, max_episode_steps=f.max_episode_steps,
-                      log=lambda line: print(line, file=stream, flush=True))
-    result = {"export": f.export, **result}
+    result = evaluate_all(policy, categories=categories, episodes=f.episodes, seed=f.seed,
+                          batch_size=f.batch_size, max_episode_steps=f.max_episode_steps,
+                          vqa_questions=f.vqa_questions if f.policy == "export" else 0,
+                          log=lambda line: print(line, file=stream, flush=True),
+                          record_frames=f.gif_episodes if f.gif else 0)
+    if f.gif:
+        frames = write_gif(f.gif, result["episodes"])
+        print(f"wrote {f.gif} ({frames} frames)", file=stream, flush=True)
+        for record in result["episodes"]:
+            record.pop("frames", None)
+            actions = record.pop("actions", None)
+            if actions is not None:
+                record["decoded_actions"] = [np.asarray(a).round(4).tolist() for a in actions]
+    result = {"policy": f.policy, "export": f.export, **result}
     print(json.dumps(result) if f.json else format_summary(result), flush=True)
     return result
 
