@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "gymnasium==1.4.0",
     "jax==0.10.2",
     "jaxlib==0.10.2",
+    "matplotlib==3.11.2",   # the experiments' charts
     "ml-collections==1.1.0",
     "numpy==2.4.6",
     "optax==0.2.8",

@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,          # 0 = off
         grad_accum_steps=1,          # micro-batches per step (global batch is split)
         freeze_regex="",             # e.g. "^img/" freezes the ViT
+        init_from="",                # an export dir whose params start a fresh run
+        init_from_regex="",          # only params matching it are loaded ("" = all)
         z_loss=1e-4,
         log_every=10,
         eval_every=200,              # 0 = never

@@ -129,6 +129,40 @@ def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_pa
                  out_dir)
 
 
+def load_params_like(export_dir: str, params, regex: str = ""):
+    """Parameters of the export in `export_dir`, cast and sharded like `params` (a pytree of
+    arrays, e.g. freshly initialized ones). With `regex`, only parameters whose 'a/b/c' path
+    matches are taken from the export and the rest keep their values in `params`. Fails naming
+    every missing or mis-shaped parameter."""
+    import re
+
+    import flax
+
+    path = os.path.join(export_dir if "://" in export_dir else os.path.abspath(export_dir),
+                        "params")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"config.train.init_from={export_dir!r} holds no params/; point "
+                                "it at an export directory (python -m rt2_jax.export).")
+    with ocp.StandardCheckpointer() as ckptr:
+        loaded = ckptr.restore(path)
+    mine = flax.traverse_util.flatten_dict(params, sep="/")
+    theirs = flax.traverse_util.flatten_dict(loaded, sep="/")
+    pattern = re.compile(regex) if regex else None
+    wanted = [k for k in mine if pattern is None or pattern.search(k)]
+    if not wanted:
+        raise ValueError(f"config.train.init_from_regex={regex!r} matches no parameter; names "
+                         f"look like {sorted(mine)[:3]}.")
+    problems = [f"{k}: missing" for k in wanted if k not in theirs]
+    problems += [f"{k}: shape {tuple(theirs[k].shape)} in the export, {tuple(mine[k].shape)} "
+                 "in the model" for k in wanted if k in theirs and theirs[k].shape != mine[k].shape]
+    if problems:
+        raise ValueError(f"init_from {export_dir} does not fit the model: " + "; ".join(problems))
+    out = dict(mine)
+    for k in wanted:
+        out[k] = jax.device_put(jnp.asarray(theirs[k], mine[k].dtype), mine[k].sharding)
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
 def load_export(export_dir: str):
     """(params, config, action_stats_json) from an export directory; the tokenizer path in the
     returned config is absolute."""

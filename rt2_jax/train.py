@@ -164,6 +164,11 @@ def train(config, workdir: str) -> dict[str, float]:
         state = trainer.init_state(setup, int(config.seed))
         say(f"Initialized {params_lib.count(setup.abstract_state.params):,} parameters; "
             f"training {config.train.num_steps} steps.")
+        init_from = config.train.get("init_from", "")
+        if init_from:
+            state = state.replace(params=checkpoints.load_params_like(
+                init_from, state.params, config.train.get("init_from_regex", "")))
+            say(f"Loaded parameters from {init_from} (optimizer and step start fresh).")
     else:
         state, saved_meta = ckpt.restore(latest, setup.abstract_state)
         if saved_meta.get("action_bounds") != meta["action_bounds"]:

@@ -1,0 +1,1 @@
+"""End-to-end studies that train, evaluate and print tables (python -m rt2_jax.experiments.NAME)."""

@@ -1,0 +1,203 @@
+"""RT-2's co-fine-tuning ablation in miniature, on the toy world.
+
+    python -m rt2_jax.experiments.cofinetune --workdir=runs/cofinetune [--seeds=0,1,2]
+
+(0) Web pretraining: the VLM trains on the toy world's web data only (VQA with pointing answers,
+captions), which shows the held-out objects, tables and card symbols that robot episodes never
+do. Then, for the same number of steps and each seed, three arms:
+  (a) robot_only   — fine-tune the pretrained model on robot episodes only;
+  (b) cofinetune   — fine-tune it on robot episodes mixed with the web data
+                     (--robot_fraction of each batch, RT-2-PaLI-X used about half);
+  (c) scratch      — train on robot episodes only from random weights.
+Each arm is exported and evaluated in closed loop per category (seen, unseen objects, unseen
+backgrounds, symbols; `rt2_jax.tools.eval_sim`) and on held-out VQA. The table (mean and spread
+over seeds) is printed and written to {workdir}/results.{json,md,png}. Every stage keeps its own
+workdir and export, so rerunning the command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+
+ARMS = ("robot_only", "cofinetune", "scratch")
+COLUMNS = ("seen", "unseen_objects", "unseen_backgrounds", "symbols", "vqa_accuracy")
+
+
+def define_flags() -> None:
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Base experiment config.")
+    flags.DEFINE_string("workdir", None, "Directory for every stage's run and the results.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (each arm runs once per seed).")
+    flags.DEFINE_integer("pretrain_steps", 2000, "Web-only pretraining steps.")
+    flags.DEFINE_integer("finetune_steps", 2000, "Steps of each arm.")
+    flags.DEFINE_float("robot_fraction", 0.5, "Robot share of co-fine-tuning batches.")
+    flags.DEFINE_integer("episodes", 50, "Closed-loop episodes per category and run.")
+    flags.DEFINE_integer("vqa_questions", 300, "Held-out VQA questions per run.")
+    flags.mark_flags_as_required(["workdir"])
+
+
+def stage_config(base, arm: str, seed: int, steps: int, robot_fraction: float = 0.5,
+                 init_from: str = ""):
+    """The config of one stage: 'pretrain' (web only) or an arm of ARMS."""
+    c = base.copy_and_resolve_references()
+    c.seed = seed
+    sources = c.data.sources
+    web = [name for name, s in sources.items() if s.kind != "robot"]
+    robots = [name for name, s in sources.items() if s.kind == "robot"]
+    if not web or not robots:
+        raise ValueError(f"the experiment needs robot and web sources; the config has robot "
+                         f"{robots} and web {web}")
+    if arm == "pretrain":
+        robot_weight = 0.0        # kept (weight 0) so the action bounds match the later arms
+    elif arm == "cofinetune":
+        robot_weight = robot_fraction
+    elif arm in ("robot_only", "scratch"):
+        robot_weight = 1.0
+    else:
+        raise ValueError(f"unknown stage {arm!r}; use 'pretrain' or one of {ARMS}")
+    for name in robots:
+        sources[name].weight = robot_weight / len(robots)
+    for name in web:
+        sources[name].weight = (1.0 - robot_weight) / len(web)
+    c.train.num_steps = steps
+    c.train.init_from = init_from if arm in ("robot_only", "cofinetune") else ""
+    c.train.export_at_end = True
+    c.train.export_dtype = "float32"
+    c.train.eval_every = 0            # the experiment evaluates each export itself
+    c.train.checkpoint_every = max(steps // 2, 1)
+    return c
+
+
+def run_stage(config, workdir: str, log) -> str:
+    """Trains (or resumes) one stage; returns its export directory."""
+    from rt2_jax import train
+
+    export = os.path.join(workdir, "export")
+    if os.path.isdir(os.path.join(export, "params")):
+        log(f"{workdir}: export exists, skipping training")
+        return export
+    start = time.perf_counter()
+    train.train(config, workdir)
+    log(f"{workdir}: trained {config.train.num_steps} steps in "
+        f"{time.perf_counter() - start:.0f}s")
+    return export
+
+
+def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int) -> dict:
+    from rt2_jax import policy as policy_lib
+    from rt2_jax.tools import eval_sim
+
+    policy = policy_lib.Policy.from_export(export)
+    result = eval_sim.evaluate_all(policy, episodes=episodes, seed=10_000 * (seed + 1),
+                                   batch_size=16, vqa_questions=vqa_questions, log=None)
+    return {**result["success"], "vqa_accuracy": result["vqa_accuracy"],
+            "vqa_per_type": result["vqa"]["per_type"] if result["vqa"] else None}
+
+
+def summarize(runs: dict) -> dict:
+    """runs[arm][seed] -> per column {mean, std, min, max} over seeds."""
+    table = {}
+    for arm, by_seed in runs.items():
+        table[arm] = {}
+        for column in COLUMNS:
+            values = np.array([r[column] for r in by_seed.values() if r.get(column) is not None])
+            if values.size:
+                table[arm][column] = {"mean": float(values.mean()), "std": float(values.std()),
+                                      "min": float(values.min()), "max": float(values.max()),
+                                      "n": int(values.size)}
+    return table
+
+
+def markdown(table: dict, pretrain_vqa: float | None) -> str:
+    lines = ["| arm | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for arm, row in table.items():
+        cells = [f"{row[c]['mean']:.2f} ± {row[c]['std']:.2f}" if c in row else "–"
+                 for c in COLUMNS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if pretrain_vqa is not None:
+        lines.append(f"\nWeb-pretrained model (before robot data): held-out VQA accuracy "
+                     f"{pretrain_vqa:.3f}.")
+    return "\n".join(lines)
+
+
+def chart(table: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(table), 1)
+    x = np.arange(len(COLUMNS))
+    for k, (arm, row) in enumerate(table.items()):
+        means = [row.get(c, {}).get("mean", 0.0) for c in COLUMNS]
+        stds = [row.get(c, {}).get("std", 0.0) for c in COLUMNS]
+        ax.bar(x + k * width, means, width, yerr=stds, capsize=3, label=arm)
+    ax.set_xticks(x + width * (len(table) - 1) / 2, [c.replace("_", "\n") for c in COLUMNS])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate / accuracy")
+    ax.set_title("Toy-world RT-2 ablation: mean over seeds (bars: std)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
+        robot_fraction: float, episodes: int, vqa_questions: int, log=print) -> dict:
+    """The whole experiment; returns the results dict also written to results.json."""
+    start = time.perf_counter()
+    workdir = os.path.abspath(workdir)
+    pre_dir = os.path.join(workdir, "pretrain")
+    pre_export = run_stage(stage_config(base, "pretrain", 0, pretrain_steps), pre_dir, log)
+    from rt2_jax import policy as policy_lib
+    from rt2_jax.tools import eval_sim
+
+    pretrain_vqa = eval_sim.evaluate_vqa(policy_lib.Policy.from_export(pre_export),
+                                         vqa_questions, seed=0)
+    log(f"pretrained VQA accuracy {pretrain_vqa['vqa_accuracy']:.3f}")
+    runs: dict = {arm: {} for arm in ARMS}
+    for seed in seeds:
+        for arm in ARMS:
+            config = stage_config(base, arm, seed, finetune_steps, robot_fraction, pre_export)
+            export = run_stage(config, os.path.join(workdir, f"{arm}_seed{seed}"), log)
+            runs[arm][str(seed)] = evaluate_export(export, episodes, vqa_questions, seed)
+            log(f"{arm} seed {seed}: " + json.dumps(
+                {k: round(v, 3) for k, v in runs[arm][str(seed)].items()
+                 if isinstance(v, float)}))
+    table = summarize(runs)
+    results = {"table": table, "runs": runs, "pretrain_vqa": pretrain_vqa,
+               "settings": {"seeds": list(seeds), "pretrain_steps": pretrain_steps,
+                            "finetune_steps": finetune_steps, "robot_fraction": robot_fraction,
+                            "episodes_per_category": episodes, "vqa_questions": vqa_questions},
+               "wall_s": round(time.perf_counter() - start, 1)}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    md = markdown(table, pretrain_vqa["vqa_accuracy"])
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(md + "\n")
+    chart(table, os.path.join(workdir, "results.png"))
+    log(md)
+    log(f"wrote {workdir}/results.json, results.md, results.png "
+        f"({results['wall_s']:.0f}s in all)")
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    run(f.config, f.workdir, seeds=[int(s) for s in f.seeds], pretrain_steps=f.pretrain_steps,
+        finetune_steps=f.finetune_steps, robot_fraction=f.robot_fraction, episodes=f.episodes,
+        vqa_questions=f.vqa_questions)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,78 @@
+"""The co-fine-tuning experiment: stage configs, params loading for fine-tuning, and one
+miniature end-to-end run (every stage trains, exports and is evaluated; results are written)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from test_train import small_config, toy_cache  # noqa: F401  (a fixture)
+
+from rt2_jax import checkpoints
+from rt2_jax.experiments import cofinetune
+
+
+def test_stage_configs(toy_cache):  # noqa: F811
+    base = small_config(toy_cache)
+    pre = cofinetune.stage_config(base, "pretrain", 0, 10)
+    assert pre.data.sources.robot.weight == 0.0
+    assert pre.data.sources.vqa.weight == pre.data.sources.captions.weight == 0.5
+    co = cofinetune.stage_config(base, "cofinetune", 2, 7, 0.5, "/x/export")
+    assert (co.seed, co.train.num_steps, co.train.init_from) == (2, 7, "/x/export")
+    assert co.data.sources.robot.weight == 0.5 and co.data.sources.vqa.weight == 0.25
+    robot = cofinetune.stage_config(base, "robot_only", 0, 7, 0.5, "/x/export")
+    assert robot.data.sources.robot.weight == 1.0 and robot.data.sources.vqa.weight == 0.0
+    scratch = cofinetune.stage_config(base, "scratch", 0, 7, 0.5, "/x/export")
+    assert scratch.train.init_from == ""   # from random weights
+    with pytest.raises(ValueError, match="unknown stage"):
+        cofinetune.stage_config(base, "finetune", 0, 7)
+    assert base.train.init_from == ""   # the base config is not modified
+
+
+def test_load_params_like_takes_matching_params_and_names_mismatches(tmp_path):
+    mine = {"img": {"w": jax.numpy.zeros((2, 3))}, "encdec": {"b": jax.numpy.zeros((4,))}}
+    theirs = {"img": {"w": np.ones((2, 3), np.float32)}, "encdec": {"b": np.ones((4,))}}
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(str(tmp_path / "params"), theirs)
+    loaded = checkpoints.load_params_like(str(tmp_path), mine)
+    assert float(loaded["img"]["w"].sum()) == 6 and float(loaded["encdec"]["b"].sum()) == 4
+    only_img = checkpoints.load_params_like(str(tmp_path), mine, "^img/")
+    assert float(only_img["img"]["w"].sum()) == 6 and float(only_img["encdec"]["b"].sum()) == 0
+    bigger = {**mine, "img": {"w": jax.numpy.zeros((2, 5))}}
+    with pytest.raises(ValueError, match=r"img/w: shape \(2, 3\) in the export, \(2, 5\)"):
+        checkpoints.load_params_like(str(tmp_path), bigger)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        checkpoints.load_params_like(str(tmp_path), mine, "^nothing")
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        checkpoints.load_params_like(str(tmp_path / "missing"), mine)
+
+
+def test_miniature_experiment_end_to_end(toy_cache, tmp_path):  # noqa: F811
+    base = small_config(toy_cache, num_steps=3, checkpoint_every=3)
+    lines = []
+    results = cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3,
+                             finetune_steps=2, robot_fraction=0.5, episodes=1, vqa_questions=4,
+                             log=lines.append)
+    assert set(results["table"]) == set(cofinetune.ARMS)
+    for arm in cofinetune.ARMS:
+        row = results["table"][arm]
+        assert set(row) == set(cofinetune.COLUMNS)
+        assert all(0.0 <= cell["mean"] <= 1.0 and cell["n"] == 1 for cell in row.values())
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["table"] == results["table"]
+    md = (tmp_path / "results.md").read_text()
+    assert all(arm in md for arm in cofinetune.ARMS) and "vqa_accuracy" in md
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    # Fine-tuned arms started from the pretrained export; scratch did not.
+    for arm, expected in (("robot_only", True), ("cofinetune", True), ("scratch", False)):
+        cfg = json.loads(open(os.path.join(tmp_path, f"{arm}_seed0", "export",
+                                           "config.json")).read())
+        assert bool(cfg["train"]["init_from"]) == expected
+    # Rerunning resumes: every stage's export exists, nothing trains again.
+    again = []
+    cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3, finetune_steps=2,
+                   robot_fraction=0.5, episodes=1, vqa_questions=4, log=again.append)
+    assert sum("skipping training" in line for line in again) == 4
