@@ -141,6 +141,37 @@ def test_vit22b_options_change_the_parameter_tree():
     assert "img/pos_embedding" not in keys
 
 
+def test_conv_stem_matches_a_direct_convolution():
+    """ViT_C stem: log2(patch) stride-2 3x3 convs, then a 1x1 embedding; same token grid as
+    patchify. Checked against lax.conv_general_dilated run by hand on the same weights."""
+    model, variables = _init(_config(**{"vit.stem": "conv", "vit.stem_channels": 8}))
+    p = variables["params"]["img"]
+    assert {k for k in p if k.startswith("stem_")} == {
+        "stem_Conv_0", "stem_Conv_1", "stem_Conv_2",
+        "stem_LayerNorm_0", "stem_LayerNorm_1", "stem_LayerNorm_2"}
+    assert p["stem_Conv_2"]["kernel"].shape == (3, 3, 16, 32)
+    assert p["embedding"]["kernel"].shape == (1, 1, 32, 64)
+    image = _inputs()[0]
+    x = image.astype(np.float32) / 127.5 - 1.0
+    for i in range(3):
+        x = jax.lax.conv_general_dilated(x, p[f"stem_Conv_{i}"]["kernel"], (2, 2), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = x + p[f"stem_Conv_{i}"]["bias"]
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        x = (x - mean) / np.sqrt(var + 1e-6) * p[f"stem_LayerNorm_{i}"]["scale"]
+        x = jax.nn.gelu(x + p[f"stem_LayerNorm_{i}"]["bias"])
+    tokens = x @ p["embedding"]["kernel"][0, 0] + p["embedding"]["bias"]
+    _, state = model.apply(variables, image, method=lambda m, im: m.img(im),
+                           mutable=["intermediates"])
+    (stem,) = state["intermediates"]["img"]["patch_tokens"]
+    np.testing.assert_allclose(stem, tokens.reshape(B, 64, 64), atol=1e-4)
+    from rt2_jax.models import vit
+
+    odd = vit.ViT(patch_size=12, width=8, depth=1, mlp_dim=8, num_heads=2, stem="conv")
+    with pytest.raises(ValueError, match="power-of-two"):
+        odd.init(jax.random.PRNGKey(0), np.zeros((1, 96, 96, 3), np.uint8))
+
+
 def test_remat_gives_same_loss_and_grads():
     model_a, variables = _init(tiny.get_config())
     model_b = VLM.from_config(_config(remat_policy="nothing_saveable"))

@@ -127,6 +127,8 @@ class ViT(nn.Module):
     num_heads: int
     head_dim: int | None = None  # output projection width (the LM's d_model); None = no head
     posemb: str = "learn"
+    stem: str = "patch"          # patch (a strided conv, as ViT) | conv (ViT_C: 3x3 convs)
+    stem_channels: int = 32      # channels of the first conv of a "conv" stem (doubled per conv)
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
@@ -146,15 +148,22 @@ class ViT(nn.Module):
             )
         if image.dtype == jnp.uint8:
             image = image.astype(jnp.float32) / 127.5 - 1.0
+        x = image.astype(self.dtype)
+        kernel = self.patch_size
+        if self.stem == "conv":
+            x, kernel = self._conv_stem(x), 1
+        elif self.stem != "patch":
+            raise ValueError(f"Unknown ViT stem {self.stem!r}; use 'patch' or 'conv'.")
         x = nn.Conv(
-            self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
+            self.width, (kernel, kernel), strides=kernel,
             padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype, name="embedding",
             kernel_init=layers.logical_init(nn.initializers.lecun_normal(),
                                             (None, None, None, EMBED)),
             bias_init=layers.logical_init(nn.initializers.zeros, (EMBED,)),
-        )(image.astype(self.dtype))
+        )(x)
         n, h, w, c = x.shape
         x = jnp.reshape(x, (n, h * w, c))
+        self.sow("intermediates", "patch_tokens", x)   # for inspection and tests
         x = x + self._position_embedding(h, w, c).astype(self.dtype)
         x = layers.constrain(x, layers.ACT_EMBED)
         x = nn.Dropout(self.dropout_rate)(x, not train)
@@ -171,6 +180,27 @@ class ViT(nn.Module):
                 param_dtype=self.param_dtype, name="head",
             )(x)
         return layers.constrain(x, layers.ACT_EMBED)
+
+    def _conv_stem(self, x: jax.Array) -> jax.Array:
+        """ViT_C (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch)
+        stride-2 3x3 convs with LayerNorm and GELU instead of one strided patchify, so each token
+        carries where inside its patch things are; the 1x1 `embedding` conv then projects to
+        `width`. Parameters: stem/Conv_{i}, stem/LayerNorm_{i}."""
+        n = int(np.log2(self.patch_size))
+        if 2 ** n != self.patch_size:
+            raise ValueError(f"a conv stem needs a power-of-two patch_size, got {self.patch_size}.")
+        channels = self.stem_channels
+        for i in range(n):
+            x = nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype,
+                        param_dtype=self.param_dtype, name=f"stem_Conv_{i}",
+                        kernel_init=layers.logical_init(nn.initializers.lecun_normal(),
+                                                        (None, None, None, None)),
+                        bias_init=layers.logical_init(nn.initializers.zeros, (None,)))(x)
+            x = layers.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
+                                 name=f"stem_LayerNorm_{i}")(x)
+            x = nn.gelu(x)
+            channels *= 2
+        return x
 
     def _position_embedding(self, h: int, w: int, c: int) -> jax.Array:
         if self.posemb == "learn":
@@ -191,6 +221,7 @@ def from_config(cfg: ml_collections.ConfigDict, head_dim: int | None) -> ViT:
     return ViT(
         patch_size=v.patch_size, width=v.width, depth=v.depth, mlp_dim=v.mlp_dim,
         num_heads=v.num_heads, head_dim=head_dim, posemb=v.posemb,
+        stem=v.get("stem", "patch"), stem_channels=v.get("stem_channels", 32),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
         dropout_rate=v.dropout_rate, scan=cfg.scan_layers, remat=cfg.remat_policy,
         dtype=layers.dtype_from_name(cfg.dtype),
