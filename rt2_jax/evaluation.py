@@ -112,6 +112,12 @@ class Evaluator:
             results["action_acc"] = float(sums["action_correct"].sum() / (8 * n))
             results["action_exact"] = float(sums["action_exact"] / n)
             results["action_l1"] = float(sums["action_l1"][1:].sum() / (7 * n))
+            # Per dim: which parts of the action the model has learned (terminate and gripper
+            # come early; the position deltas need the model to read the image).
+            for d, name in enumerate(actions_lib.ACTION_DIMS):
+                results[f"action_acc/{name}"] = float(sums["action_correct"][d] / n)
+                if d:
+                    results[f"action_l1/{name}"] = float(sums["action_l1"][d] / n)
             results["robot_examples"] = n
         if sums["vqa_rows"] > 0:
             results["vqa_exact_match"] = float(sums["vqa_exact"] / sums["vqa_rows"])

@@ -226,7 +226,7 @@ def train(config, workdir: str) -> dict[str, float]:
             t_window = time.perf_counter()
         if evaluator is not None and (done % config.train.eval_every == 0 or done == total):
             results = {f"eval/{k}": v for k, v in evaluator.run(state.params).items()}
-            log.console(done, results, tuple(results))
+            log.console(done, results, tuple(k for k in results if k.count("/") == 1))
             log.scalars(done, results)
             log.jsonl(done, results)
             last.update(results)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from rt2_jax import actions as actions_lib
 from rt2_jax import train as train_lib
 from rt2_jax import trainer
 
@@ -89,6 +90,9 @@ def test_forty_steps_lower_the_loss(toy_cache, tmp_path, monkeypatch):
     assert losses[40] < 0.8 * losses[10], losses
     assert 0.0 <= last["action_acc"] <= 1.0 and "loss/robot" in last
     assert "eval/action_acc" in last and "eval/vqa_exact_match" in last
+    per_dim = [last[f"eval/action_acc/{d}"] for d in actions_lib.ACTION_DIMS]
+    assert last["eval/action_acc"] == pytest.approx(np.mean(per_dim))
+    assert "eval/action_l1/dx" in last and "eval/action_l1/terminate" not in last
     assert 0.0 <= last["data_wait_fraction"] <= 1.0
     assert os.listdir(tmp_path / "tensorboard")
     # Training to num_steps again is a no-op resume from the final checkpoint.
