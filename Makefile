@@ -29,8 +29,13 @@ lint: $(TEST_STAMP)
 test: lint
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q tests
 
+# Train (resumes if interrupted), export, then run the policy in closed loop on 100 seen-task
+# episodes next to the scripted expert and write a GIF of the first episodes.
 demo: $(STAMP)
-	$(BIN)/python -m rt2_jax.train --config=configs/tiny.py --workdir=runs/tiny
+	$(BIN)/python -m rt2_jax.train --config=configs/tiny.py --workdir=runs/tiny \
+		--config.train.export_at_end=True
+	$(BIN)/python -m rt2_jax.tools.eval_sim --export=runs/tiny/export --episodes=100 \
+		--categories=seen --vqa_questions=200 --gif=runs/tiny/episodes.gif --batch_size=16
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
