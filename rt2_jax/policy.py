@@ -147,6 +147,16 @@ def _bucket(batch: int) -> int:
     return 1 << (batch - 1).bit_length()
 
 
+def _pad_to_bucket(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Pads arrays of the same batch size to `_bucket(batch)` rows by repeating the first row,
+    so the decode loop compiles once per power of two."""
+    batch = arrays[0].shape[0]
+    extra = _bucket(batch) - batch
+    if not extra:
+        return arrays
+    return tuple(np.concatenate([x, np.repeat(x[:1], extra, axis=0)]) for x in arrays)
+
+
 class Policy:
     """An exported RT-2 model as a robot policy (see the module docstring)."""
 
@@ -239,16 +249,8 @@ class Policy:
     def decode(self, pixels: np.ndarray, tokens: np.ndarray, mask: np.ndarray):
         """Preprocessed batch -> {'action', 'bins', 'ids'}; pads the batch to a power of two."""
         batch = pixels.shape[0]
-        padded = _bucket(batch)
-        if padded != batch:
-            extra = padded - batch
-            pixels, tokens, mask = (np.concatenate([x, np.repeat(x[:1], extra, axis=0)])
-                                    for x in (pixels, tokens, mask))
-        rng = None
-        if self.sampling.temperature > 0:
-            self._rng, rng = jax.random.split(self._rng)
-        out = self.decoder.actions(self.params, pixels, tokens, mask, rng=rng,
-                                   sampling=self.sampling)
+        out = self.decoder.actions(self.params, *_pad_to_bucket(pixels, tokens, mask),
+                                   rng=self._next_rng(), sampling=self.sampling)
         return {k: np.asarray(v[:batch]) for k, v in out.items()}
 
     def answer(self, images, questions: Sequence[str]) -> list[str]:
@@ -262,15 +264,15 @@ class Policy:
         prompts = [tokenizer_lib.vqa_prompt(check_instruction(q)) for q in questions]
         tokens, mask = self.tokenizer.encode_batch(prompts, self.max_prompt_len,
                                                    add_eos=PROMPT_ADD_EOS)
-        batch, padded = len(images), _bucket(len(images))
-        if padded != batch:
-            pixels, tokens, mask = (np.concatenate([x, np.repeat(x[:1], padded - batch, axis=0)])
-                                    for x in (pixels, tokens, mask))
-        rng = None
-        if self.sampling.temperature > 0:
-            self._rng, rng = jax.random.split(self._rng)
-        return self.decoder.text(self.params, pixels, tokens, mask, rng=rng,
-                                 sampling=self.sampling)[:batch]
+        return self.decoder.text(self.params, *_pad_to_bucket(pixels, tokens, mask),
+                                 rng=self._next_rng(), sampling=self.sampling)[:len(images)]
+
+    def _next_rng(self):
+        """A fresh PRNG key per call when sampling; None for greedy decoding."""
+        if self.sampling.temperature <= 0:
+            return None
+        self._rng, rng = jax.random.split(self._rng)
+        return rng
 
     @property
     def num_compilations(self) -> int:

@@ -55,6 +55,10 @@ TERMINATE, CONTINUE = [1, 0, 0], [0, 1, 0]
 _EPISODE_STREAM, _SCENE_STREAM = 0, 1
 _MAX_RETRIES = 5
 LABEL_KINDS = ("intended", "executed")
+RELEASE_NOTES = {   # of all three datasets (they share FORMAT_VERSION)
+    "1.0.0": "First release.",
+    "1.1.0": "Robot steps record the expert's intended action; VQA adds pointing questions.",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,9 +213,7 @@ class ToyWorldRobot(tfds.core.GeneratorBasedBuilder):
     """RLDS episodes of the scripted expert in the toy tabletop world."""
 
     VERSION = tfds.core.Version(FORMAT_VERSION)
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "First release.",
-        "1.1.0": "Robot steps record the expert's intended action; VQA adds location answers."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = RELEASE_NOTES
 
     def __init__(self, *, params: GenerationParams | None = None, **kwargs):
         self._params = params or GenerationParams()
@@ -274,9 +276,7 @@ def scene(index: int, params: GenerationParams):
 
 class _SceneBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version(FORMAT_VERSION)
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "First release.",
-        "1.1.0": "Robot steps record the expert's intended action; VQA adds location answers."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = RELEASE_NOTES
     _DESCRIPTION = ""
 
     def __init__(self, *, params: GenerationParams | None = None, **kwargs):

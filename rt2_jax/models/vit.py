@@ -185,7 +185,7 @@ class ViT(nn.Module):
         """ViT_C (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch)
         stride-2 3x3 convs with LayerNorm and GELU instead of one strided patchify, so each token
         carries where inside its patch things are; the 1x1 `embedding` conv then projects to
-        `width`. Parameters: stem/Conv_{i}, stem/LayerNorm_{i}."""
+        `width`. Parameters: stem_Conv_{i}, stem_LayerNorm_{i}."""
         n = int(np.log2(self.patch_size))
         if 2 ** n != self.patch_size:
             raise ValueError(f"a conv stem needs a power-of-two patch_size, got {self.patch_size}.")

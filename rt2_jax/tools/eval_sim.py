@@ -98,21 +98,23 @@ class ExpertPolicy:
 
 
 class RandomPolicy:
-    """Every action token drawn uniformly: terminate 0/1, each other dim one of 256 bins of the
-    world's action range (the output a constrained decoder of an untrained model could give)."""
+    """Every action token drawn uniformly: terminate 0/1, each other dim one of the 256 bins of
+    the world's action range, decoded by the action tokenizer (the output a constrained decoder
+    of an untrained model could give)."""
 
     def __init__(self, seed: int = 0):
+        from rt2_jax import actions, tokenizer
+
         self._rng = np.random.default_rng(seed)
-        low, high = world.ACTION_LOW[1:], world.ACTION_HIGH[1:]
-        self._centres = low + (np.arange(256)[:, None] + 0.5) / 256 * (high - low)
+        bounds = actions.ActionBounds(tuple(world.ACTION_LOW[1:]), tuple(world.ACTION_HIGH[1:]))
+        self._actions = actions.ActionTokenizer(bounds, tokenizer.Tokenizer())
+        self._high = [2] + [actions.NUM_BINS] * 7   # exclusive upper bound of each dim's bin
 
     def act_batch(self, images, instructions) -> np.ndarray:
         del images
         n = len(instructions)
-        bins = self._rng.integers(0, 256, size=(n, 7))
-        continuous = self._centres[bins, np.arange(7)]
-        terminate = self._rng.integers(0, 2, size=(n, 1)).astype(np.float32)
-        return np.concatenate([terminate, continuous], axis=1).astype(np.float32)
+        high = self._high
+        return self._actions.decode(self._rng.integers(0, high, size=(n, 8)))
 
 
 @dataclasses.dataclass
