@@ -63,7 +63,10 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             cache_dir="",                        # "" = $RT2_JAX_CACHE or ~/.cache/rt2_jax
             episodes=300, vqa_scenes=2000, seed=0,
             locate_per_scene=2,                  # pointing questions per VQA scene
-            labels="intended")),                 # robot steps record the noise-free plan
+            labels="intended",                   # robot steps record the noise-free plan
+            noise_std=0.005,                     # expert motion noise (executed, not labelled)
+            gripper_flip_prob=0.0,               # expert gripper slips (executed, not labelled)
+            terminate_repeats=0)),               # solved steps labelled terminate, per episode
         action_stats_source="",                  # robot source whose stats set the bounds
         eval=ml_collections.ConfigDict(dict(
             global_batch_size=eval_batch_size or global_batch_size,

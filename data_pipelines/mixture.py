@@ -126,7 +126,8 @@ def _resolve_toy_world(data, sources):
     from data_pipelines.builders import toy_world
     toy = data.toy_world
     # Configs saved before these fields existed lack them: the generator's defaults apply.
-    extra = {k: toy[k] for k in ("locate_per_scene", "labels") if k in toy}
+    extra = {k: toy[k] for k in ("locate_per_scene", "labels", "noise_std", "gripper_flip_prob",
+                                 "terminate_repeats") if k in toy}
     return toy_world.ensure_toy_world(toy.cache_dir or None, episodes=toy.episodes,
                                       vqa_scenes=toy.vqa_scenes, seed=toy.seed, **extra)
 

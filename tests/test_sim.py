@@ -233,6 +233,28 @@ def test_intended_actions_are_the_noise_free_plan():
     np.testing.assert_array_equal(clean.intended_actions, clean.actions)
 
 
+def test_slips_and_terminate_holds_keep_labels_right_and_the_expert_successful():
+    env = sim.TabletopEnv()
+    expert = sim.ScriptedExpert(env, noise_std=0.01, pause_prob=0.05, gripper_flip_prob=0.05,
+                                terminate_repeats=3)
+    episodes = [sim.rollout(env, expert, seed) for seed in range(60)]
+    assert np.mean([e.success and e.terminated for e in episodes]) >= 0.97
+    slips = 0
+    for e in episodes:
+        if not (e.success and e.terminated):
+            continue
+        # Executed: terminate only at the end. Labels: the last 4 frames (all solved) say done.
+        assert e.actions[-1, 0] == 1 and np.all(e.actions[:-1, 0] == 0)
+        np.testing.assert_array_equal(e.intended_actions[:, 0], [0] * (len(e.actions) - 4) + [1] * 4)
+        moving = e.intended_actions[:, 0] == 0
+        slips += int(np.sum(e.actions[moving, 7] != e.intended_actions[moving, 7]))
+    assert slips > 10   # slips happened and the labels kept the plan's gripper command
+    with pytest.raises(ValueError, match="gripper_flip_prob"):
+        sim.ScriptedExpert(env, gripper_flip_prob=1.0)
+    with pytest.raises(ValueError, match="terminate_repeats"):
+        sim.ScriptedExpert(env, terminate_repeats=-1)
+
+
 def test_gymnasium_registration_and_checker():
     from gymnasium.utils.env_checker import check_env
 

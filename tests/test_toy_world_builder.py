@@ -76,14 +76,16 @@ def test_robot_episodes_content_and_replay(paths):
         assert [s["is_first"] for s in steps] == [True] + [False] * (n - 1)
         assert [s["is_last"] for s in steps] == [False] * (n - 1) + [True]
         assert steps[-1]["is_terminal"] and steps[-1]["reward"] == 1.0
+        # The last terminate_repeats + 1 steps (solved frames) are labelled terminate.
         terminate = np.stack([s["action"]["terminate_episode"] for s in steps])
-        np.testing.assert_array_equal(terminate[:-1], [toy_world.CONTINUE] * (n - 1))
-        np.testing.assert_array_equal(terminate[-1], toy_world.TERMINATE)
+        done = n - 1 - params.terminate_repeats
+        np.testing.assert_array_equal(terminate[:done], [toy_world.CONTINUE] * done)
+        np.testing.assert_array_equal(terminate[done:], [toy_world.TERMINATE] * (n - done))
         meta = ep["episode_metadata"]
         assert steps[0]["observation"]["natural_language_instruction"] == meta["instruction"]
         # Replaying the recorded seed reproduces every image and action bit for bit.
         env = sim.TabletopEnv()
-        expert = sim.ScriptedExpert(env, noise_std=params.noise_std, pause_prob=params.pause_prob)
+        expert = toy_world.make_expert(env, params)
         replay = sim.rollout(env, expert, int(meta["seed"]))
         assert replay.task.instruction == meta["instruction"].decode()
         np.testing.assert_array_equal(
@@ -170,6 +172,8 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
     assert toy_world.default_cache_dir() == tmp_path
     with pytest.raises(ValueError, match="episodes"):
         toy_world.GenerationParams(episodes=1)
+    with pytest.raises(ValueError, match="terminate_repeats"):
+        toy_world.GenerationParams(terminate_repeats=-1)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):
@@ -180,7 +184,8 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
 def test_command_line(tmp_path, capsys):
     toy_world.main(["--out", str(tmp_path / "data"), "--episodes", "2", "--vqa_scenes", "2",
                     "--seed", "5", "--held_out_objects", "red ball", "--held_out_backgrounds",
-                    "wood"])
+                    "wood", "--noise_std", "0.01", "--gripper_flip_prob", "0.05",
+                    "--terminate_repeats", "2"])
     printed = capsys.readouterr().out
     robot_dir = tmp_path / "data" / "toy_world_robot" / toy_world.FORMAT_VERSION
     robot = tfds.builder_from_directory(str(robot_dir))
@@ -188,4 +193,9 @@ def test_command_line(tmp_path, capsys):
     assert f"robot: {tmp_path / 'data'}" in printed
     params = json.loads((tmp_path / "data" / toy_world.PARAMS_FILE).read_text())
     assert params["seed"] == 5 and params["held_out"]["objects"] == ["red ball"]
+    assert (params["noise_std"], params["gripper_flip_prob"], params["terminate_repeats"]) == (
+        0.01, 0.05, 2)
+    for ep in _load(str(robot_dir), "train"):   # the 2 extra solved steps are labelled terminate
+        terminate = [s["action"]["terminate_episode"][0] for s in ep["steps"]]
+        assert terminate[-3:] == [1, 1, 1] and not any(terminate[:-3])
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

@@ -74,6 +74,8 @@ class GenerationParams:
     val_fraction: float = 0.1
     noise_std: float = 0.005         # expert action noise (world units)
     pause_prob: float = 0.05         # expert pauses, for diversity
+    gripper_flip_prob: float = 0.0   # executed gripper command inverted (a slip); label kept
+    terminate_repeats: int = 0       # extra solved steps labelled terminate before the last
     # Which action a step records: "intended" (the plan's action before noise and pauses; the
     # noisy one is executed, so states stay diverse but labels are consistent, as in DART) or
     # "executed" (what moved the robot, noise and pauses included).
@@ -91,6 +93,9 @@ class GenerationParams:
             raise ValueError(f"locate_per_scene must be >= 0, got {self.locate_per_scene}")
         if self.questions_per_scene < 1:
             raise ValueError(f"questions_per_scene must be >= 1, got {self.questions_per_scene}")
+        if not 0 <= self.gripper_flip_prob < 1 or self.terminate_repeats < 0:
+            raise ValueError(f"need 0 <= gripper_flip_prob < 1 and terminate_repeats >= 0, got "
+                             f"{self.gripper_flip_prob}, {self.terminate_repeats}")
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
 
@@ -168,6 +173,13 @@ def robot_features() -> tfds.features.FeaturesDict:
     })
 
 
+def make_expert(env: sim.TabletopEnv, params: GenerationParams) -> sim.ScriptedExpert:
+    """The scripted expert with the dataset's noise, pauses, slips and terminate holds."""
+    return sim.ScriptedExpert(env, noise_std=params.noise_std, pause_prob=params.pause_prob,
+                              gripper_flip_prob=params.gripper_flip_prob,
+                              terminate_repeats=params.terminate_repeats)
+
+
 def expert_episode(index: int, params: GenerationParams, env: sim.TabletopEnv,
                    expert: sim.ScriptedExpert) -> sim.Episode:
     """Episode `index` of the dataset: the first successful expert rollout among a few seeds."""
@@ -236,7 +248,7 @@ class ToyWorldRobot(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
         p = self._params
         env = sim.TabletopEnv(max_episode_steps=p.max_episode_steps, held_out=p.held_out)
-        expert = sim.ScriptedExpert(env, noise_std=p.noise_std, pause_prob=p.pause_prob)
+        expert = make_expert(env, p)
         indices = _split_indices(split, p.episodes, p)
         for index in _progress(indices, len(indices), f"robot episodes ({split})"):
             yield index, episode_example(expert_episode(index, p, env, expert), p.labels)
@@ -447,6 +459,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated card symbols kept out of robot episodes")
     parser.add_argument("--locate_per_scene", type=int, default=GenerationParams.locate_per_scene)
     parser.add_argument("--labels", choices=LABEL_KINDS, default=GenerationParams.labels)
+    parser.add_argument("--noise_std", type=float, default=GenerationParams.noise_std)
+    parser.add_argument("--gripper_flip_prob", type=float,
+                        default=GenerationParams.gripper_flip_prob)
+    parser.add_argument("--terminate_repeats", type=int,
+                        default=GenerationParams.terminate_repeats)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -459,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
     params = GenerationParams(episodes=args.episodes, vqa_scenes=args.vqa_scenes,
                               seed=args.seed, questions_per_scene=args.questions_per_scene,
                               locate_per_scene=args.locate_per_scene, labels=args.labels,
+                              noise_std=args.noise_std,
+                              gripper_flip_prob=args.gripper_flip_prob,
+                              terminate_repeats=args.terminate_repeats,
                               val_fraction=args.val_fraction, held_out=held_out)
     for kind, path in generate(args.out, params).items():
         print(f"{kind}: {path}")

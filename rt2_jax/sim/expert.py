@@ -152,17 +152,34 @@ class ScriptedExpert:
       env: the environment it acts in (it reads `env.unwrapped.state` and `.task`).
       noise_std: std of Gaussian noise added to dx, dy, dz (world units), for diversity.
       pause_prob: chance per step of a pause (no motion, gripper unchanged).
-      seed: seeds noise and pauses; `reset(seed=...)` reseeds.
+      gripper_flip_prob: chance per step, while the plan has the gripper open, that the
+        executed command closes it (a slip). The plan's `intended_action` keeps "open", so
+        labels show how to recover from a gripper closed at the wrong time. (Slips never open
+        a holding gripper: re-grasping a dropped object takes most of an episode.)
+      terminate_repeats: once the task is solved, this many steps are labelled terminate while
+        the executed action only holds still (with noise); then the expert terminates. A policy
+        then sees several solved frames labelled "done" per episode instead of one.
+      seed: seeds noise, pauses and slips; `reset(seed=...)` reseeds.
+
+    Executed actions differ from `intended_action` only through noise, pauses, slips and
+    terminate holds; with all four off they are equal.
     """
 
     def __init__(self, env: TabletopEnv, noise_std: float = 0.0, pause_prob: float = 0.0,
-                 seed: int | None = None):
-        if noise_std < 0 or not 0 <= pause_prob < 1:
-            raise ValueError(f"need noise_std >= 0 and 0 <= pause_prob < 1, got {noise_std}, "
-                             f"{pause_prob}")
+                 seed: int | None = None, *, gripper_flip_prob: float = 0.0,
+                 terminate_repeats: int = 0):
+        if (noise_std < 0 or not 0 <= pause_prob < 1 or not 0 <= gripper_flip_prob < 1
+                or terminate_repeats < 0):
+            raise ValueError(
+                "need noise_std >= 0, 0 <= pause_prob < 1, 0 <= gripper_flip_prob < 1 and "
+                f"terminate_repeats >= 0, got noise_std={noise_std}, pause_prob={pause_prob}, "
+                f"gripper_flip_prob={gripper_flip_prob}, terminate_repeats={terminate_repeats}")
         self.env = env
         self.noise_std = noise_std
         self.pause_prob = pause_prob
+        self.gripper_flip_prob = gripper_flip_prob
+        self.terminate_repeats = int(terminate_repeats)
+        self._holds = 0
         self._rng = np.random.default_rng(seed)
         self._plan: list[Phase] = []
         self._phase = 0
@@ -181,6 +198,7 @@ class ScriptedExpert:
         self._plan = plan_for(env.state, env.task)
         self._phase = 0
         self.attempts = 1
+        self._holds = 0
 
     @property
     def phase_name(self) -> str:
@@ -200,9 +218,13 @@ class ScriptedExpert:
                 break
             self._phase += 1
         if self._phase == len(self._plan):
-            if world.is_success(state, task) or self.attempts >= MAX_ATTEMPTS:
-                self.intended_action = self._action(np.zeros(3), float(state.gripper_closed),
-                                                    terminate=True)
+            solved = world.is_success(state, task)
+            if solved or self.attempts >= MAX_ATTEMPTS:
+                gripper = float(state.gripper_closed)
+                self.intended_action = self._action(np.zeros(3), gripper, terminate=True)
+                if solved and self._holds < self.terminate_repeats:
+                    self._holds += 1
+                    return self._action(self._noise(), gripper)
                 return self.intended_action.copy()
             self.attempts += 1
             self._plan, self._phase = plan_for(state, task), 0
@@ -210,11 +232,17 @@ class ScriptedExpert:
         delta = phase.target(state) - state.ee
         move = np.clip(delta, -phase.speed, phase.speed)
         self.intended_action = self._action(move, phase.gripper)
+        gripper = phase.gripper
+        if gripper < 0.5 and self.gripper_flip_prob and self._rng.random() < self.gripper_flip_prob:
+            gripper = 1.0
         if self.pause_prob and self._rng.random() < self.pause_prob:
             return self._action(np.zeros(3), float(state.gripper_closed))
-        if self.noise_std:
-            move = move + self._rng.normal(0.0, self.noise_std, size=3)
-        return self._action(move, phase.gripper)
+        return self._action(move + self._noise(), gripper)
+
+    def _noise(self) -> np.ndarray:
+        if not self.noise_std:
+            return np.zeros(3)
+        return self._rng.normal(0.0, self.noise_std, size=3)
 
     @staticmethod
     def _action(move: np.ndarray, gripper: float, terminate: bool = False) -> np.ndarray:
