@@ -247,7 +247,12 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
         logits = model.apply({"params": params}, batch["image"], batch["encoder_tokens"],
                              batch["encoder_mask"], dec_in, train=True, rngs={"dropout": rng})
         metrics = compute_metrics(logits, batch, num_sources, tables, z_loss)
-        return metrics["loss_sum"] / jnp.maximum(metrics["token_count"], 1.0), metrics
+        if accum == 1:
+            return metrics["loss_sum"] / jnp.maximum(metrics["token_count"], 1.0), metrics
+        # Micro-batches hold different numbers of target tokens (9 for an action, up to 40 for
+        # a caption): differentiate the token *sum* here and divide the accumulated gradient by
+        # the whole batch's token count, so accumulating equals one big batch's token mean.
+        return metrics["loss_sum"], metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -276,7 +281,8 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
                 lambda: loss_fn(state.params, first, rng)[1]))
             (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m),
                                                (micro, jnp.arange(accum)))
-            grads = jax.tree.map(lambda g: g / accum, grads)
+            total = jnp.maximum(metrics["token_count"], 1.0)
+            grads = jax.tree.map(lambda g: g / total, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, grad_norm=optax.global_norm(grads),
