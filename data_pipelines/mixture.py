@@ -457,11 +457,19 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
                 progress=progress)
     action_tokenizer, action_stats = _action_tokenizer(config, sources, tokenizer, robot_stats)
 
+    weights = np.array([float(s.config.weight) for s in sources])
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"config.data.sources weights must be >= 0 with a positive sum, got "
+                         f"{dict(zip([s.name for s in sources], weights, strict=True))}.")
     counters = stats.Counters()
     per_source = []
     for src in sources:
         src_split = src.config.train_split if train else src.config.eval_split
-        if not src_split:  # eval_split "" leaves the source out of evaluation
+        if not src_split:  # an empty split leaves the source out of this stream
+            if train and weights[src.index] > 0:
+                logging.warning("Source %s has no train_split: left out of training (its weight "
+                                "%s is not used).", src.name, src.config.weight)
+            weights[src.index] = 0.0
             continue
         src_split = robot.split_for_process(src_split, process_index, process_count)
         src_seed = _seed(seed, process_index, src.index)
@@ -475,15 +483,18 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
 
     if not per_source:
         raise ValueError(f"No source has a {split} split configured.")
-    weights = np.array([float(s.config.weight) for s in sources])
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError(f"config.data.sources weights must be >= 0 with a positive sum, got "
-                         f"{dict(zip([s.name for s in sources], weights, strict=True))}.")
-    weights = weights / weights.sum()
+    if train and weights.sum() <= 0:
+        raise ValueError("Every source with a train_split has weight 0; give one a positive "
+                         "weight in config.data.sources.")
+    if weights.sum() > 0:
+        weights = weights / weights.sum()
     if train:
+        # One weight per dataset in per_source, in the same order (sources without a split are
+        # not in it).
         mixed = tf.data.Dataset.sample_from_datasets(
-            per_source, weights=weights.tolist(), seed=_seed(seed, process_index, 1 << 20),
-            stop_on_empty_dataset=False)
+            per_source, weights=[float(w) for s, w in zip(sources, weights, strict=True)
+                                 if s.config.train_split],
+            seed=_seed(seed, process_index, 1 << 20), stop_on_empty_dataset=False)
         batched = mixed.batch(host_batch, drop_remainder=True,
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:

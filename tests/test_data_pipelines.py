@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from data_pipelines import config as data_config
 from data_pipelines import mappings, mixture, robot, stats
 from data_pipelines.builders import toy_world
 from rt2_jax import tokenizer as tokenizer_lib
@@ -168,6 +169,24 @@ def test_source_fractions_match_weights(small_dirs):
     assert sources.size == 10_000
     fraction_robot = float(np.mean(sources == 0))
     assert abs(fraction_robot - 2 / 3) < 0.02, fraction_robot
+
+
+def test_source_without_train_split_is_left_out_of_training(small_dirs):
+    # An eval-only source (weight > 0, train_split "") must not shift the weights onto the
+    # wrong datasets or break sample_from_datasets: the others keep their relative weights.
+    config = _config(small_dirs, robot_weight=2 / 3, batch=500, image_size=8,
+                     shuffle_buffer=64)
+    config.data.augment.enabled = False
+    config.data.sources["eval_only"] = data_config.web_source(
+        kind="vqa", weight=1.0, mapping="toy_vqa", builder_dir=small_dirs["vqa"],
+        train_split="", eval_split="train")
+    mix = mixture.build_mixture(config, progress=False)
+    names = list(mix.source_names)
+    assert mix.weights[names.index("eval_only")] == 0.0
+    sources = np.concatenate([next(mix)["source"] for _ in range(10)])
+    assert not np.any(sources == names.index("eval_only"))
+    fraction_robot = float(np.mean(sources == names.index("robot")))
+    assert abs(fraction_robot - 2 / 3) < 0.03, fraction_robot
 
 
 def _first_batches(config, n, **kwargs):
