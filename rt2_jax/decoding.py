@@ -117,7 +117,7 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
                                 method=VLM.prefill)
 
     def select(t, logits, row, rng):
-        phase, j, window, out, act = row
+        phase, j, window, out, act, forced = row
         step_rng = jax.random.fold_in(rng, t)
         if bias is not None:
             logits = logits + jnp.asarray(bias)[None]
@@ -140,6 +140,7 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
             to_action = in_text & matched
             to_marker = in_text & ~matched & (text_steps_left <= m)
             new_phase = jnp.where(to_action, ACTION, jnp.where(to_marker, MARKER, phase))
+            forced = forced | to_marker
         else:
             new_phase = jnp.where(in_text & (tok == spec.eos_id), DONE, phase)
         j_next = jnp.where(new_phase != phase, 0, j + 1)
@@ -147,7 +148,7 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
         action_done = (phase == ACTION) & (j_next == 8)
         new_phase = jnp.where(marker_done, ACTION, jnp.where(action_done, DONE, new_phase))
         j_next = jnp.where(marker_done | action_done, 0, j_next)
-        return tok, (new_phase, j_next, window, out, act)
+        return tok, (new_phase, j_next, window, out, act, forced)
 
     row = (
         jnp.full((batch,), start_phase, jnp.int32),
@@ -155,6 +156,7 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
         jnp.full((batch, m), -1, jnp.int32),
         jnp.full((batch, steps), spec.pad_id, jnp.int32),
         jnp.zeros((batch, 8), jnp.int32),
+        jnp.zeros((batch,), bool),    # the chain-of-thought marker was forced (length limit)
     )
     tok, row = select(0, logits[:, 0], row, rng)
 
@@ -169,8 +171,8 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
         return t + 1, tok, state, row
 
     num_steps, _, _, row = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, state, row))
-    _, _, _, out, act = row
-    return {"tokens": out, "action_ids": act, "num_steps": num_steps}
+    _, _, _, out, act, forced = row
+    return {"tokens": out, "action_ids": act, "num_steps": num_steps, "forced_marker": forced}
 
 
 class Decoder:
@@ -241,7 +243,8 @@ class Decoder:
 
     def run(self, mode: str, params, image, tokens, mask, *, rng=None,
             sampling: Sampling = Sampling()) -> dict[str, np.ndarray]:
-        """Raw decode: {'tokens' [B,steps], 'action_ids' [B,8], 'num_steps'} as numpy."""
+        """Raw decode: {'tokens' [B,steps], 'action_ids' [B,8], 'num_steps', 'forced_marker' [B]
+        (chain-of-thought: the loop wrote the marker because the plan hit its length limit)}."""
         if sampling.temperature > 0 and rng is None:
             raise ValueError("Sampling with temperature > 0 needs an explicit PRNG key `rng`.")
         rng = jax.random.PRNGKey(0) if rng is None else rng
@@ -261,16 +264,18 @@ class Decoder:
         """Plan text, then a masked action -> per row {'plan', 'action', 'bins'}."""
         out = self.run("cot", params, image, tokens, mask, **kw)
         results = []
-        for row, act_ids in zip(out["tokens"], out["action_ids"], strict=True):
+        for row, act_ids, forced in zip(out["tokens"], out["action_ids"], out["forced_marker"],
+                                        strict=True):
             plan, well_formed = self._parse_plan(row)
+            well_formed = well_formed and not bool(forced)
             bins = self.action_tokenizer.token_ids_to_bins(act_ids)
             results.append({"plan": plan, "well_formed": well_formed, "ids": row, "bins": bins,
                             "action": self.action_tokenizer.decode(bins)})
         return results
 
     def _parse_plan(self, row: np.ndarray) -> tuple[str, bool]:
-        """(plan, well_formed): well_formed is False when the model did not write
-        `Plan: ... Action:` itself (the marker was forced at the length limit)."""
+        """(plan, parses): parses is False when the text is not `Plan: ... Action:`. The caller
+        also marks a plan whose marker the loop forced as not well formed, even if it parses."""
         ids = [int(i) for i in row]
         marker = self._marker.tolist()
         m = len(marker)

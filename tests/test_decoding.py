@@ -143,9 +143,28 @@ def test_chain_of_thought_stops_planning_at_a_generated_marker(setup):
     # With a one-piece marker, the first step matches; otherwise the marker is forced at the end.
     if len(marker) == 1:
         assert int(out["num_steps"]) == 1 + 8
+    assert out["forced_marker"].tolist() == [len(marker) > 1] * B
     for row in out["tokens"]:
         ids = [int(i) for i in row if i != s["tok"].pad_id]
         assert ids[-8 - len(marker):-8] == marker.tolist()
+
+
+def test_forced_marker_is_not_well_formed_even_when_it_parses(setup, monkeypatch):
+    # A plan cut at the length limit can read 'Plan: ... Action:' once the loop writes the
+    # marker; only what the model wrote itself counts as well formed.
+    s = setup
+    vocab = s["config"].model.vocab_size
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab, max_text_len=10)
+    dec.spec("cot")   # builds the marker
+    text = s["tok"].encode(tokenizer.cot_prefix("go left"))
+    action = np.asarray(s["act_tok"].target_token_ids(np.zeros(8, np.float32))[:8], np.int32)
+    row = np.array(text + action.tolist(), np.int32)
+    fake = {"tokens": np.stack([row, row]), "action_ids": np.stack([action, action]),
+            "num_steps": np.int32(len(row)), "forced_marker": np.array([False, True])}
+    monkeypatch.setattr(dec, "run", lambda *a, **k: fake)
+    got = dec.chain_of_thought(s["params"], s["image"][:2], s["toks"][:2], s["mask"][:2])
+    assert [r["plan"] for r in got] == ["go left", "go left"]
+    assert [r["well_formed"] for r in got] == [True, False]
 
 
 def test_free_text_stops_at_eos(setup):
