@@ -36,7 +36,7 @@ def _state_dict(state) -> dict:
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
         # orbax needs absolute paths; keep URLs (gs://...) as they are.
-        workdir = workdir if "://" in workdir else os.path.abspath(workdir)
+        workdir = absolute(workdir)
         self.workdir = workdir
         self.directory = os.path.join(workdir, "checkpoints")
         self.data_directory = os.path.join(workdir, "data_iterator")
@@ -101,6 +101,13 @@ class Checkpointer:
         self.manager.close()
 
 
+def absolute(path: str) -> str:
+    """`path` made absolute when local; URIs (gs://bucket/..., any scheme://) pass unchanged
+    (os.path.abspath would turn gs://b/x into <cwd>/gs:/b/x)."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
+
+
 def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_path: str,
            action_stats: dict | None, bounds: actions_lib.ActionBounds,
            dtype: str = "bfloat16") -> None:
@@ -113,7 +120,7 @@ def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_pa
         raise FileExistsError(f"{out_dir} already holds an export; choose a new --out directory.")
     tf.io.gfile.makedirs(out_dir)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(os.path.abspath(out_dir), "params"), params)
+        ckptr.save(os.path.join(absolute(out_dir), "params"), params)
     if jax.process_index() != 0:
         return
     tf.io.gfile.copy(tokenizer_path, os.path.join(out_dir, "tokenizer.model"), overwrite=True)
@@ -138,8 +145,7 @@ def load_params_like(export_dir: str, params, regex: str = ""):
 
     import flax
 
-    path = os.path.join(export_dir if "://" in export_dir else os.path.abspath(export_dir),
-                        "params")
+    path = os.path.join(absolute(export_dir), "params")
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"config.train.init_from={export_dir!r} holds no params/; point "
                                 "it at an export directory (python -m rt2_jax.export).")
@@ -176,5 +182,5 @@ def load_export(export_dir: str):
     with tf.io.gfile.GFile(os.path.join(export_dir, "action_stats.json")) as f:
         stats = json.load(f)
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(os.path.abspath(export_dir), "params"))
+        params = ckptr.restore(os.path.join(absolute(export_dir), "params"))
     return params, config, stats

@@ -195,6 +195,20 @@ def piece_types(serialized_model: bytes) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _read_model_file(path: str) -> bytes:
+    """The bytes of a local file or of a URI that TensorFlow's filesystems read (gs://...)."""
+    if "://" in path:
+        import tensorflow as tf  # only remote paths need it
+
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"sentencepiece model not found: {path}. {_REGENERATE_HINT}")
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"sentencepiece model not found: {path}. {_REGENERATE_HINT}")
+    return Path(path).read_bytes()
+
+
 class Tokenizer:
     """Sentencepiece tokenizer with T5 special ids (pad 0, EOS 1, decoder start = pad).
 
@@ -203,12 +217,11 @@ class Tokenizer:
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None):
-        path = Path(model_path) if model_path else Path(default_model_path())
-        if not path.is_file():
-            raise FileNotFoundError(f"sentencepiece model not found: {path}. {_REGENERATE_HINT}")
+        path = os.fspath(model_path) if model_path else str(default_model_path())
+        data = _read_model_file(path)
         processor = sentencepiece.SentencePieceProcessor()
         try:
-            processor.load(str(path))
+            processor.load_from_serialized_proto(data)
         except (RuntimeError, OSError) as err:
             raise ValueError(
                 f"could not load sentencepiece model {path}: {err}. {_REGENERATE_HINT}"

@@ -261,3 +261,39 @@ def test_heldout_vqa_is_scored_by_type():
     with pytest.raises(ValueError, match="categories"):
         eval_sim.parse_categories(["seen", "moon"])
     assert eval_sim.parse_categories(["all"]) == list(world.EVAL_CATEGORIES)
+
+
+def test_export_and_policy_keep_uri_paths(monkeypatch):
+    """gs:// (any scheme://) export paths reach orbax unchanged, and the policy loads params,
+    config, action statistics and tokenizer from them. TensorFlow's in-memory ram:// file
+    system stands in for GCS; orbax (which has no ram:// backend) is replaced by a recorder."""
+    saved = {}
+
+    class RecordingCheckpointer:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def save(self, path, tree):
+            saved[path] = jax.tree.map(np.asarray, tree)
+            tf.io.gfile.makedirs(path)
+
+        def restore(self, path):
+            return saved[path]
+
+    import tensorflow as tf
+
+    monkeypatch.setattr(checkpoints.ocp, "StandardCheckpointer", RecordingCheckpointer)
+    config = tiny.get_config()
+    bounds = actions_lib.ActionBounds(tuple(LOW), tuple(HIGH))
+    out = "ram://bucket/exports/tiny"
+    checkpoints.export(out, random_params(config), config, tokenizer_lib.default_model_path(),
+                       None, bounds, dtype="float32")
+    assert list(saved) == [out + "/params"]   # not <cwd>/ram:/bucket/...
+    policy = policy_lib.Policy.from_export(out)
+    assert policy.tokenizer.encode("pick up the red ball") == \
+        tokenizer_lib.Tokenizer().encode("pick up the red ball")
+    images, instructions = observations(2)
+    assert policy.act_batch(images, instructions).shape == (2, 8)
