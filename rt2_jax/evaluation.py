@@ -6,16 +6,60 @@
 - VQA rows: free-text decoding, exact match against any reference answer. The match is made in
   token space: the decoded ids (up to EOS) must equal the tokenizer's encoding of an answer.
 Metric sums are reduced inside the jitted function, so each process gets the global result.
+Processes may hold different numbers of eval batches (robot data is split by episode); every
+process runs the jitted collective the same number of times (`aligned_host_batches`), feeding
+all-invalid padding batches once its own data runs out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rt2_jax import actions as actions_lib
 from rt2_jax import decoding, sharding, trainer
+
+
+def aligned_host_batches(batches: Iterable[dict], padding: dict, limit: int = 0,
+                         any_process_has=None) -> Iterator[dict]:
+    """Yields this process's host batches, then `padding` until no process has one left, so
+    that every process yields the same number (at most `limit` when > 0) and none leaves a
+    collective the others are still in. `any_process_has(bool) -> bool` (default: an allgather
+    over processes; the local value on one process) makes the per-batch agreement."""
+    if any_process_has is None:
+        any_process_has = _any_process_has
+    it = iter(batches)
+    count = 0
+    while not limit or count < limit:
+        batch = next(it, None)
+        if not any_process_has(batch is not None):
+            return
+        yield padding if batch is None else batch
+        count += 1
+
+
+def _any_process_has(local: bool) -> bool:
+    if jax.process_count() == 1:
+        return local
+    return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+
+
+def padding_batch(element_spec) -> dict:
+    """An all-invalid host batch shaped like the eval stream's (`valid` False, source -1)."""
+    out = {}
+    for k, spec in element_spec.items():
+        shape = tuple(spec.shape)
+        if spec.dtype.name == "string":
+            out[k] = np.full(shape, b"", dtype=object)
+        else:
+            out[k] = np.zeros(shape, spec.dtype.as_numpy_dtype)
+    out["valid"] = np.zeros_like(out["valid"], bool)
+    out["source"] = np.full_like(out["source"], -1)
+    return out
 
 
 class Evaluator:
@@ -98,9 +142,9 @@ class Evaluator:
         time: the val stream restarts)."""
         limit = int(self.config.eval.num_batches)
         sums = None
-        for i, host in enumerate(self.mixture.dataset.as_numpy_iterator()):
-            if limit and i >= limit:
-                break
+        padding = padding_batch(self.mixture.dataset.element_spec)
+        for host in aligned_host_batches(self.mixture.dataset.as_numpy_iterator(), padding,
+                                         limit):
             out = self._fn({"params": params}, self._global_batch(host))
             out = jax.tree.map(np.asarray, out)
             sums = out if sums is None else jax.tree.map(np.add, sums, out)

@@ -249,6 +249,15 @@ def test_eval_split_keeps_raw_answers(data_dirs):
     answers = {tuple(a for a in row if a) for b in batches for row in b["answers"][b["valid"]]
                if row[0]}
     assert (b"answer101", b"second") in answers and (b"answer100",) in answers
+    # The padding batch a process feeds once its eval data runs out has the stream's keys,
+    # shapes and dtypes, and no valid row.
+    from rt2_jax import evaluation
+
+    pad = evaluation.padding_batch(mix.dataset.element_spec)
+    assert sorted(pad) == sorted(batches[0])
+    for k, v in batches[0].items():
+        assert pad[k].shape == v.shape and pad[k].dtype == v.dtype, k
+    assert not pad["valid"].any() and (pad["source"] == -1).all()
 
 
 @pytest.mark.parametrize("aspect", ["squash", "pad", "center_crop"])

@@ -14,6 +14,7 @@ import pytest
 
 from configs import tiny
 from rt2_jax import actions as actions_lib
+from rt2_jax import evaluation
 from rt2_jax import train as train_lib
 from rt2_jax import trainer
 
@@ -261,3 +262,30 @@ def test_gradient_accumulation_matches_one_big_batch(toy_cache):
     # gradient itself (its norm) as well as the updated parameters.
     np.testing.assert_allclose(grad_norms[1], grad_norms[0], rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4), *params)
+
+
+def test_aligned_eval_batches_pad_until_every_process_is_done():
+    # One process's view: it holds one batch, another process holds three.
+    rounds = iter([True, True, True, False])
+    got = list(evaluation.aligned_host_batches(["b0"], "pad",
+                                               any_process_has=lambda local: next(rounds)))
+    assert got == ["b0", "pad", "pad"]
+    assert list(evaluation.aligned_host_batches(["b0", "b1", "b2"], "pad", limit=2)) == ["b0", "b1"]
+    assert list(evaluation.aligned_host_batches([], "pad")) == []
+
+
+def test_two_processes_with_unequal_eval_shards_finish(tmp_path):
+    """Process 0 has 3 eval batches, process 1 has 1: both run 3 jitted collectives (no hang)
+    and the sums count only real rows."""
+    port = str(20000 + (os.getpid() + 7) % 20000)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, WORKER, "evalalign", port, str(i),
+                               str(tmp_path / f"e{i}.json")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    for i in range(2):
+        got = json.loads((tmp_path / f"e{i}.json").read_text())
+        # batch 1: 2*1 + 2*11; batches 2 and 3: process 0's rows only.
+        assert got["sums"] == [24.0, 4.0, 6.0]

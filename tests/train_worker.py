@@ -3,6 +3,7 @@
     train_worker.py mesh                              8 devices: mesh 2x2x2 vs 1 device
     train_worker.py multiprocess PORT PROCESS_ID OUT  one of two jax.distributed processes
     train_worker.py single OUT                        the one-process reference
+    train_worker.py evalalign PORT PROCESS_ID OUT     unequal eval shards over two processes
 Each runs a few train steps of the tiny model on fixed synthetic batches and reports losses.
 """
 
@@ -106,6 +107,29 @@ def main(argv):
         with open(out, "w") as f:
             json.dump({"losses": losses, "process_count": jax.process_count(),
                        "devices": jax.device_count()}, f)
+    elif mode == "evalalign":
+        # Unequal eval shards: process 0 holds 3 host batches, process 1 one. Each aligned
+        # batch goes through a jitted global sum, the collective that hangs when one process
+        # stops early.
+        port, pid, out = argv[2], int(argv[3]), argv[4]
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                                   process_id=pid)
+        from rt2_jax import evaluation
+
+        mesh = sharding.make_mesh(config())
+        spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+        local = [{"x": np.full(2, 10.0 * pid + i + 1, np.float32), "valid": np.ones(2, bool)}
+                 for i in range((3, 1)[pid])]
+        padding = {"x": np.zeros(2, np.float32), "valid": np.zeros(2, bool)}
+        total = jax.jit(lambda x, v: (x * v).sum())
+        sums = []
+        for host in evaluation.aligned_host_batches(local, padding):
+            x = jax.make_array_from_process_local_data(spec, host["x"])
+            v = jax.make_array_from_process_local_data(spec, host["valid"])
+            sums.append(float(total(x, v)))
+        with open(out, "w") as f:
+            json.dump({"sums": sums}, f)
     elif mode == "single":
         losses, _ = run(sharding.make_mesh(config()))
         with open(argv[2], "w") as f:
