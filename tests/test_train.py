@@ -176,16 +176,23 @@ def test_sharded_mesh_matches_one_device():
     np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
 
 
-def test_two_processes_agree_with_one(tmp_path):
-    """Two jax.distributed processes (2 CPU devices each) vs one process with 4 devices."""
-    port = str(20000 + os.getpid() % 20000)
+def run_two_processes(mode: str, tmp_path, prefix: str, port_offset: int = 0,
+                      timeout: int = 600) -> None:
+    """Runs the worker's `mode` as two jax.distributed processes (2 CPU devices each), each
+    writing tmp_path/{prefix}{i}.json."""
+    port = str(20000 + (os.getpid() + port_offset) % 20000)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen([sys.executable, WORKER, "multiprocess", port, str(i),
-                               str(tmp_path / f"p{i}.json")], cwd=ROOT, env=env,
+    procs = [subprocess.Popen([sys.executable, WORKER, mode, port, str(i),
+                               str(tmp_path / f"{prefix}{i}.json")], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    """Two jax.distributed processes (2 CPU devices each) vs one process with 4 devices."""
+    run_two_processes("multiprocess", tmp_path, "p")
     single = subprocess.run(
         [sys.executable, WORKER, "single", str(tmp_path / "single.json")], cwd=ROOT,
         capture_output=True, text=True, timeout=600,
@@ -277,14 +284,7 @@ def test_aligned_eval_batches_pad_until_every_process_is_done():
 def test_two_processes_with_unequal_eval_shards_finish(tmp_path):
     """Process 0 has 3 eval batches, process 1 has 1: both run 3 jitted collectives (no hang)
     and the sums count only real rows."""
-    port = str(20000 + (os.getpid() + 7) % 20000)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen([sys.executable, WORKER, "evalalign", port, str(i),
-                               str(tmp_path / f"e{i}.json")], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    run_two_processes("evalalign", tmp_path, "e", port_offset=7, timeout=300)
     for i in range(2):
         got = json.loads((tmp_path / f"e{i}.json").read_text())
         # batch 1: 2*1 + 2*11; batches 2 and 3: process 0's rows only.
