@@ -3,7 +3,7 @@
 Each source is read (this process's disjoint part), repeated, shuffled and turned into
 fixed-shape examples; `tf.data.Dataset.sample_from_datasets(weights, seed)` merges them; the
 merged stream is batched to the host batch (global batch / process_count), tokenized and
-prefetched. Host batch (numpy, fixed shapes; DESIGN.md "Contracts"):
+prefetched. Host batch (numpy, fixed shapes; the contract the trainer and evaluator rely on):
 
   image              uint8   [B, H, W, 3]   resized to config.image_size
   encoder_tokens     int32   [B, Le]        prompt ids + EOS, pad 0 (Le = config.max_prompt_len)
