@@ -184,8 +184,15 @@ class Decoder:
     """
 
     def __init__(self, model: VLM, action_tokenizer: actions_lib.ActionTokenizer,
-                 vocab_size: int, max_text_len: int = 32, logit_bias: np.ndarray | None = None):
-        """`logit_bias` [V] (optional, static) is added to every step's logits before masking."""
+                 vocab_size: int, max_text_len: int = 32, logit_bias: np.ndarray | None = None,
+                 mesh=None, rules=None):
+        """`logit_bias` [V] (optional, static) is added to every step's logits before masking.
+        With `mesh` and `rules` the loop is traced under `sharding.activation_context`, so the
+        model's logical activation constraints shard it on that mesh (what `lower` compiles
+        ahead of time is then exactly what runs)."""
+        if (mesh is None) != (rules is None):
+            raise ValueError("pass both mesh and rules (or neither) to Decoder")
+        self.mesh, self.rules = mesh, rules
         self.model = model
         self.action_tokenizer = action_tokenizer
         self.tokenizer = action_tokenizer.tokenizer
@@ -229,17 +236,32 @@ class Decoder:
             pad_id=tok.pad_id,
             eos_id=tok.eos_id, start_id=tok.decoder_start_id)
 
+    def _traced(self, mode: str, sampling: Sampling):
+        spec = self.spec(mode)
+
+        def traced(*args):
+            self.num_compilations += 1  # runs only when jax traces, i.e. compiles
+            if self.mesh is None:
+                return decode_loop(self.model, spec, sampling, *args)
+            from rt2_jax import sharding
+
+            with sharding.activation_context(self.mesh, self.rules):
+                return decode_loop(self.model, spec, sampling, *args)
+
+        return traced
+
     def _fn(self, mode: str, sampling: Sampling):
         key = (mode, sampling)
         if key not in self._compiled:
-            spec = self.spec(mode)
-
-            def traced(*args):
-                self.num_compilations += 1  # runs only when jax traces, i.e. compiles
-                return decode_loop(self.model, spec, sampling, *args)
-
-            self._compiled[key] = jax.jit(traced)
+            self._compiled[key] = jax.jit(self._traced(mode, sampling))
         return self._compiled[key]
+
+    def lower(self, mode: str, params, image, tokens, mask, rng,
+              sampling: Sampling = Sampling()):
+        """The loop `run` would compile for these (possibly abstract, sharded) arguments,
+        lowered: for ahead-of-time fit checks of the program that runs."""
+        params = params if "params" in params else {"params": params}
+        return jax.jit(self._traced(mode, sampling)).lower(params, image, tokens, mask, rng)
 
     def run(self, mode: str, params, image, tokens, mask, *, rng=None,
             sampling: Sampling = Sampling()) -> dict[str, np.ndarray]:

@@ -84,6 +84,11 @@ class Evaluator:
         self._fn = jax.jit(self._metrics)
 
     def _metrics(self, params, batch):
+        # Traced under the mesh's activation rules, like the train step.
+        with sharding.activation_context(self.setup.mesh, self.setup.rules):
+            return self._metrics_in_context(params, batch)
+
+    def _metrics_in_context(self, params, batch):
         model = self.setup.model
         rng = jax.random.PRNGKey(0)
         greedy = decoding.Sampling()

@@ -182,6 +182,25 @@ def test_free_text_stops_at_eos(setup):
     assert (raw < s["tok"].vocab_size).all() and (raw[:, 0] != s["tok"].pad_id).all()
 
 
+def test_decoding_under_a_mesh_matches_plain(setup):
+    # The loop traced under the mesh's activation rules (what the AOT check lowers) decodes the
+    # same actions as the plain one.
+    from rt2_jax import sharding
+
+    s = setup
+    vocab = s["config"].model.vocab_size
+    mesh = sharding.make_mesh(s["config"], jax.devices()[:1])
+    rules = sharding.rules_from_config(s["config"])
+    plain = decoding.Decoder(s["model"], s["act_tok"], vocab)
+    meshed = decoding.Decoder(s["model"], s["act_tok"], vocab, mesh=mesh, rules=rules)
+    args = (s["params"], s["image"], s["toks"], s["mask"])
+    np.testing.assert_array_equal(plain.actions(*args)["ids"], meshed.actions(*args)["ids"])
+    lowered = meshed.lower("action", *args, jax.random.PRNGKey(0))
+    assert "while" in lowered.as_text()
+    with pytest.raises(ValueError, match="both mesh and rules"):
+        decoding.Decoder(s["model"], s["act_tok"], vocab, mesh=mesh)
+
+
 def test_bad_arguments(setup):
     s = setup
     vocab = s["config"].model.vocab_size

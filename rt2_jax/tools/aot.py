@@ -201,15 +201,9 @@ def lower_decode(config, mesh, batch_size: int) -> tuple[Any, int, int]:
 
     inputs = [shard(spec[k]) for k in ("image", "encoder_tokens", "encoder_mask")]
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
-    vocab = int(config.model.vocab_size)
-    decode_spec = decoding.Decoder(model, action_tokenizer(config), vocab).spec("action")
-
-    def run(params, image, tokens, mask, rng):
-        with sharding.activation_context(mesh, rules):
-            return decoding.decode_loop(model, decode_spec, decoding.Sampling(),
-                                         {"params": params}, image, tokens, mask, rng)
-
-    lowered = jax.jit(run).lower(params, *inputs, rng)
+    decoder = decoding.Decoder(model, action_tokenizer(config), int(config.model.vocab_size),
+                               mesh=mesh, rules=rules)
+    lowered = decoder.lower("action", params, *inputs, rng)
     return lowered, params_lib.count(params), batch_size
 
 
