@@ -32,32 +32,54 @@ def setup():
                 image=image, toks=toks, mask=mask)
 
 
-def _anti_action_bias(act_tok, vocab_size, strength=1e4):
-    bias = np.full(vocab_size, strength, np.float32)
-    bias[act_tok.action_ids] = 0.0  # every other id is hugely favoured
+def _adversarial_bias(act_tok, vocab_size, strength=1e4):
+    """Every non-action id hugely favoured; among action ids, the non-terminate bins (invalid at
+    position 0) favoured over the terminate ids."""
+    bias = np.full(vocab_size, 2 * strength, np.float32)
+    bias[act_tok.action_ids] = strength
+    bias[act_tok.terminate_ids] = 0.0
     return bias
 
 
-def test_masked_actions_are_always_valid_under_adversarial_bias(setup):
+@pytest.mark.parametrize("path", ["action_ids_only", "full_vocabulary"])
+def test_masked_actions_are_always_valid_under_adversarial_bias(setup, path):
+    """The bias acts on the scored ids in both paths: the action path that scores only the 256
+    action ids (then the bias favours invalid bins at position 0) and the full-vocabulary path
+    (then it also favours every text id). Greedy and high-temperature sampling."""
+    import dataclasses
+
     s = setup
     vocab = s["config"].model.vocab_size
     dec = decoding.Decoder(s["model"], s["act_tok"], vocab,
-                           logit_bias=_anti_action_bias(s["act_tok"], vocab))
+                           logit_bias=_adversarial_bias(s["act_tok"], vocab))
+    spec = dec.spec("action")
+    if path == "full_vocabulary":
+        spec = dataclasses.replace(spec, output_ids=None)
     image = np.repeat(s["image"], 64, axis=0)  # 256 rows per call
     toks, mask = np.repeat(s["toks"], 64, axis=0), np.repeat(s["mask"], 64, axis=0)
     total = 0
     for seed in range(4):  # 1,024 actions: greedy once, then sampling at a high temperature
         sampling = decoding.Sampling() if seed == 0 else decoding.Sampling(temperature=5.0)
-        out = dec.actions(s["params"], image, toks, mask, rng=jax.random.PRNGKey(seed),
-                          sampling=sampling)
-        ids = out["ids"]
+        run = jax.jit(lambda p, i, t, m, r, sampling=sampling: decoding.decode_loop(
+            s["model"], spec, sampling, p, i, t, m, r))
+        ids = np.asarray(run(s["params"], image, toks, mask, jax.random.PRNGKey(seed))[
+            "action_ids"])
         assert ids.shape == (256, 8)
         assert np.isin(ids[:, 0], s["act_tok"].terminate_ids).all()
         assert np.isin(ids[:, 1:], s["act_tok"].action_ids).all()
-        assert out["action"].shape == (256, 8) and np.isfinite(out["action"]).all()
-        assert set(np.unique(out["action"][:, 0])) <= {0.0, 1.0}
+        # The bias did act inside the allowed sets: positions 1..7 took favoured bins.
+        assert not np.isin(ids[:, 1:], s["act_tok"].terminate_ids).all()
+        action = s["act_tok"].decode(s["act_tok"].token_ids_to_bins(ids))
+        assert np.isfinite(action).all() and set(np.unique(action[:, 0])) <= {0.0, 1.0}
         total += len(ids)
     assert total >= 1000
+    # The bias without the masks would have produced invalid ids (the test can fail).
+    free = jax.jit(lambda p, i, t, m, r: decoding.decode_loop(
+        s["model"], dataclasses.replace(spec, position_masks=np.ones_like(spec.position_masks)),
+        decoding.Sampling(), p, i, t, m, r))
+    unmasked = np.asarray(free(s["params"], image[:8], toks[:8], mask[:8],
+                               jax.random.PRNGKey(0))["action_ids"])
+    assert not np.isin(unmasked[:, 0], s["act_tok"].terminate_ids).all()
 
 
 def _reference_greedy(s, masks):
