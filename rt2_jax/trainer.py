@@ -168,19 +168,30 @@ def optimizer_state_sharding(tx, abstract_opt, abstract_params, mesh: Mesh):
             tx, lambda leaf, param: _sharding_like_param(leaf, param, mesh), abstract_opt,
             abstract_params, transform_non_params=lambda _: sharding.replicated(mesh))
     except ValueError:
-        # Partitioned optimizers (frozen groups: masked states) do not mirror the parameter
-        # tree; fall back to the shardings XLA propagates (moments may end up replicated).
-        compiled = jax.jit(tx.init).lower(abstract_params).compile()
-        return jax.tree.map(lambda s: _on_mesh(s, mesh), compiled.output_shardings)
+        # Partitioned optimizers (frozen groups: multi_transform's masked inner states) do not
+        # mirror the parameter tree: match each state leaf to its parameter by path instead.
+        return _sharding_by_param_path(abstract_opt, abstract_params, mesh)
 
 
-def _on_mesh(s, mesh: Mesh) -> NamedSharding:
-    """A compiler-chosen sharding expressed on `mesh` (scalars may come back on one device)."""
-    if isinstance(s, NamedSharding) and s.mesh == mesh:
-        return s
-    if s.is_fully_replicated:
+def _sharding_by_param_path(abstract_opt, abstract_params, mesh: Mesh):
+    """Each optimizer-state leaf sharded like the parameter whose 'a/b/c' path ends its own
+    path (e.g. `...inner_states['train']...mu['encdec']['decoder']...['kernel']`), replicated
+    when none does (step counts)."""
+    def dict_keys(path) -> tuple:
+        return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+    params = {dict_keys(path): leaf
+              for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
+
+    def leaf_sharding(path, leaf):
+        keys = dict_keys(path)
+        for start in range(len(keys)):
+            param = params.get(keys[start:])
+            if param is not None:
+                return _sharding_like_param(leaf, param, mesh)
         return sharding.replicated(mesh)
-    raise ValueError(f"Cannot express the optimizer-state sharding {s} on mesh {mesh}.")
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_opt)
 
 
 def make_setup(config, mesh: Mesh | None = None) -> TrainSetup:

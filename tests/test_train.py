@@ -176,6 +176,16 @@ def test_sharded_mesh_matches_one_device():
     np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
 
 
+def test_frozen_groups_keep_optimizer_state_sharded():
+    out = subprocess.run(
+        [sys.executable, WORKER, "frozenmesh"], cwd=ROOT, capture_output=True, text=True,
+        timeout=600, env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["param"] != "PartitionSpec()"
+    assert result["mu"] == [result["param"]]
+
+
 def run_two_processes(mode: str, tmp_path, prefix: str, port_offset: int = 0,
                       timeout: int = 600) -> None:
     """Runs the worker's `mode` as two jax.distributed processes (2 CPU devices each), each

@@ -1,6 +1,7 @@
 """Subprocess worker for tests/test_train.py (needs its own XLA device count or jax.distributed).
 
     train_worker.py mesh                              8 devices: mesh 2x2x2 vs 1 device
+    train_worker.py frozenmesh                        8 devices: optimizer sharding, frozen ViT
     train_worker.py multiprocess PORT PROCESS_ID OUT  one of two jax.distributed processes
     train_worker.py single OUT                        the one-process reference
     train_worker.py evalalign PORT PROCESS_ID OUT     unequal eval shards over two processes
@@ -98,6 +99,22 @@ def main(argv):
         single, _ = run(sharding.make_mesh(c, jax.devices()[:1]))
         print(json.dumps({"mesh": dict(setup.mesh.shape), "sharded": sharded, "single": single,
                           "sharded_param": str(spec), "adam_mu": str(mu_spec)}))
+    elif mode == "frozenmesh":
+        # A frozen image tower (multi_transform): the trained weights' AdamW moments must still
+        # be sharded like the weights, not replicated.
+        from rt2_jax import trainer
+
+        c = config()
+        c.mesh.update(dict(data=2, fsdp=2, model=2))
+        c.train.freeze_regex = "^img/"
+        setup = trainer.make_setup(c, sharding.make_mesh(c))
+        spec = setup.state_sharding.params["encdec"]["decoder"]["layers"]["mlp"]["wi_0"][
+            "kernel"].spec
+        mus = [str(v.spec) for k, v in
+               jax.tree_util.tree_leaves_with_path(setup.state_sharding.opt_state)
+               if ".mu['encdec']['decoder']['layers']['mlp']['wi_0']['kernel']"
+               in jax.tree_util.keystr(k)]
+        print(json.dumps({"param": str(spec), "mu": mus}))
     elif mode == "multiprocess":
         port, pid, out = argv[2], int(argv[3]), argv[4]
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
