@@ -34,7 +34,9 @@ from rt2_jax import tokenizer as tokenizer_lib
 
 ROBOT = "robot"
 PROMPT_ADD_EOS = True  # T5/PaLI encoders see the prompt followed by EOS
-_READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
+# FailedPrecondition: a split holds fewer records than its metadata says (a truncated shard).
+_READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
+                tf.errors.FailedPreconditionError)
 
 
 def _seed(*parts):

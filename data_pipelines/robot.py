@@ -140,20 +140,27 @@ def _image_decoders(mapping):
     return tree
 
 
-def read_options(builder, shuffle_files, seed):
-    """as_dataset kwargs: seeded file shuffling (none for datasets written in a fixed order)."""
+def read_options(builder, shuffle_files, seed, skip_unreadable=False):
+    """as_dataset kwargs: seeded file shuffling (none for datasets written in a fixed order).
+
+    With `skip_unreadable` the split's recorded length is not asserted: a truncated shard then
+    ends early (its unreadable tail skipped) instead of raising at the end of every pass, which
+    under `ignore_errors` + `repeat` spun forever without yielding."""
+    extra = dict(assert_cardinality=False) if skip_unreadable else {}
     if builder.info.disable_shuffling:
-        return dict(shuffle_files=False, read_config=tfds.ReadConfig(interleave_cycle_length=1))
+        return dict(shuffle_files=False,
+                    read_config=tfds.ReadConfig(interleave_cycle_length=1, **extra))
     return dict(shuffle_files=shuffle_files,
-                read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4))
+                read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4,
+                                            **extra))
 
 
 def read_episodes(builder, mapping, split, *, shuffle_files, seed, skip_unreadable):
     """The split's episodes, images left encoded; `split`: a split string or even_splits entry."""
     ds = builder.as_dataset(split=split, decoders=_image_decoders(mapping),
-                            **read_options(builder, shuffle_files, seed))
+                            **read_options(builder, shuffle_files, seed, skip_unreadable))
     if skip_unreadable:
-        ds = ds.ignore_errors(log_warning=True)
+        ds = ds.ignore_errors(log_warning=False)
     return ds
 
 

@@ -88,15 +88,38 @@ def compute_action_stats(builder, mapping, split, *, skip_unreadable=False, prog
     chunks, seen = [], set()
     bar = tqdm.tqdm(total=num_episodes, unit="episode", disable=not progress,
                     desc=f"action stats {builder.info.name}[{split}]")
-    for indices, actions in steps.as_numpy_iterator():
-        new = set(indices.tolist()) - seen
-        seen |= new
-        bar.update(len(new))
-        chunks.append(actions)
-    bar.close()
+    try:
+        for indices, actions in steps.as_numpy_iterator():
+            new = set(indices.tolist()) - seen
+            seen |= new
+            bar.update(len(new))
+            chunks.append(actions)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
+            tf.errors.FailedPreconditionError) as e:   # the last: fewer records than recorded
+        raise RuntimeError(
+            f"Could not read {builder.info.full_name} split {split!r} ({type(e).__name__}: "
+            f"{e.message.strip().splitlines()[0] if e.message.strip() else e}). A shard may be "
+            "truncated or corrupt: fix or regenerate the files, or set "
+            "config.data.skip_unreadable=True to skip unreadable records (counted and "
+            "logged).") from e
+    finally:
+        bar.close()
     actions = np.concatenate(chunks) if chunks else np.zeros((0, 8), np.float32)
     finite = np.all(np.isfinite(actions), axis=1)
     good = actions[finite].astype(np.float64)
+    num_unreadable = 0
+    if skip_unreadable:
+        # Records lost to corruption (a truncated shard ends early): counted and logged once.
+        num_read = int(episodes.reduce(np.int64(0), lambda count, _: count + 1))
+        if num_episodes is not None and num_read < num_episodes:
+            num_unreadable = num_episodes - num_read
+            logging.warning("%s[%s]: %d of %d episodes could not be read and are skipped "
+                            "(config.data.skip_unreadable=True).", builder.info.full_name, split,
+                            num_unreadable, num_episodes)
+        if num_read == 0:
+            raise ValueError(f"{builder.info.full_name} split {split!r}: no episode could be "
+                             "read (every record is unreadable); check or regenerate its files.")
+        num_episodes = num_read
     if not len(good):
         raise ValueError(f"{builder.info.full_name} split {split!r} has no steps with a finite "
                          "action; check the dataset and its mapping.")
@@ -108,6 +131,7 @@ def compute_action_stats(builder, mapping, split, *, skip_unreadable=False, prog
         "split": str(split),
         "num_episodes": int(num_episodes_read),
         "num_empty_episodes": int(num_episodes_read - len(seen)),
+        "num_unreadable_episodes": int(num_unreadable),
         "num_steps": len(good),
         "num_nonfinite_steps": int((~finite).sum()),
         "mean": good.mean(0).tolist(),

@@ -59,8 +59,8 @@ def read_web(builder, mapping, split, *, shuffle_files, seed, skip_unreadable):
     for part in reversed(path.split("/")):
         decoders = {part: decoders}
     ds = builder.as_dataset(split=split, decoders=decoders,
-                            **robot.read_options(builder, shuffle_files, seed))
-    return ds.ignore_errors(log_warning=True) if skip_unreadable else ds
+                            **robot.read_options(builder, shuffle_files, seed, skip_unreadable))
+    return ds.ignore_errors(log_warning=False) if skip_unreadable else ds
 
 
 def template_join(template, field, value):

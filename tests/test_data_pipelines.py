@@ -303,6 +303,40 @@ def test_unreadable_images_error_or_skip(data_dirs, tmp_path):
     assert mix.counters()["unreadable_images"] == 1
 
 
+def _truncated_fractal(data_dir, keep: float) -> str:
+    """6 episodes in one shard, the shard cut to `keep` of its bytes."""
+    import glob
+
+    robot_dir = fx.write_fake_fractal(data_dir, name="truncated", lengths=(3,) * 6,
+                                      image_shape=(8, 8, 3))
+    (shard,) = glob.glob(os.path.join(robot_dir, "*train.tfrecord*"))
+    with open(shard, "r+b") as f:
+        f.truncate(int(os.path.getsize(shard) * keep))
+    return robot_dir
+
+
+def test_truncated_shard_is_skipped_not_spun_on(small_dirs, tmp_path, caplog):
+    # Half the shard is gone: with skip_unreadable the readable episodes flow (the loss is
+    # counted and logged once); without it, a clear error. Before, skipping spun forever on
+    # "Input dataset was expected to contain 6 elements" without yielding a batch.
+    config = _config({"robot": _truncated_fractal(tmp_path / "half", 0.5),
+                      "vqa": small_dirs["vqa"]}, batch=4, image_size=8)
+    config.data.cache_dir = str(tmp_path / "cache")
+    with pytest.raises(Exception, match="skip_unreadable|truncated|corrupted|DataLoss"):
+        next(mixture.build_mixture(config, progress=False))
+    config.data.skip_unreadable = True
+    with caplog.at_level("WARNING"):
+        mix = mixture.build_mixture(config, progress=False)
+    sources = np.concatenate([next(mix)["source"] for _ in range(6)])
+    assert set(sources.tolist()) == {0, 1}
+    lost = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(lost) == 1 and "3 of 6 episodes" in lost[0]
+    # Nothing readable: a message, not a spin.
+    config.data.sources.robot.builder_dir = _truncated_fractal(tmp_path / "none", 0.01)
+    with pytest.raises(ValueError, match="no episode could be read"):
+        next(mixture.build_mixture(config, progress=False))
+
+
 def test_inspect_report(data_dirs, tmp_path):
     from data_pipelines import inspect as inspect_lib
 
