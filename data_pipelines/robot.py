@@ -145,8 +145,11 @@ def read_options(builder, shuffle_files, seed, skip_unreadable=False):
 
     With `skip_unreadable` the split's recorded length is not asserted: a truncated shard then
     ends early (its unreadable tail skipped) instead of raising at the end of every pass, which
-    under `ignore_errors` + `repeat` spun forever without yielding."""
+    under `ignore_errors` + `repeat` spun forever without yielding. tfds' automatic in-memory
+    cache of small datasets is used for shuffled (training) reads only: evaluation reads part of
+    a split (`take`), which left a partly filled cache and TensorFlow's warning about it."""
     extra = dict(assert_cardinality=False) if skip_unreadable else {}
+    extra["try_autocache"] = bool(shuffle_files)
     if builder.info.disable_shuffling:
         return dict(shuffle_files=False,
                     read_config=tfds.ReadConfig(interleave_cycle_length=1, **extra))

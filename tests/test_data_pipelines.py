@@ -303,6 +303,30 @@ def test_unreadable_images_error_or_skip(data_dirs, tmp_path):
     assert mix.counters()["unreadable_images"] == 1
 
 
+def test_capped_eval_stream_leaves_no_partial_cache_warning(data_dirs):
+    # A subprocess with TensorFlow's warnings on (this test session silences them).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path[:0] = ['tests', '.']\n"
+        "import data_fixtures as fx\n"
+        "from data_pipelines import mixture\n"
+        f"c = fx.data_config({data_dirs['robot']!r}, {data_dirs['vqa']!r})\n"
+        "c.max_prompt_len = 32\n"
+        "c.data.eval.max_examples_per_source = 2\n"
+        "for _ in range(2):\n"
+        "    n = sum(int(b['valid'].sum()) for b in mixture.build_mixture(c, split='val',"
+        " progress=False))\n"
+        "    assert n == 4, n\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "did not fully read the dataset being cached" not in out.stderr
+
+
 def _truncated_fractal(data_dir, keep: float) -> str:
     """6 episodes in one shard, the shard cut to `keep` of its bytes."""
     import glob
