@@ -14,6 +14,7 @@ import json
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import app, flags
+from absl import logging as absl_logging
 
 from rt2_jax import actions as actions_lib
 from rt2_jax import checkpoints, tokenizer
@@ -48,6 +49,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    if not f["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines; -v 0 shows them
+    print(f"Exporting {f.workdir} to {f.out} ...", flush=True)
     step = export_workdir(f.workdir, f.out, f.step, f.dtype)
     print(f"Exported step {step} of {f.workdir} to {f.out}.")
 

@@ -67,3 +67,18 @@ def test_mesh_that_does_not_divide_the_topology_is_a_clear_error():
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "config.mesh" in proc.stderr
+
+
+def test_cpu_commands_stay_quiet_with_libtpu_installed():
+    """The `tpu` extra (libtpu, for these compiles) must not change what a CPU user sees: no
+    libtpu initialization errors about TPU hostnames when JAX_PLATFORMS is unset."""
+    import rt2_jax
+
+    if rt2_jax._machine_has_accelerator():
+        pytest.skip("this machine has an accelerator; JAX may use it")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run([sys.executable, "-c", "import rt2_jax, jax; print(jax.devices())"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CpuDevice" in out.stdout
+    assert "TPU" not in out.stderr, out.stderr[-2000:]
