@@ -72,6 +72,11 @@ class Checkpointer:
             if name.isdigit() and name not in keep and int(name) < keep_step:
                 tf.io.gfile.rmtree(os.path.join(self.data_directory, name))
 
+    def restore_meta(self, step: int) -> dict:
+        """The JSON metadata saved with `step` (config, action bounds and stats) alone."""
+        return self.manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def restore(self, step: int, abstract_state):
         """Restores the train state into the shardings of `abstract_state`; returns
         (state, meta)."""

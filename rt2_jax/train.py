@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 
 
@@ -170,6 +171,7 @@ def train(config, workdir: str) -> dict[str, float]:
                 init_from, state.params, config.train.get("init_from_regex", "")))
             say(f"Loaded parameters from {init_from} (optimizer and step start fresh).")
     else:
+        _check_resumable(ckpt.restore_meta(latest), config, latest, ckpt.directory)
         state, saved_meta = ckpt.restore(latest, setup.abstract_state)
         if saved_meta.get("action_bounds") != meta["action_bounds"]:
             raise ValueError(
@@ -255,6 +257,32 @@ def say(message: str) -> None:
     """Progress a person should see (process 0), independent of the log verbosity."""
     if jax.process_index() == 0:
         print(message, flush=True)
+
+
+def _check_resumable(saved_meta: dict, config, step: int, directory: str) -> None:
+    """Fails before restoring (nothing in the workdir changes) when the checkpoint's model
+    shape differs from the config's: the keys of config.model / image_size that differ."""
+    import flax
+
+    try:
+        saved = ml_collections.ConfigDict(json.loads(saved_meta["config"]))
+    except (KeyError, TypeError, ValueError):
+        return   # a checkpoint without a readable config: orbax checks shapes itself
+
+    def shape_keys(c) -> dict:
+        flat = flax.traverse_util.flatten_dict(c.model.to_dict(), sep=".")
+        return {**{f"model.{k}": v for k, v in flat.items()}, "image_size": c.image_size}
+
+    mine, theirs = shape_keys(config), shape_keys(saved)
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, config {mine.get(k)!r}"
+                          for k in differ[:8])
+        raise ValueError(
+            f"The checkpoint at step {step} in {directory} was trained with a different model "
+            f"({shown}{'; ...' if len(differ) > 8 else ''}). Resume with the config it was "
+            "trained with, or start in a new --workdir (to start from its weights, export it "
+            "and set config.train.init_from).")
 
 
 def main(argv):

@@ -176,6 +176,18 @@ def test_sharded_mesh_matches_one_device():
     np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
 
 
+def test_resume_with_a_different_model_is_refused_and_changes_nothing(toy_cache, tmp_path):
+    c = small_config(toy_cache, num_steps=2, checkpoint_every=2)
+    train_lib.train(c, str(tmp_path))
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    wider = small_config(toy_cache, num_steps=4, checkpoint_every=2)
+    wider.model.encdec.d_ff = 2 * c.model.encdec.d_ff
+    with pytest.raises(ValueError, match=r"different model \(model\.encdec\.d_ff: "
+                                         r"checkpoint 128, config 256\).*new --workdir"):
+        train_lib.train(wider, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
 def test_frozen_groups_keep_optimizer_state_sharded():
     out = subprocess.run(
         [sys.executable, WORKER, "frozenmesh"], cwd=ROOT, capture_output=True, text=True,
