@@ -135,8 +135,81 @@ class Logger:
         print(" | ".join(parts), flush=True)
 
 
+class WorkdirLock:
+    """`workdir/train.lock` (pid and host of the training that holds it), taken by process 0.
+
+    A second training on the same workdir fails at start instead of interleaving checkpoints
+    with the first. A lock left by a process that no longer runs on this host (kill -9, a
+    crash) is taken over with a warning; one from another host must be removed by hand.
+    Remote workdirs (gs://...) are not locked: object stores have no exclusive create."""
+
+    NAME = "train.lock"
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, self.NAME)
+        self.active = jax.process_index() == 0 and "://" not in workdir
+        self.workdir = workdir
+
+    def __enter__(self):
+        if not self.active:
+            return self
+        import socket
+
+        os.makedirs(self.workdir, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid")):
+                    logging.warning("Removing a stale %s left by pid %s (not running).",
+                                    self.path, holder.get("pid"))
+                    os.remove(self.path)
+                    continue
+                raise RuntimeError(
+                    f"{self.workdir} is in use by another training (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}): two runs would overwrite each other's checkpoints. "
+                    f"Stop it, use another --workdir, or delete {self.path} if that run is "
+                    "gone.") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise RuntimeError(f"could not take {self.path}")
+
+    def _holder(self) -> dict:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def __exit__(self, *exc):
+        if self.active and self._holder().get("pid") == os.getpid():
+            os.remove(self.path)
+        return False
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def train(config, workdir: str) -> dict[str, float]:
-    """Trains; returns the last logged metrics (used by tests and benchmarks)."""
+    """Trains; returns the last logged metrics (used by tests and benchmarks). Holds
+    `WorkdirLock(workdir)` while it runs."""
+    with WorkdirLock(workdir):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict[str, float]:
     # Deferred imports keep `--help` fast and let tests set XLA flags before JAX starts.
     from data_pipelines import mixture as mixture_lib
     from rt2_jax import checkpoints, evaluation, optim, trainer

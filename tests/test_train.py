@@ -136,11 +136,13 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(toy_cache, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert max(read_losses(cut_dir)) < 16, "the run finished before it could be killed"
+    assert os.path.exists(os.path.join(cut_dir, train_lib.WorkdirLock.NAME))   # left behind
 
     resumed = run_train(cut_dir, c)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-3000:]
     assert "Resumed from step" in out
+    assert not os.path.exists(os.path.join(cut_dir, train_lib.WorkdirLock.NAME))   # taken, freed
     losses = read_losses(cut_dir)
     for step in range(1, 17):
         np.testing.assert_allclose(losses[step], reference[step], atol=1e-5, rtol=0,
@@ -174,6 +176,17 @@ def test_sharded_mesh_matches_one_device():
     assert result["sharded_param"] != "PartitionSpec()"  # something really is sharded
     assert result["adam_mu"] == result["sharded_param"]  # optimizer state sharded like params
     np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
+
+
+def test_a_second_training_on_a_busy_workdir_is_refused(toy_cache, tmp_path):
+    import socket
+
+    # A live holder (this test process) of the workdir's lock.
+    (tmp_path / train_lib.WorkdirLock.NAME).write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(RuntimeError, match=f"in use by another training \\(pid {os.getpid()}"):
+        train_lib.train(small_config(toy_cache, num_steps=2), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_resume_with_a_different_model_is_refused_and_changes_nothing(toy_cache, tmp_path):
