@@ -34,12 +34,18 @@ def _state_dict(state) -> dict:
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+                 set_aside_incomplete: bool = False):
+        """`set_aside_incomplete` (the training that owns the workdir): move step directories
+        without orbax's completion marker aside first. Readers (export) leave them and skip
+        them in `latest_step`."""
         # orbax needs absolute paths; keep URLs (gs://...) as they are.
         workdir = absolute(workdir)
         self.workdir = workdir
         self.directory = os.path.join(workdir, "checkpoints")
         self.data_directory = os.path.join(workdir, "data_iterator")
+        if set_aside_incomplete and jax.process_index() == 0:
+            _set_aside_incomplete_steps(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True)
@@ -47,7 +53,12 @@ class Checkpointer:
                                              item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest complete step (one still being written, or cut off, is skipped)."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            if tf.io.gfile.exists(os.path.join(self.directory, str(step),
+                                               _STEP_COMPLETE_MARKER)):
+                return step
+        return None
 
     def _data_dir(self, step: int) -> str:
         return os.path.join(self.data_directory, str(step), f"process_{jax.process_index()}")
@@ -104,6 +115,32 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+_STEP_COMPLETE_MARKER = "_CHECKPOINT_METADATA"   # orbax writes it when a step is finished
+
+
+def _set_aside_incomplete_steps(directory: str) -> list[str]:
+    """Renames step directories without orbax's completion marker (a save cut off on a file
+    system without atomic renames, a partial copy) to `<step>.incomplete`, so that resuming
+    picks the newest complete step instead of failing on the broken one; nothing is deleted."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    moved = []
+    for name in sorted(tf.io.gfile.listdir(directory)):
+        name = name.rstrip("/")
+        path = os.path.join(directory, name)
+        if not name.isdigit() or tf.io.gfile.exists(os.path.join(path, _STEP_COMPLETE_MARKER)):
+            continue
+        target, n = path + ".incomplete", 1
+        while tf.io.gfile.exists(target):
+            target, n = f"{path}.incomplete-{n}", n + 1
+        tf.io.gfile.rename(path, target)
+        logging.warning("Checkpoint step %s in %s is incomplete (no %s); moved it to %s and "
+                        "resume from the newest complete step.", name, directory,
+                        _STEP_COMPLETE_MARKER, target)
+        moved.append(target)
+    return moved
 
 
 def absolute(path: str) -> str:

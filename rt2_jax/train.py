@@ -228,7 +228,8 @@ def _train(config, workdir: str) -> dict[str, float]:
     tables = trainer.ActionTables.build(mixture.action_tokenizer, vocab)
     step_fn = trainer.make_train_step(setup, tables, len(mixture.source_names))
     ckpt = checkpoints.Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
-                                    async_save=bool(config.train.async_checkpoints))
+                                    async_save=bool(config.train.async_checkpoints),
+                                    set_aside_incomplete=True)
     meta = {"action_stats": mixture.action_stats,
             "action_bounds": mixture.action_bounds.to_json_dict(),
             "source_names": list(mixture.source_names), "config": config.to_json_best_effort()}

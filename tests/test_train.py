@@ -178,6 +178,23 @@ def test_sharded_mesh_matches_one_device():
     np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
 
 
+def test_resume_skips_a_half_written_newest_step(toy_cache, tmp_path):
+    # A step directory without orbax's completion marker (a save cut off where renames are not
+    # atomic, a partial copy) is moved aside, not restored and not deleted.
+    c = small_config(toy_cache, num_steps=2, checkpoint_every=2)
+    train_lib.train(c, str(tmp_path))
+    broken = tmp_path / "checkpoints" / "3"
+    broken.mkdir()
+    (broken / "state").write_text("half")
+    from rt2_jax import checkpoints
+
+    assert checkpoints.Checkpointer(str(tmp_path), async_save=False).latest_step() == 2
+    train_lib.train(small_config(toy_cache, num_steps=4, checkpoint_every=2), str(tmp_path))
+    names = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert "3.incomplete" in names and "4" in names and "3" not in names
+    assert (tmp_path / "checkpoints" / "3.incomplete" / "state").read_text() == "half"
+
+
 def test_a_second_training_on_a_busy_workdir_is_refused(toy_cache, tmp_path):
     import socket
 
