@@ -1,10 +1,14 @@
 """Action-decode latency: prefill vs. cached decode vs. no-cache decode (and HF T5); prints JSON.
 
-  python -m benchmarks.decode_latency [--config=configs/bench_small.py] [--reps=20]
-      [--warmup=3] [--batch_sizes=1,8] [--out=FILE] [--hf=auto|on|off]
+  python -m benchmarks.decode_latency [--config=configs/bench_small.py] [--rounds=7]
+      [--reps=10] [--warmup=3] [--batch_sizes=1,8] [--out=FILE] [--hf=auto|on|off]
 
-Medians over `--reps` timed calls after `--warmup` untimed ones, each call ended with
-`block_until_ready`. Per batch size:
+Timing is interleaved to survive a shared, noisy machine: after `--warmup` untimed calls of each
+variant, `--rounds` rounds each time every variant for `--reps` calls (ended with
+`block_until_ready`), the variants' order rotating from round to round. A variant's figure is the
+median over rounds of its per-round median, with the spread (min, max) of those per-round
+medians; ratios (overhead_ratio, speedup_vs_hf) are taken within each round, where the variants
+shared the machine's state, then their median and spread are reported. Per batch size:
   prefill_ms          a jitted `VLM.prefill`: ViT + encoder + the first decoder step (a),
   decode_ms           the jitted loop behind `Decoder.actions`: prefill + 7 cached steps (b),
   decode_nocache_ms   a jitted `fori_loop` that reruns the teacher-forced decoder over the whole
@@ -42,7 +46,8 @@ from rt2_jax.models import params as params_lib
 from rt2_jax.models.vlm import VLM
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_small.py", "Model config.")
-_REPS = flags.DEFINE_integer("reps", 20, "Timed repetitions per measurement.")
+_REPS = flags.DEFINE_integer("reps", 10, "Timed calls per variant and round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 7, "Interleaved rounds over all variants.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls before timing (the first compiles).")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
 _OUT = flags.DEFINE_string("out", None, "Also write the JSON here.")
@@ -55,15 +60,28 @@ PROMPTS = ("pick up the red block", "push the blue ball left", "move the green s
            "knock the can over", "place the apple in the bowl")
 
 
-def median_ms(fn, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return round(1e3 * statistics.median(times), 2)
+def interleaved_ms(fns: dict, rounds: int, reps: int, warmup: int) -> dict[str, list[float]]:
+    """Per variant, its per-round median call time in ms (one entry per round)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    names = list(fns)
+    out = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                jax.block_until_ready(fns[name]())
+                times.append(time.perf_counter() - start)
+            out[name].append(1e3 * statistics.median(times))
+    return out
+
+
+def median_spread(values) -> tuple[float, list[float]]:
+    return (round(statistics.median(values), 3),
+            [round(min(values), 3), round(max(values), 3)])
 
 
 def make_inputs(config, tok, batch: int, seed: int = 0):
@@ -173,7 +191,7 @@ class Bench:
         self.nocache = nocache_loop(model, self.position_masks, start)
         self.rng = jax.random.PRNGKey(0)
 
-    def time_batch(self, batch: int, reps: int, warmup: int, use_hf: bool) -> dict:
+    def time_batch(self, batch: int, rounds: int, reps: int, warmup: int, use_hf: bool) -> dict:
         params, rng = self.params, self.rng
         image, tokens, mask = make_inputs(self.config, self.tok, batch)
         ids = np.asarray(self.decode(params, image, tokens, mask, rng)["action_ids"])
@@ -181,16 +199,14 @@ class Bench:
         if not np.array_equal(ids, ids_nocache):
             raise AssertionError(f"cached and no-cache decoding disagree at batch {batch}: "
                                  f"{ids.tolist()} vs {ids_nocache.tolist()}")
-        timed = lambda fn: median_ms(fn, reps, warmup)
-        r = {
-            "prefill_ms": timed(lambda: self.prefill(params, image, tokens, mask)),
-            "decode_ms": timed(lambda: self.decode(params, image, tokens, mask, rng)),
-            "decode_nocache_ms": timed(lambda: self.nocache(params, image, tokens, mask)),
-            "vit_ms": timed(lambda: self.vit(params, image)),
-            "actions_call_ms": timed(lambda: self.decoder.actions(params, image, tokens, mask)),
+        fns = {
+            "prefill_ms": lambda: self.prefill(params, image, tokens, mask),
+            "decode_ms": lambda: self.decode(params, image, tokens, mask, rng),
+            "decode_nocache_ms": lambda: self.nocache(params, image, tokens, mask),
+            "vit_ms": lambda: self.vit(params, image),
+            "actions_call_ms": lambda: self.decoder.actions(params, image, tokens, mask),
         }
-        r["decode_excl_vit_ms"] = round(r["decode_ms"] - r["vit_ms"], 2)
-        r["host_postprocess_ms"] = round(r["actions_call_ms"] - r["decode_ms"], 2)
+        r = {}
         if use_hf:
             embeds = np.asarray(self.embed(params, image, tokens))
             full_mask = np.concatenate([np.ones((batch, embeds.shape[1] - mask.shape[1]), bool),
@@ -198,7 +214,23 @@ class Bench:
             generate, r["hf_versions"] = hf_generate_fn(
                 self.config, params, self.position_masks, embeds, full_mask)
             r["hf_tokens_match_ours"] = bool(np.array_equal(generate().numpy()[:, 1:], ids))
-            r["hf_generate_ms"] = timed(generate)
+            fns["hf_generate_ms"] = generate
+        rounds_ms = interleaved_ms(fns, rounds, reps, warmup)
+        rounds_ms["decode_excl_vit_ms"] = [d - v for d, v in zip(
+            rounds_ms["decode_ms"], rounds_ms["vit_ms"], strict=True)]
+        rounds_ms["host_postprocess_ms"] = [a - d for a, d in zip(
+            rounds_ms["actions_call_ms"], rounds_ms["decode_ms"], strict=True)]
+        for name, values in rounds_ms.items():
+            r[name], r[name.replace("_ms", "_spread_ms")] = median_spread(values)
+        per_round = {"overhead_ratio": [d / p for d, p in zip(
+            rounds_ms["decode_ms"], rounds_ms["prefill_ms"], strict=True)]}
+        if use_hf:
+            per_round["speedup_vs_hf"] = [h / d for h, d in zip(
+                rounds_ms["hf_generate_ms"], rounds_ms["decode_excl_vit_ms"], strict=True)]
+            per_round["speedup_vs_hf_incl_vit"] = [h / d for h, d in zip(
+                rounds_ms["hf_generate_ms"], rounds_ms["decode_ms"], strict=True)]
+        for name, values in per_round.items():
+            r[name], r[name + "_spread"] = median_spread(values)
         return r
 
 
@@ -225,7 +257,8 @@ def summarize(result: dict, per_batch: dict[str, dict]) -> dict:
     for key in PER_BATCH:
         result[key] = {b: r[key] for b, r in per_batch.items()}
     one = per_batch.get("1")
-    result["overhead_ratio"] = round(one["decode_ms"] / one["prefill_ms"], 3) if one else None
+    result["overhead_ratio"] = one["overhead_ratio"] if one else None
+    result["overhead_ratio_spread"] = one["overhead_ratio_spread"] if one else None
     result["nocache_slowdown"] = {b: round(r["decode_nocache_ms"] / r["decode_ms"], 3)
                                   for b, r in per_batch.items()}
     hf = {b: r["hf_generate_ms"] for b, r in per_batch.items() if "hf_generate_ms" in r}
@@ -239,11 +272,9 @@ def summarize(result: dict, per_batch: dict[str, dict]) -> dict:
                          "excludes the ViT, includes the encoder and 8 decoder steps. "
                          "speedup_vs_hf = hf_generate_ms / decode_excl_vit_ms (batch 1); "
                          "speedup_vs_hf_incl_vit = hf_generate_ms / decode_ms.")
-    if one and "hf_generate_ms" in one:
-        result["speedup_vs_hf"] = round(one["hf_generate_ms"] / one["decode_excl_vit_ms"], 2)
-        result["speedup_vs_hf_incl_vit"] = round(one["hf_generate_ms"] / one["decode_ms"], 2)
-    else:
-        result["speedup_vs_hf"] = result["speedup_vs_hf_incl_vit"] = None
+    for key in ("speedup_vs_hf", "speedup_vs_hf_incl_vit"):
+        result[key] = one.get(key) if one else None
+        result[key + "_spread"] = one.get(key + "_spread") if one else None
     ratio, speedup = result["overhead_ratio"], result["speedup_vs_hf"]
     result["targets"] = {
         "overhead_ratio_le_1.25": None if ratio is None else ratio <= 1.25,
@@ -265,11 +296,12 @@ def main(argv):
         "device": f"{device.platform}: {device.device_kind}", "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "jax_version": jax.__version__,
         "dtype": config.model.dtype, "dims": describe(config, bench.params),
-        "reps": _REPS.value, "warmup": _WARMUP.value, "statistic": "median",
+        "rounds": _ROUNDS.value, "reps": _REPS.value, "warmup": _WARMUP.value,
+        "statistic": "median over interleaved rounds of per-round medians; spread = [min, max]",
     }
     per_batch = {}
     for batch in (int(b) for b in _BATCH_SIZES.value):
-        r = bench.time_batch(batch, _REPS.value, _WARMUP.value, use_hf)
+        r = bench.time_batch(batch, _ROUNDS.value, _REPS.value, _WARMUP.value, use_hf)
         print(json.dumps({"batch": batch, **r}), flush=True)
         per_batch[str(batch)] = r
     text = json.dumps(summarize(result, per_batch), indent=2)
