@@ -20,7 +20,7 @@ jitted function: a second call with the same input shapes reuses the compiled lo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +76,17 @@ def cot_marker_ids(tokenizer: tokenizer_lib.Tokenizer) -> np.ndarray:
     return np.asarray(suffix[::-1], np.int32)
 
 
+class RowState(NamedTuple):
+    """Per-row state of the decode loop's state machine (all [B, ...] arrays)."""
+
+    phase: jax.Array           # TEXT, MARKER, ACTION or DONE
+    index: jax.Array           # position within the phase (marker piece / action dim)
+    window: jax.Array          # the last len(marker) tokens written (marker detection)
+    tokens: jax.Array          # [B, steps] every token written, pad after DONE
+    action: jax.Array          # [B, NUM_DIMS] the action ids written so far
+    forced_marker: jax.Array   # the loop wrote the chain-of-thought marker (length limit)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
     """Static description of one decoding mode (all arrays are numpy, hashed by identity)."""
@@ -96,8 +107,11 @@ class DecodeSpec:
 
 def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
                  image: jax.Array, tokens: jax.Array, mask: jax.Array, rng: jax.Array):
-    """The decode loop as a traceable function (call it under `jax.jit`): `Decoder` wraps it, and
-    the evaluator and the AOT tool jit it together with their own code."""
+    """The decode loop as a traceable function (call it under `jax.jit`): `Decoder` wraps it
+    (and lowers it for the AOT check); the evaluator jits it together with its metrics.
+
+    Each step first `choose`s every row's token (sampled within its phase's mask, or forced),
+    then `advance`s the rows' `RowState`."""
     batch = image.shape[0]
     steps = spec.max_steps
     text_mask, pos_masks, bias = spec.text_mask, spec.position_masks, spec.logit_bias
@@ -109,31 +123,36 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
     text_mask, pos_masks = jnp.asarray(text_mask), jnp.asarray(pos_masks)
     marker = jnp.asarray(spec.marker)
     m = marker.shape[0]
+    n_act = actions_lib.NUM_DIMS
     cot = spec.mode == "cot"
     start_phase = ACTION if spec.mode == "action" else TEXT
 
     start = jnp.full((batch, 1), spec.start_id, jnp.int32)
-    logits, state = model.apply(params, image, tokens, mask, start, steps + 1, out_ids,
+    logits, cache = model.apply(params, image, tokens, mask, start, steps + 1, out_ids,
                                 method=VLM.prefill)
 
-    def select(t, logits, row, rng):
-        phase, j, window, out, act, forced = row
-        step_rng = jax.random.fold_in(rng, t)
+    def choose(t, logits, rows: RowState, rng):
+        """The token each row writes at step t: sampled within its phase's mask, or forced."""
         if bias is not None:
             logits = logits + jnp.asarray(bias)[None]
-        allowed = jnp.where((phase == ACTION)[:, None], pos_masks[jnp.minimum(j, 7)],
-                            text_mask[None])
-        tok = sample_token(jnp.where(allowed, logits, NEG_INF), step_rng, sampling)
+        allowed = jnp.where((rows.phase == ACTION)[:, None],
+                            pos_masks[jnp.minimum(rows.index, n_act - 1)], text_mask[None])
+        tok = sample_token(jnp.where(allowed, logits, NEG_INF), jax.random.fold_in(rng, t),
+                           sampling)
         if out_ids is not None:
             tok = out_ids[tok]
-        tok = jnp.where(phase == MARKER, marker[jnp.minimum(j, m - 1)], tok)
-        tok = jnp.where(phase == DONE, spec.pad_id, tok)
-        out = out.at[:, t].set(tok)
-        act = jnp.where((phase == ACTION)[:, None] & (jnp.arange(8)[None] == j[:, None]),
-                        tok[:, None], act)
-        window = jnp.concatenate([window[:, 1:], tok[:, None]], axis=1)
-        # Transitions.
-        text_steps_left = steps - (t + 1) - 8  # room left for marker + action after this step
+        tok = jnp.where(rows.phase == MARKER, marker[jnp.minimum(rows.index, m - 1)], tok)
+        return jnp.where(rows.phase == DONE, spec.pad_id, tok)
+
+    def advance(t, tok, rows: RowState) -> RowState:
+        """Records `tok` and moves each row's state machine on."""
+        phase, j = rows.phase, rows.index
+        out = rows.tokens.at[:, t].set(tok)
+        act = jnp.where((phase == ACTION)[:, None] & (jnp.arange(n_act)[None] == j[:, None]),
+                        tok[:, None], rows.action)
+        window = jnp.concatenate([rows.window[:, 1:], tok[:, None]], axis=1)
+        forced = rows.forced_marker
+        text_steps_left = steps - (t + 1) - n_act  # room left for marker + action after t
         in_text = phase == TEXT
         if cot:
             matched = jnp.all(window == marker[None], axis=1)
@@ -145,34 +164,36 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
             new_phase = jnp.where(in_text & (tok == spec.eos_id), DONE, phase)
         j_next = jnp.where(new_phase != phase, 0, j + 1)
         marker_done = (phase == MARKER) & (j_next == m)
-        action_done = (phase == ACTION) & (j_next == 8)
+        action_done = (phase == ACTION) & (j_next == n_act)
         new_phase = jnp.where(marker_done, ACTION, jnp.where(action_done, DONE, new_phase))
         j_next = jnp.where(marker_done | action_done, 0, j_next)
-        return tok, (new_phase, j_next, window, out, act, forced)
+        return RowState(phase=new_phase, index=j_next, window=window, tokens=out, action=act,
+                        forced_marker=forced)
 
-    row = (
-        jnp.full((batch,), start_phase, jnp.int32),
-        jnp.zeros((batch,), jnp.int32),
-        jnp.full((batch, m), -1, jnp.int32),
-        jnp.full((batch, steps), spec.pad_id, jnp.int32),
-        jnp.zeros((batch, 8), jnp.int32),
-        jnp.zeros((batch,), bool),    # the chain-of-thought marker was forced (length limit)
+    rows = RowState(
+        phase=jnp.full((batch,), start_phase, jnp.int32),
+        index=jnp.zeros((batch,), jnp.int32),
+        window=jnp.full((batch, m), -1, jnp.int32),
+        tokens=jnp.full((batch, steps), spec.pad_id, jnp.int32),
+        action=jnp.zeros((batch, n_act), jnp.int32),
+        forced_marker=jnp.zeros((batch,), bool),
     )
-    tok, row = select(0, logits[:, 0], row, rng)
+    tok = choose(0, logits[:, 0], rows, rng)
+    rows = advance(0, tok, rows)
 
     def cond(carry):
-        t, _, _, row = carry
-        return (t < steps) & jnp.any(row[0] != DONE)
+        t, _, _, rows = carry
+        return (t < steps) & jnp.any(rows.phase != DONE)
 
     def body(carry):
-        t, tok, state, row = carry
-        logits, state = model.apply(params, state, tok, out_ids, method=VLM.decode_step)
-        tok, row = select(t, logits, row, rng)
-        return t + 1, tok, state, row
+        t, tok, cache, rows = carry
+        logits, cache = model.apply(params, cache, tok, out_ids, method=VLM.decode_step)
+        tok = choose(t, logits, rows, rng)
+        return t + 1, tok, cache, advance(t, tok, rows)
 
-    num_steps, _, _, row = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, state, row))
-    _, _, _, out, act, forced = row
-    return {"tokens": out, "action_ids": act, "num_steps": num_steps, "forced_marker": forced}
+    num_steps, _, _, rows = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, rows))
+    return {"tokens": rows.tokens, "action_ids": rows.action, "num_steps": num_steps,
+            "forced_marker": rows.forced_marker}
 
 
 class Decoder:
@@ -224,8 +245,9 @@ class Decoder:
         if mode == "cot" and self._marker is None:
             self._marker = cot_marker_ids(self.tokenizer)
         marker = self._marker if mode == "cot" else np.zeros((1,), np.int32)
-        steps = {"action": 8, "text": self.max_text_len,
-                 "cot": self.max_text_len + len(marker) + 8}[mode]
+        n_act = actions_lib.NUM_DIMS
+        steps = {"action": n_act, "text": self.max_text_len,
+                 "cot": self.max_text_len + len(marker) + n_act}[mode]
         tok = self.tokenizer
         return DecodeSpec(
             mode=mode, max_steps=steps,
