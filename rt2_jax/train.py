@@ -19,10 +19,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
-import ml_collections
 from ml_collections import config_flags
 
 

@@ -245,7 +245,8 @@ def test_slips_and_terminate_holds_keep_labels_right_and_the_expert_successful()
             continue
         # Executed: terminate only at the end. Labels: the last 4 frames (all solved) say done.
         assert e.actions[-1, 0] == 1 and np.all(e.actions[:-1, 0] == 0)
-        np.testing.assert_array_equal(e.intended_actions[:, 0], [0] * (len(e.actions) - 4) + [1] * 4)
+        np.testing.assert_array_equal(e.intended_actions[:, 0],
+                                      [0] * (len(e.actions) - 4) + [1] * 4)
         moving = e.intended_actions[:, 0] == 0
         slips += int(np.sum(e.actions[moving, 7] != e.intended_actions[moving, 7]))
     assert slips > 10   # slips happened and the labels kept the plan's gripper command

@@ -14,9 +14,8 @@ import pytest
 
 from configs import tiny
 from rt2_jax import actions as actions_lib
-from rt2_jax import evaluation
+from rt2_jax import evaluation, trainer
 from rt2_jax import train as train_lib
-from rt2_jax import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
