@@ -53,6 +53,17 @@ NUM_BINS = 256
 NUM_TERMINATE_VALUES = 2  # 0 = continue, 1 = terminate (bin == value)
 TERMINATE, CONTINUE = 1, 0
 
+
+
+def normalized_from_bins(bins, xp=np):
+    """Bins [..., 8] (terminate value, then 7 bin indices) -> the normalized action the data
+    pipeline targets: terminate as is, each continuous dim at its bin centre in [-1, 1].
+    `xp` is numpy or jax.numpy (the trainer and evaluator call it inside jit)."""
+    bins = xp.asarray(bins).astype(xp.float32)
+    centres = (bins[..., 1:] + 0.5) / NUM_BINS * 2.0 - 1.0
+    return xp.concatenate([bins[..., :1], centres], axis=-1)
+
+
 BOUND_MODES = ("q01_q99", "min_max", "fixed")
 MAPPINGS = ("integers", "least_frequent")
 MIN_BOUND_WIDTH = 2e-4  # relative to max(1, |centre|); see the module docstring

@@ -100,9 +100,7 @@ class Evaluator:
         target = batch["decoder_tokens"][:, :8]
         correct = (act == target).astype(jnp.float32) * robot[:, None]
         table = jnp.asarray(self._id_to_bin)
-        bins = table[act].astype(jnp.float32)
-        centres = (bins[:, 1:] + 0.5) / actions_lib.NUM_BINS * 2.0 - 1.0
-        pred = jnp.concatenate([bins[:, :1], centres], axis=1)
+        pred = actions_lib.normalized_from_bins(table[act], jnp)
         l1 = jnp.abs(pred - batch["action"]) * robot[:, None]
         vqa = (valid & batch["is_vqa"]).astype(jnp.float32)
         match = jnp.any(jnp.all(txt[:, None, :] == batch["answer_ids"], axis=-1), axis=-1)

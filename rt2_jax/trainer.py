@@ -89,8 +89,7 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
     pred_ids = jnp.argmax(masked, -1)                                      # always valid ids
     pred_bins = jnp.asarray(tables.id_to_bin)[pred_ids]
     act_correct = (pred_ids == targets[:, :8]).astype(jnp.float32) * robot[:, None]
-    centres = (pred_bins[:, 1:].astype(jnp.float32) + 0.5) / actions_lib.NUM_BINS * 2.0 - 1.0
-    pred_norm = jnp.concatenate([pred_bins[:, :1].astype(jnp.float32), centres], axis=1)
+    pred_norm = actions_lib.normalized_from_bins(pred_bins, jnp)
     act_l1 = jnp.abs(pred_norm - batch["action"]) * robot[:, None]
     return {
         "loss_sum": row_loss.sum(), "token_count": row_tokens.sum(),

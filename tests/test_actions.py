@@ -349,3 +349,20 @@ def test_masks_allow_exactly_the_intended_ids(action_tok, vocab_size):
 def test_mask_smaller_than_the_vocabulary_is_rejected(action_tok):
     with pytest.raises(ValueError, match="smaller than the tokenizer's 1024 pieces"):
         action_tok.action_mask(512)
+
+
+@settings(max_examples=50, deadline=None)
+@given(bounds=bounds_strategy(),
+       bins=hnp.arrays(np.int32, (5, 7), elements=st.integers(0, actions.NUM_BINS - 1)),
+       terminate=st.integers(0, 1))
+def test_normalized_from_bins_is_the_data_normalization_of_the_decoded_action(tok, bounds, bins,
+                                                                              terminate):
+    # The trainer's and evaluator's L1 compare normalized_from_bins with the data pipeline's
+    # normalized target: decoding the bins and normalizing as the pipeline does must agree.
+    full = np.concatenate([np.full((5, 1), terminate, np.int32), bins], axis=1)
+    decoded = _action_tokenizer(tok, bounds).decode(full)
+    low, high = bounds.limits()   # the bounds binning uses (degenerate dims widened)
+    expected = np.concatenate([decoded[:, :1], (decoded[:, 1:] - low) / (high - low) * 2 - 1],
+                              axis=1)
+    # Within a tenth of a bin (2 / 256 in normalized units): decode() rounds to float32.
+    np.testing.assert_allclose(actions.normalized_from_bins(full), expected, atol=0.1 * 2 / 256)
