@@ -464,7 +464,7 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
         raise ValueError(f"config.data.sources weights must be >= 0 with a positive sum, got "
                          f"{dict(zip([s.name for s in sources], weights, strict=True))}.")
     counters = stats.Counters()
-    per_source = []
+    per_source, per_source_index = [], []
     for src in sources:
         src_split = src.config.train_split if train else src.config.eval_split
         if not src_split:  # an empty split leaves the source out of this stream
@@ -480,6 +480,7 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
         if not train and data.eval.max_examples_per_source > 0:
             ds = ds.take(int(data.eval.max_examples_per_source))
         per_source.append(ds)
+        per_source_index.append(src.index)
         logging.info("Source %d %s (%s): split %s, weight %s.", src.index, src.name,
                      src.config.kind, src_split, src.config.weight)
 
@@ -491,11 +492,8 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
     if weights.sum() > 0:
         weights = weights / weights.sum()
     if train:
-        # One weight per dataset in per_source, in the same order (sources without a split are
-        # not in it).
         mixed = tf.data.Dataset.sample_from_datasets(
-            per_source, weights=[float(w) for s, w in zip(sources, weights, strict=True)
-                                 if s.config.train_split],
+            per_source, weights=[float(weights[i]) for i in per_source_index],
             seed=_seed(seed, process_index, 1 << 20), stop_on_empty_dataset=False)
         batched = mixed.batch(host_batch, drop_remainder=True,
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -76,7 +76,10 @@ def compute_action_stats(builder, mapping, split, *, skip_unreadable=False, prog
     episodes = robot.read_episodes(builder, mapping, split, shuffle_files=False, seed=0,
                                    skip_unreadable=skip_unreadable)
 
+    counters = Counters()   # episodes read, counted during the one pass below
+
     def episode_actions(index, episode):
+        counters.add("episodes", 1)
         steps = episode["steps"].map(lambda step: robot.step_action(step, mapping))
         return steps.map(lambda action: (index, action))
 
@@ -110,7 +113,7 @@ def compute_action_stats(builder, mapping, split, *, skip_unreadable=False, prog
     num_unreadable = 0
     if skip_unreadable:
         # Records lost to corruption (a truncated shard ends early): counted and logged once.
-        num_read = int(episodes.reduce(np.int64(0), lambda count, _: count + 1))
+        num_read = counters.as_dict()["episodes"]
         if num_episodes is not None and num_read < num_episodes:
             num_unreadable = num_episodes - num_read
             logging.warning("%s[%s]: %d of %d episodes could not be read and are skipped "

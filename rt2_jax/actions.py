@@ -54,7 +54,6 @@ NUM_TERMINATE_VALUES = 2  # 0 = continue, 1 = terminate (bin == value)
 TERMINATE, CONTINUE = 1, 0
 
 
-
 def normalized_from_bins(bins, xp=np):
     """Bins [..., 8] (terminate value, then 7 bin indices) -> the normalized action the data
     pipeline targets: terminate as is, each continuous dim at its bin centre in [-1, 1].

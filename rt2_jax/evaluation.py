@@ -82,6 +82,7 @@ class Evaluator:
         self._action_spec = decoder.spec("action")
         self._text_spec = decoder.spec("text")
         self._fn = jax.jit(self._metrics)
+        self._padding = padding_batch(self.mixture.dataset.element_spec)
 
     def _metrics(self, params, batch):
         # Traced under the mesh's activation rules, like the train step.
@@ -145,9 +146,8 @@ class Evaluator:
         time: the val stream restarts)."""
         limit = int(self.config.eval.num_batches)
         sums = None
-        padding = padding_batch(self.mixture.dataset.element_spec)
-        for host in aligned_host_batches(self.mixture.dataset.as_numpy_iterator(), padding,
-                                         limit):
+        for host in aligned_host_batches(self.mixture.dataset.as_numpy_iterator(),
+                                         self._padding, limit):
             out = self._fn({"params": params}, self._global_batch(host))
             out = jax.tree.map(np.asarray, out)
             sums = out if sums is None else jax.tree.map(np.add, sums, out)
