@@ -66,7 +66,9 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             labels="intended",                   # robot steps record the noise-free plan
             noise_std=0.005,                     # expert motion noise (executed, not labelled)
             gripper_flip_prob=0.0,               # expert gripper slips (executed, not labelled)
-            terminate_repeats=0)),               # solved steps labelled terminate, per episode
+            terminate_repeats=0,                 # solved steps labelled terminate, per episode
+            move_quantum=0.0,                    # expert motion in multiples of this (0 = exact)
+            camera="fixed")),                    # robot camera: fixed | gripper (moves with it)
         action_stats_source="",                  # robot source whose stats set the bounds
         eval=ml_collections.ConfigDict(dict(
             global_batch_size=eval_batch_size or global_batch_size,

@@ -219,9 +219,24 @@ def test_eval_sim_cli_prints_json(export_dir, policy, capsys, monkeypatch):
     assert err.count("expert:") == 4   # one progress line per episode, on stderr
     assert 0.0 <= result["vqa_accuracy"] <= 1.0 and result["vqa"]["num_questions"] == 5
     assert "decoded_actions" in result["episodes"][0] and "frames" not in result["episodes"][0]
-    with Image.open(gif) as image:   # a GIF a person can open: one frame per step
-        assert image.n_frames == result["episodes"][0]["steps"]
+    with Image.open(gif) as image:   # a GIF a person can open: one frame per step, showing
+        assert image.n_frames == result["episodes"][0]["steps"]   # the camera and the table
+        assert image.size[0] > 2 * image.size[1] - 2 * 44
+    assert result["camera"] == "fixed"   # the export's training camera (the default)
     assert result == json.loads(json.dumps(returned))
+
+
+def test_evaluator_runs_the_camera_it_is_given():
+    # The scripted expert reads the state, not the image: the same seeds give the same outcomes
+    # under either camera, and the recorded frames are what that camera sees.
+    results = {cam: eval_sim.evaluate(eval_sim.ExpertPolicy(), episodes=3, batch_size=3,
+                                      log=None, record_frames=1, camera=cam)
+               for cam in sim.CAMERAS}
+    fixed, gripper = (results[c]["episodes"][0] for c in ("fixed", "gripper"))
+    assert fixed["success"] == gripper["success"] and fixed["steps"] == gripper["steps"]
+    np.testing.assert_array_equal(fixed["frames"][0], fixed["table_frames"][0])
+    np.testing.assert_array_equal(gripper["table_frames"][0], fixed["table_frames"][0])
+    assert not np.array_equal(gripper["frames"][0], gripper["table_frames"][0])
 
 
 @pytest.mark.parametrize("name", ["expert", "random"])

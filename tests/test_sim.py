@@ -171,6 +171,70 @@ def test_rendering_shows_gripper_state_and_lift():
     assert len(set(flat)) == len(flat)
 
 
+@pytest.mark.parametrize("ee", [(1.0, 0.0, 0.4), (0.0, 1.0, 0.4), (1.0, 1.0, 0.4), (0.0, 0.0, 0.0)])
+def test_rendering_at_the_table_corners_at_any_height(ee):
+    # A lifted gripper's shadow is drawn beside it and can fall wholly outside the image; that
+    # once crashed the renderer (a negative-size window) in the middle of an evaluation.
+    env = sim.TabletopEnv(camera="gripper")
+    env.reset(seed=1, options={"task": "pick"})
+    state = env.unwrapped.state
+    state.ee[:] = ee
+    i = 0
+    state.held, state.gripper_closed = i, True
+    state.obj_xy[i], state.obj_z[i] = np.clip(ee[:2], world.OBJECT_RADIUS,
+                                              1 - world.OBJECT_RADIUS), ee[2]
+    for image in (env.render(), env.render_table()):
+        assert image.shape == (render.IMAGE_SIZE, render.IMAGE_SIZE, 3)
+
+
+def _gripper_centroid(image):
+    """Pixel (u, v) centre of the gripper's magenta body."""
+    body = np.all(np.abs(image.astype(int) - render._GRIPPER_BODY) <= 40, axis=-1)
+    assert body.sum() >= 3
+    v, u = np.nonzero(body)
+    return u.mean(), v.mean()
+
+
+@pytest.mark.parametrize("xy", [(0.2, 0.3), (0.5, 0.5), (0.85, 0.1)])
+def test_gripper_camera_rides_with_the_gripper_fixed_camera_does_not(xy):
+    size = render.IMAGE_SIZE
+    gripper_env = sim.TabletopEnv(camera="gripper")
+    fixed_env = sim.TabletopEnv()                 # the default camera
+    for e in (gripper_env, fixed_env):
+        e.reset(seed=3, options={"task": "pick"})
+        e.unwrapped.state.ee[:] = [*xy, 0.2]
+    u, v = _gripper_centroid(gripper_env.render())
+    assert abs(u - size / 2) < 2 and abs(v - size / 2) < 2       # always at the centre
+    u, v = _gripper_centroid(fixed_env.render())
+    assert abs(u - xy[0] * size) < 2 and abs(v - (1 - xy[1]) * size) < 2
+    # Both show the same table: the fixed view is render_table(), the gripper view a re-centred,
+    # half-scale copy of it with black beyond the table's edge.
+    np.testing.assert_array_equal(fixed_env.render(), fixed_env.render_table())
+    np.testing.assert_array_equal(gripper_env.render_table(), fixed_env.render_table())
+    view = gripper_env.render()
+    corner = (0, 0) if xy[0] > 0.5 else (0, size - 1)   # the far side is off the table
+    assert view[corner].sum() == 0 or xy == (0.5, 0.5)
+    with pytest.raises(ValueError, match="camera"):
+        sim.TabletopEnv(camera="wrist")
+
+
+def test_expert_can_move_in_quanta_and_still_solves_its_tasks():
+    env = sim.TabletopEnv()
+    q = sim.expert.MAX_MOVE_QUANTUM
+    episodes = [sim.rollout(env, sim.ScriptedExpert(env, noise_std=0.005, move_quantum=q), seed)
+                for seed in range(60)]
+    assert np.mean([e.success and e.terminated for e in episodes]) >= 0.97
+    for e in episodes:
+        moves = e.intended_actions[:, 1:4]
+        np.testing.assert_allclose(moves / q, np.round(moves / q), atol=1e-4)
+        assert len(np.unique(np.round(moves, 4))) <= 9   # 0, +-q, ..., +-4q (speed 0.08)
+    exact = sim.rollout(env, sim.ScriptedExpert(env), 4)   # the default is exact motion
+    assert not np.allclose(exact.intended_actions[:, 1:4] / q,
+                           np.round(exact.intended_actions[:, 1:4] / q), atol=1e-4)
+    with pytest.raises(ValueError, match="move_quantum"):
+        sim.ScriptedExpert(env, move_quantum=0.05)
+
+
 def test_held_out_concepts():
     held = world.DEFAULT_HELD_OUT
     envs = {c: sim.TabletopEnv(concepts=c) for c in world.EVAL_CATEGORIES}

@@ -174,6 +174,12 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
         toy_world.GenerationParams(episodes=1)
     with pytest.raises(ValueError, match="terminate_repeats"):
         toy_world.GenerationParams(terminate_repeats=-1)
+    with pytest.raises(ValueError, match="camera"):
+        toy_world.GenerationParams(camera="wrist")
+    with pytest.raises(ValueError, match="move_quantum"):
+        toy_world.GenerationParams(move_quantum=0.5)
+    assert (toy_world.GenerationParams(camera="gripper").cache_key()
+            != toy_world.GenerationParams().cache_key())
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):
@@ -185,7 +191,8 @@ def test_command_line(tmp_path, capsys):
     toy_world.main(["--out", str(tmp_path / "data"), "--episodes", "2", "--vqa_scenes", "2",
                     "--seed", "5", "--held_out_objects", "red ball", "--held_out_backgrounds",
                     "wood", "--noise_std", "0.01", "--gripper_flip_prob", "0.05",
-                    "--terminate_repeats", "2"])
+                    "--terminate_repeats", "2", "--camera", "gripper",
+                    "--move_quantum", "0.02"])
     printed = capsys.readouterr().out
     robot_dir = tmp_path / "data" / "toy_world_robot" / toy_world.FORMAT_VERSION
     robot = tfds.builder_from_directory(str(robot_dir))
@@ -195,7 +202,14 @@ def test_command_line(tmp_path, capsys):
     assert params["seed"] == 5 and params["held_out"]["objects"] == ["red ball"]
     assert (params["noise_std"], params["gripper_flip_prob"], params["terminate_repeats"]) == (
         0.01, 0.05, 2)
+    assert params["camera"] == "gripper" and params["move_quantum"] == 0.02
     for ep in _load(str(robot_dir), "train"):   # the 2 extra solved steps are labelled terminate
         terminate = [s["action"]["terminate_episode"][0] for s in ep["steps"]]
         assert terminate[-3:] == [1, 1, 1] and not any(terminate[:-3])
+        for step in ep["steps"]:   # the gripper camera: the gripper's body is at the centre
+            image = np.asarray(step["observation"]["image"]).astype(int)
+            v, u = np.nonzero(np.all(np.abs(image - (235, 30, 200)) <= 40, axis=-1))
+            assert abs(u.mean() - 64) < 2 and abs(v.mean() - 64) < 2
+        moves = np.array([s["action"]["world_vector"] for s in ep["steps"]])
+        np.testing.assert_allclose(moves / 0.02, np.round(moves / 0.02), atol=1e-3)
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

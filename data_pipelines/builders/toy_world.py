@@ -76,6 +76,8 @@ class GenerationParams:
     pause_prob: float = 0.05         # expert pauses, for diversity
     gripper_flip_prob: float = 0.0   # executed gripper command inverted (a slip); label kept
     terminate_repeats: int = 0       # extra solved steps labelled terminate before the last
+    camera: str = "fixed"            # robot frames: sim.CAMERAS ("fixed" or "gripper")
+    move_quantum: float = 0.0        # expert motion in multiples of this (0 = exact)
     # Which action a step records: "intended" (the plan's action before noise and pauses; the
     # noisy one is executed, so states stay diverse but labels are consistent, as in DART) or
     # "executed" (what moved the robot, noise and pauses included).
@@ -96,6 +98,11 @@ class GenerationParams:
         if not 0 <= self.gripper_flip_prob < 1 or self.terminate_repeats < 0:
             raise ValueError(f"need 0 <= gripper_flip_prob < 1 and terminate_repeats >= 0, got "
                              f"{self.gripper_flip_prob}, {self.terminate_repeats}")
+        if not 0 <= self.move_quantum <= sim.expert.MAX_MOVE_QUANTUM:
+            raise ValueError(f"move_quantum must be in [0, {sim.expert.MAX_MOVE_QUANTUM}], got "
+                             f"{self.move_quantum}")
+        if self.camera not in sim.CAMERAS:
+            raise ValueError(f"camera must be one of {sim.CAMERAS}, got {self.camera!r}")
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
 
@@ -177,7 +184,8 @@ def make_expert(env: sim.TabletopEnv, params: GenerationParams) -> sim.ScriptedE
     """The scripted expert with the dataset's noise, pauses, slips and terminate holds."""
     return sim.ScriptedExpert(env, noise_std=params.noise_std, pause_prob=params.pause_prob,
                               gripper_flip_prob=params.gripper_flip_prob,
-                              terminate_repeats=params.terminate_repeats)
+                              terminate_repeats=params.terminate_repeats,
+                              move_quantum=params.move_quantum)
 
 
 def expert_episode(index: int, params: GenerationParams, env: sim.TabletopEnv,
@@ -247,7 +255,8 @@ class ToyWorldRobot(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
         p = self._params
-        env = sim.TabletopEnv(max_episode_steps=p.max_episode_steps, held_out=p.held_out)
+        env = sim.TabletopEnv(max_episode_steps=p.max_episode_steps, held_out=p.held_out,
+                              camera=p.camera)
         expert = make_expert(env, p)
         indices = _split_indices(split, p.episodes, p)
         for index in _progress(indices, len(indices), f"robot episodes ({split})"):
@@ -464,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=GenerationParams.gripper_flip_prob)
     parser.add_argument("--terminate_repeats", type=int,
                         default=GenerationParams.terminate_repeats)
+    parser.add_argument("--camera", choices=sim.CAMERAS, default=GenerationParams.camera)
+    parser.add_argument("--move_quantum", type=float, default=GenerationParams.move_quantum)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -478,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
                               locate_per_scene=args.locate_per_scene, labels=args.labels,
                               noise_std=args.noise_std,
                               gripper_flip_prob=args.gripper_flip_prob,
-                              terminate_repeats=args.terminate_repeats,
+                              terminate_repeats=args.terminate_repeats, camera=args.camera,
+                              move_quantum=args.move_quantum,
                               val_fraction=args.val_fraction, held_out=held_out)
     for kind, path in generate(args.out, params).items():
         print(f"{kind}: {path}")

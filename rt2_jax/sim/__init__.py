@@ -10,7 +10,7 @@ Imports numpy, gymnasium and pillow only, so a robot-side client can use it.
 
 import gymnasium as gym
 
-from rt2_jax.sim.env import MAX_EPISODE_STEPS, TabletopEnv
+from rt2_jax.sim.env import CAMERAS, MAX_EPISODE_STEPS, TabletopEnv
 from rt2_jax.sim.expert import Episode, ScriptedExpert, rollout
 from rt2_jax.sim.world import (
     ACTION_HIGH,
@@ -31,6 +31,7 @@ __all__ = [
     "ACTION_HIGH",
     "ACTION_LOW",
     "ACTION_NAMES",
+    "CAMERAS",
     "DEFAULT_HELD_OUT",
     "ENV_ID",
     "MAX_EPISODE_STEPS",

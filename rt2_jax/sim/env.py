@@ -21,6 +21,7 @@ import numpy as np
 from rt2_jax.sim import render, world
 
 MAX_EPISODE_STEPS = 80
+CAMERAS = ("fixed", "gripper")
 
 
 class TabletopEnv(gym.Env):
@@ -34,13 +35,20 @@ class TabletopEnv(gym.Env):
         (place_on_card naming a held-out card symbol) or 'all'.
       held_out: which objects and backgrounds count as held out.
       image_size: side of the square RGB observation.
+      camera: "fixed" (default): the whole table from above, the gripper moving in the frame;
+        "gripper": a downward camera above the gripper that moves with it in x and y and sees
+        the whole table from anywhere (render.gripper_view). `render_table()` always gives the
+        fixed view (for people watching).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 5}
 
     def __init__(self, max_episode_steps: int = MAX_EPISODE_STEPS, concepts: str = "seen",
                  held_out: world.HeldOut = world.DEFAULT_HELD_OUT,
-                 image_size: int = render.IMAGE_SIZE, render_mode: str | None = "rgb_array"):
+                 image_size: int = render.IMAGE_SIZE, render_mode: str | None = "rgb_array",
+                 camera: str = "fixed"):
+        if camera not in CAMERAS:
+            raise ValueError(f"camera {camera!r} is not one of {CAMERAS}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         world.check_concepts(concepts, held_out)
@@ -48,6 +56,7 @@ class TabletopEnv(gym.Env):
         self.concepts = concepts
         self.held_out = held_out
         self.image_size = image_size
+        self.camera = camera
         self.render_mode = render_mode
         self.action_space = gym.spaces.Box(world.ACTION_LOW, world.ACTION_HIGH, dtype=np.float32)
         self.observation_space = gym.spaces.Dict({
@@ -96,6 +105,14 @@ class TabletopEnv(gym.Env):
         return self._observation(), reward, terminated, truncated, self._info(success)
 
     def render(self) -> np.ndarray:
+        """The camera image (what the policy sees)."""
+        table = self.render_table()
+        if self.camera == "gripper":
+            return render.gripper_view(table, self.state.ee)
+        return table
+
+    def render_table(self) -> np.ndarray:
+        """The whole table from above, whatever the camera."""
         if self.state is None:
             raise RuntimeError("call reset() before render()")
         return render.render_frame(self._static, self.state)

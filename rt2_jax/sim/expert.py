@@ -35,6 +35,7 @@ TOLERANCE = 0.01
 # a plan that insisted on it would teach hovering; the next phase keeps correcting x and y.
 ALIGN_TOLERANCE = 0.02
 MAX_ATTEMPTS = 3
+MAX_MOVE_QUANTUM = 2 * TOLERANCE   # coarser commanded steps could overshoot every target
 
 State = world.WorldState
 
@@ -159,6 +160,9 @@ class ScriptedExpert:
       terminate_repeats: once the task is solved, this many steps are labelled terminate while
         the executed action only holds still (with noise); then the expert terminates. A policy
         then sees several solved frames labelled "done" per episode instead of one.
+      move_quantum: if > 0, commanded motion is rounded to a multiple of this per axis, so a
+        moving dim takes a handful of values (0, +-q, +-2q, ...) instead of a continuum; at most
+        MAX_MOVE_QUANTUM so every phase still reaches its target. 0 (default): exact.
       seed: seeds noise, pauses and slips; `reset(seed=...)` reseeds.
 
     Executed actions differ from `intended_action` only through noise, pauses, slips and
@@ -167,7 +171,10 @@ class ScriptedExpert:
 
     def __init__(self, env: TabletopEnv, noise_std: float = 0.0, pause_prob: float = 0.0,
                  seed: int | None = None, *, gripper_flip_prob: float = 0.0,
-                 terminate_repeats: int = 0):
+                 terminate_repeats: int = 0, move_quantum: float = 0.0):
+        if not 0 <= move_quantum <= MAX_MOVE_QUANTUM:
+            raise ValueError(f"move_quantum must be in [0, {MAX_MOVE_QUANTUM}] so every phase "
+                             f"reaches its target, got {move_quantum}")
         if (noise_std < 0 or not 0 <= pause_prob < 1 or not 0 <= gripper_flip_prob < 1
                 or terminate_repeats < 0):
             raise ValueError(
@@ -179,6 +186,7 @@ class ScriptedExpert:
         self.pause_prob = pause_prob
         self.gripper_flip_prob = gripper_flip_prob
         self.terminate_repeats = int(terminate_repeats)
+        self.move_quantum = float(move_quantum)
         self._holds = 0
         self._rng = np.random.default_rng(seed)
         self._plan: list[Phase] = []
@@ -230,6 +238,8 @@ class ScriptedExpert:
             self._plan, self._phase = plan_for(state, task), 0
             return self.act()
         delta = phase.target(state) - state.ee
+        if self.move_quantum:
+            delta = np.round(delta / self.move_quantum) * self.move_quantum
         move = np.clip(delta, -phase.speed, phase.speed)
         self.intended_action = self._action(move, phase.gripper)
         gripper = phase.gripper

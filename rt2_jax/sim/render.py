@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from rt2_jax.sim import world
 
 IMAGE_SIZE = 128
+GRIPPER_VIEW = 2.0         # table widths a gripper camera shows: the whole table from anywhere
 
 COLOR_RGB = {
     "red": (215, 40, 40), "green": (40, 175, 65), "blue": (45, 85, 225),
@@ -44,6 +45,7 @@ def _window(size: int, cx: float, cy: float, half: float):
     """Slices of the image around (cx, cy) and the pixel-centre offsets (u right, v down)."""
     x0, x1 = max(int(cx - half) - 1, 0), min(int(cx + half) + 2, size)
     y0, y1 = max(int(cy - half) - 1, 0), min(int(cy + half) + 2, size)
+    x1, y1 = max(x1, x0), max(y1, y0)   # wholly outside the image: an empty window
     v, u = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
     return (slice(y0, y1), slice(x0, x1)), u - cx, v - cy
 
@@ -238,3 +240,18 @@ def render_frame(static: np.ndarray, state: world.WorldState) -> np.ndarray:
 
 def render(state: world.WorldState, size: int = IMAGE_SIZE) -> np.ndarray:
     return render_frame(render_static(state, size), state)
+
+
+def gripper_view(frame: np.ndarray, ee, view: float = GRIPPER_VIEW) -> np.ndarray:
+    """What a downward camera riding above the gripper sees: `frame` (the whole table, from
+    `render_frame`) re-centred on the gripper's x, y and showing `view` table widths (off the
+    table is black), resampled to the frame's size. The gripper is always at the centre, so where
+    the named object or goal is in the image says directly which way to move."""
+    size = frame.shape[0]
+    half = max(1, round(view * size / 2))
+    canvas = np.zeros((size + 2 * half, size + 2 * half, 3), np.uint8)
+    canvas[half:half + size, half:half + size] = frame
+    cx, cy = _to_px(ee, size)
+    x0, y0 = round(cx), round(cy)
+    crop = canvas[y0:y0 + 2 * half, x0:x0 + 2 * half]
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))

@@ -73,6 +73,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("gif", "", "Write the first --gif_episodes episodes of the first "
                         "category as an animated GIF here.", flag_values=fv)
     flags.DEFINE_integer("gif_episodes", 4, "Episodes in the GIF.", flag_values=fv)
+    flags.DEFINE_enum("camera", "", ["", *sim.CAMERAS],
+                      "The robot camera the policy sees (sim.TabletopEnv). Default: the one the "
+                      "export was trained with (config.data.toy_world.camera), else fixed.",
+                      flag_values=fv)
 
 
 # ---------------------------------------------------------------- reference policies
@@ -128,15 +132,17 @@ class _Slot:
     steps: int = 0
     started: float = 0.0
     frames: list | None = None
+    table_frames: list | None = None
 
     @property
     def active(self) -> bool:
         return self.observation is not None
 
 
-def expert_episode(concepts: str, seed: int, max_episode_steps: int) -> dict:
+def expert_episode(concepts: str, seed: int, max_episode_steps: int,
+                   camera: str = "fixed") -> dict:
     """The scripted expert on the scene and task of `seed`."""
-    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts)
+    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts, camera=camera)
     episode = sim.rollout(env, sim.ScriptedExpert(env), seed=seed)
     return {"success": bool(episode.terminated and episode.success),
             "steps": len(episode.actions), "instruction": episode.task.instruction}
@@ -166,20 +172,23 @@ def summarize(records: list[dict]) -> dict:
 
 def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
              batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
-             log: Callable[[str], None] | None = print, record_frames: int = 0) -> dict:
+             log: Callable[[str], None] | None = print, record_frames: int = 0,
+             camera: str = "fixed") -> dict:
     """Runs `episodes` closed-loop episodes of `policy` in one category and the scripted expert
     on the same seeds; returns the summary with the per-episode records under 'episodes'.
 
     `policy` has `act_batch(images, instructions) -> [B, 8]`, or (`needs_env = True`)
     `reset_episode(env, seed)` and `act_envs(envs) -> [B, 8]`. With `record_frames` = n the
-    first n episodes keep their frames and decoded actions (record['frames'], ['actions'])."""
+    first n episodes keep their frames and decoded actions (record['frames'], ['actions']) and
+    the whole table at each step (record['table_frames']). `camera`: sim.CAMERAS."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch_size = min(batch_size, episodes)
     uses_env = getattr(policy, "needs_env", False)
-    slots = [_Slot(sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts))
+    slots = [_Slot(sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts,
+                                   camera=camera))
              for _ in range(batch_size)]
     records: list[dict | None] = [None] * episodes
     next_episode = 0
@@ -195,12 +204,13 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         slot.observation, _ = slot.env.reset(seed=slot.seed)
         slot.steps, slot.started = 0, time.perf_counter()
         slot.frames = [] if slot.index < record_frames else None
+        slot.table_frames = [] if slot.index < record_frames else None
         if uses_env:
             policy.reset_episode(slot.env, slot.seed)
         next_episode += 1
 
     def finish(slot: _Slot, info: dict, terminated: bool, reward: float) -> None:
-        expert = expert_episode(concepts, slot.seed, max_episode_steps)
+        expert = expert_episode(concepts, slot.seed, max_episode_steps, camera)
         task = info["task"]
         if expert["instruction"] != task.instruction:   # same seed must mean the same task
             raise RuntimeError(f"seed {slot.seed}: the expert got {expert['instruction']!r}, "
@@ -215,6 +225,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         if slot.frames is not None:
             record["frames"] = [f for f, _ in slot.frames]
             record["actions"] = [a for _, a in slot.frames]
+            record["table_frames"] = slot.table_frames
         records[slot.index] = record
         if log is not None:
             done = sum(r is not None for r in records)
@@ -241,6 +252,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         for slot, action in zip(live, actions[:len(live)], strict=True):
             if slot.frames is not None:
                 slot.frames.append((slot.observation["image"], np.asarray(action)))
+                slot.table_frames.append(slot.env.render_table())
             obs, reward, terminated, truncated, info = slot.env.step(np.asarray(action))
             slot.steps += 1
             steps_total += 1
@@ -312,7 +324,7 @@ def parse_categories(names) -> list[str]:
 def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, seed: int = 0,
                  batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
                  vqa_questions: int = 0, log: Callable[[str], None] | None = print,
-                 record_frames: int = 0) -> dict:
+                 record_frames: int = 0, camera: str = "fixed") -> dict:
     """`evaluate` for every category, then held-out VQA (when `policy` can answer and
     `vqa_questions` > 0). Returns {'success': category -> rate, 'expert_success', 'categories'
     (full summaries), 'episodes' (records with their 'category'), 'vqa_accuracy', 'vqa'}."""
@@ -320,7 +332,7 @@ def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, see
     for k, category in enumerate(categories):
         result = evaluate(policy, episodes=episodes, concepts=category, seed=seed,
                           batch_size=batch_size, max_episode_steps=max_episode_steps, log=log,
-                          record_frames=record_frames if k == 0 else 0)
+                          record_frames=record_frames if k == 0 else 0, camera=camera)
         episodes_out += [{"category": category, **r} for r in result.pop("episodes")]
         results[category] = result
     vqa_result = None
@@ -373,25 +385,38 @@ def make_policy(f: flags.FlagValues):
     return policy_lib.Policy.from_export(f.export, sampling=sampling, seed=f.seed)
 
 
+def camera_for(f: flags.FlagValues, policy) -> str:
+    """--camera, else the camera of the export's training data, else the default."""
+    if f.camera:
+        return f.camera
+    config = getattr(policy, "config", None)
+    try:
+        return str(config.data.toy_world.camera)
+    except (AttributeError, KeyError):
+        return "fixed"
+
+
 def run(f: flags.FlagValues) -> dict:
     """Evaluates as the parsed flags `f` say; prints progress and the summary; returns it."""
     categories = parse_categories(f.categories)
     policy = make_policy(f)
+    camera = camera_for(f, policy)
     stream = sys.stderr if f.json else sys.stdout
     result = evaluate_all(policy, categories=categories, episodes=f.episodes, seed=f.seed,
                           batch_size=f.batch_size, max_episode_steps=f.max_episode_steps,
                           vqa_questions=f.vqa_questions if f.policy == "export" else 0,
                           log=lambda line: print(line, file=stream, flush=True),
-                          record_frames=f.gif_episodes if f.gif else 0)
+                          record_frames=f.gif_episodes if f.gif else 0, camera=camera)
     if f.gif:
         frames = write_gif(f.gif, result["episodes"])
         print(f"wrote {f.gif} ({frames} frames)", file=stream, flush=True)
         for record in result["episodes"]:
             record.pop("frames", None)
+            record.pop("table_frames", None)
             actions = record.pop("actions", None)
             if actions is not None:
                 record["decoded_actions"] = [np.asarray(a).round(4).tolist() for a in actions]
-    result = {"policy": f.policy, "export": f.export, **result}
+    result = {"policy": f.policy, "export": f.export, "camera": camera, **result}
     print(json.dumps(result) if f.json else format_summary(result), flush=True)
     return result
 

@@ -1,5 +1,6 @@
-"""Animated GIFs of closed-loop episodes: each frame shows the camera image, the instruction and
-the action the policy decoded for it, so a person can watch what the policy did."""
+"""Animated GIFs of closed-loop episodes: each frame shows the camera image (and, when recorded,
+the whole table beside it), the instruction and the action the policy decoded for it, so a
+person can watch what the policy did."""
 
 from __future__ import annotations
 
@@ -25,8 +26,14 @@ def episode_frames(record: dict) -> list[Image.Image]:
                          f"{len(record['actions'])} actions")
     out = []
     outcome = "success" if record.get("success") else "failure"
+    tables = record.get("table_frames") or [None] * len(record["frames"])
     for t, (image, action) in enumerate(zip(record["frames"], record["actions"], strict=True)):
         image = np.asarray(image, np.uint8)
+        if tables[t] is not None:   # camera | table, side by side at the camera's height
+            table = np.asarray(Image.fromarray(np.asarray(tables[t], np.uint8)).resize(
+                image.shape[1::-1], Image.BILINEAR))
+            gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+            image = np.concatenate([image, gap, table], axis=1)
         h, w = image.shape[:2]
         canvas = Image.new("RGB", (w * _SCALE, h * _SCALE + _TEXT_HEIGHT), (255, 255, 255))
         canvas.paste(Image.fromarray(image).resize((w * _SCALE, h * _SCALE), Image.NEAREST))
