@@ -67,12 +67,28 @@ class Checkpointer:
         """Saves the data position (if `mixture`), then the train state and `meta` (JSON)."""
         if mixture is not None:
             mixture.save(self._data_dir(step))
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_state_dict(state)), meta=ocp.args.JsonSave(meta)),
-            force=True)
-        if wait:
-            self.manager.wait_until_finished()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_dict(state)), meta=ocp.args.JsonSave(meta)),
+                force=True)
+            if wait:
+                self.manager.wait_until_finished()
+        except Exception as e:   # an earlier async save's error surfaces here too
+            raise self._save_error(step, e) from e
         self._prune_data(keep_step=step)
+
+    def _save_error(self, step: int, error: Exception) -> RuntimeError:
+        """A save failed (a full disk, lost permissions, ...): say which, and what is safe."""
+        complete = [s for s in self.manager.all_steps() if s != step and
+                    tf.io.gfile.exists(os.path.join(self.directory, str(s),
+                                                    _STEP_COMPLETE_MARKER))]
+        last = (f"the last complete checkpoint is step {max(complete)}" if complete
+                else "there is no complete checkpoint yet")
+        return RuntimeError(
+            f"Saving checkpoint step {step} (or an earlier asynchronous save) in {self.directory} "
+            f"failed: {type(error).__name__}: {error}. {last.capitalize()}; a partly written step "
+            "is set aside as <step>.incomplete when training resumes. Fix the cause (e.g. free "
+            "disk space) and rerun the same command to resume.")
 
     def _prune_data(self, keep_step: int) -> None:
         if jax.process_index() != 0 or not tf.io.gfile.exists(self.data_directory):
@@ -110,10 +126,13 @@ class Checkpointer:
         return True
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(self.manager.latest_step() or -1, e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 

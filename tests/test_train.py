@@ -164,6 +164,33 @@ def test_sigterm_saves_and_exits_cleanly(toy_cache, tmp_path):
     assert steps and max(steps) < 400
 
 
+def test_sigterm_while_async_saves_are_in_flight_leaves_a_resumable_workdir(toy_cache,
+                                                                            tmp_path):
+    # A checkpoint every step, written in the background: the signal lands while one is being
+    # written. The run must finish that save, save the current step, exit 0, and resume.
+    c = small_config(toy_cache, num_steps=400, log_every=1, checkpoint_every=1,
+                     async_checkpoints=True)
+    proc = run_train(str(tmp_path), c)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(tmp_path / "metrics.jsonl") and len(read_losses(str(tmp_path))) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "after SIGTERM" in out, out[-3000:]
+    from rt2_jax import checkpoints
+
+    stopped = checkpoints.Checkpointer(str(tmp_path), async_save=False).latest_step()
+    assert stopped is not None and 3 <= stopped < 400
+    assert not [d for d in os.listdir(tmp_path / "checkpoints") if not d.isdigit()]
+    c.train.num_steps = stopped + 2
+    resumed = run_train(str(tmp_path), c)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0 and f"Resumed from step {stopped}" in out, out[-3000:]
+    assert max(read_losses(str(tmp_path))) == stopped + 2
+
+
 def test_sharded_mesh_matches_one_device():
     """8 simulated CPU devices, mesh data=2 x fsdp=2 x model=2, vs 1 device: same losses."""
     out = subprocess.run(
@@ -192,6 +219,37 @@ def test_resume_skips_a_half_written_newest_step(toy_cache, tmp_path):
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert "3.incomplete" in names and "4" in names and "3" not in names
     assert (tmp_path / "checkpoints" / "3.incomplete" / "state").read_text() == "half"
+
+
+def test_a_full_disk_during_a_save_fails_clearly_and_resume_works(toy_cache, tmp_path,
+                                                                  monkeypatch):
+    # Simulated: the state handler's write raises ENOSPC for the second save (step 4).
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    real = ocp.StandardCheckpointHandler.async_save
+    calls = []
+
+    def full_disk(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", full_disk)
+    c = small_config(toy_cache, num_steps=6, checkpoint_every=2, async_checkpoints=True)
+    with pytest.raises(RuntimeError, match=r"step 4 .*No space left on device.*last complete "
+                                           r"checkpoint is step 2"):
+        train_lib.train(c, str(tmp_path))
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", real)
+    from rt2_jax import checkpoints
+
+    assert checkpoints.Checkpointer(str(tmp_path), async_save=False).latest_step() == 2
+    assert not os.path.exists(tmp_path / train_lib.WorkdirLock.NAME)   # the lock was freed
+    train_lib.train(c, str(tmp_path))   # resumes from 2 and finishes
+    assert sorted(read_losses(str(tmp_path)))[-1] == 6
+    assert checkpoints.Checkpointer(str(tmp_path), async_save=False).latest_step() == 6
 
 
 def test_a_second_training_on_a_busy_workdir_is_refused(toy_cache, tmp_path):
