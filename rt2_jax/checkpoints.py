@@ -77,18 +77,19 @@ class Checkpointer:
             raise self._save_error(step, e) from e
         self._prune_data(keep_step=step)
 
-    def _save_error(self, step: int, error: Exception) -> RuntimeError:
-        """A save failed (a full disk, lost permissions, ...): say which, and what is safe."""
-        complete = [s for s in self.manager.all_steps() if s != step and
-                    tf.io.gfile.exists(os.path.join(self.directory, str(s),
-                                                    _STEP_COMPLETE_MARKER))]
-        last = (f"the last complete checkpoint is step {max(complete)}" if complete
-                else "there is no complete checkpoint yet")
+    def _save_error(self, step: int | None, error: Exception) -> RuntimeError:
+        """A save failed (a full disk, lost permissions, ...): say which, and what is safe.
+        `step` is None when the failure surfaced while waiting for asynchronous saves."""
+        which = (f"step {step} (or an earlier asynchronous save)" if step is not None
+                 else "an asynchronous save")
+        last = self.latest_step()   # the failed step has no completion marker
+        last = (f"The last complete checkpoint is step {last}" if last is not None
+                else "There is no complete checkpoint yet")
         return RuntimeError(
-            f"Saving checkpoint step {step} (or an earlier asynchronous save) in {self.directory} "
-            f"failed: {type(error).__name__}: {error}. {last.capitalize()}; a partly written step "
-            "is set aside as <step>.incomplete when training resumes. Fix the cause (e.g. free "
-            "disk space) and rerun the same command to resume.")
+            f"Saving checkpoint {which} in {self.directory} failed: {type(error).__name__}: "
+            f"{error}. {last}; a partly written step is set aside as <step>.incomplete when "
+            "training resumes. Fix the cause (e.g. free disk space) and rerun the same command "
+            "to resume.")
 
     def _prune_data(self, keep_step: int) -> None:
         if jax.process_index() != 0 or not tf.io.gfile.exists(self.data_directory):
@@ -129,7 +130,7 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as e:
-            raise self._save_error(self.manager.latest_step() or -1, e) from e
+            raise self._save_error(None, e) from e
 
     def close(self) -> None:
         self.wait()

@@ -131,18 +131,16 @@ class _Slot:
     observation: dict | None = None
     steps: int = 0
     started: float = 0.0
-    frames: list | None = None
-    table_frames: list | None = None
+    frames: list | None = None   # (camera image, whole table, action) per step, if recorded
 
     @property
     def active(self) -> bool:
         return self.observation is not None
 
 
-def expert_episode(concepts: str, seed: int, max_episode_steps: int,
-                   camera: str = "fixed") -> dict:
-    """The scripted expert on the scene and task of `seed`."""
-    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts, camera=camera)
+def expert_episode(concepts: str, seed: int, max_episode_steps: int) -> dict:
+    """The scripted expert on the scene and task of `seed` (it reads the state: any camera)."""
+    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts)
     episode = sim.rollout(env, sim.ScriptedExpert(env), seed=seed)
     return {"success": bool(episode.terminated and episode.success),
             "steps": len(episode.actions), "instruction": episode.task.instruction}
@@ -204,13 +202,12 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         slot.observation, _ = slot.env.reset(seed=slot.seed)
         slot.steps, slot.started = 0, time.perf_counter()
         slot.frames = [] if slot.index < record_frames else None
-        slot.table_frames = [] if slot.index < record_frames else None
         if uses_env:
             policy.reset_episode(slot.env, slot.seed)
         next_episode += 1
 
     def finish(slot: _Slot, info: dict, terminated: bool, reward: float) -> None:
-        expert = expert_episode(concepts, slot.seed, max_episode_steps, camera)
+        expert = expert_episode(concepts, slot.seed, max_episode_steps)
         task = info["task"]
         if expert["instruction"] != task.instruction:   # same seed must mean the same task
             raise RuntimeError(f"seed {slot.seed}: the expert got {expert['instruction']!r}, "
@@ -223,9 +220,8 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
             "expert_steps": expert["steps"],
         }
         if slot.frames is not None:
-            record["frames"] = [f for f, _ in slot.frames]
-            record["actions"] = [a for _, a in slot.frames]
-            record["table_frames"] = slot.table_frames
+            record["frames"], record["table_frames"], record["actions"] = (
+                list(column) for column in zip(*slot.frames, strict=True))
         records[slot.index] = record
         if log is not None:
             done = sum(r is not None for r in records)
@@ -251,8 +247,8 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         calls += 1
         for slot, action in zip(live, actions[:len(live)], strict=True):
             if slot.frames is not None:
-                slot.frames.append((slot.observation["image"], np.asarray(action)))
-                slot.table_frames.append(slot.env.render_table())
+                slot.frames.append((slot.observation["image"], slot.env.render_table(),
+                                    np.asarray(action)))
             obs, reward, terminated, truncated, info = slot.env.step(np.asarray(action))
             slot.steps += 1
             steps_total += 1
