@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "jaxlib==0.10.2",
     "matplotlib==3.11.2",   # the experiments' charts
     "ml-collections==1.1.0",
+    "msgpack==1.2.4",       # the policy server's wire format
     "numpy==2.4.6",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
@@ -22,6 +23,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "importlib_resources==7.1.0",  # tfds needs it to write datasets
     "tqdm==4.70.1",
+    "websockets==17.4",     # the policy server and client
 ]
 
 EXTRAS_REQUIRE = {

@@ -8,7 +8,8 @@ Layout under a workdir:
   data_iterator/<step>/process_<i>/         tf.data iterator state of each process, written
                                             before the orbax step it belongs to
 An export directory holds `params/` (orbax, bf16 by default), `tokenizer.model`,
-`action_stats.json` (statistics and the bounds actually used) and `config.json`. Nothing pickled.
+`action_stats.json` (statistics, the bounds actually used, the action mapping and the training
+step) and `config.json`. Nothing pickled.
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ def absolute(path: str) -> str:
 
 def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_path: str,
            action_stats: dict | None, bounds: actions_lib.ActionBounds,
-           dtype: str = "bfloat16") -> None:
-    """Writes an inference export directory (see the module docstring)."""
+           dtype: str = "bfloat16", step: int | None = None) -> None:
+    """Writes an inference export directory (see the module docstring). `step`: the training
+    step the parameters come from (recorded in action_stats.json; None when unknown)."""
     cast = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
     if dtype not in cast:
         raise ValueError(f"export dtype {dtype!r}: use one of {sorted(cast)}.")
@@ -188,7 +190,7 @@ def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_pa
     tf.io.gfile.copy(tokenizer_path, os.path.join(out_dir, "tokenizer.model"), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(out_dir, "action_stats.json"), "w") as f:
         json.dump({"stats": action_stats, "bounds": bounds.to_json_dict(),
-                   "mapping": config.actions.mapping}, f, indent=2)
+                   "mapping": config.actions.mapping, "step": step}, f, indent=2)
     export_config = ml_collections.ConfigDict(config.to_dict())
     export_config.tokenizer.model_path = "tokenizer.model"  # relative to the export dir
     export_config.model.param_dtype = dtype

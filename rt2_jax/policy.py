@@ -161,11 +161,14 @@ class Policy:
     """An exported RT-2 model as a robot policy (see the module docstring)."""
 
     def __init__(self, params, config, action_tokenizer: actions_lib.ActionTokenizer, *,
-                 sampling: decoding.Sampling | None = None, seed: int = 0):
+                 sampling: decoding.Sampling | None = None, seed: int = 0,
+                 step: int | None = None):
         """`params`: the model parameters (as exported); `config`: the experiment config;
         `sampling`: None or `decoding.Sampling()` for greedy decoding, temperature > 0 samples
-        with a PRNG key derived from `seed` (a fresh one per call)."""
+        with a PRNG key derived from `seed` (a fresh one per call); `step`: the training step
+        the parameters come from, if known."""
         self.config = config
+        self.step = step
         self.params = params
         self.image_size = int(config.image_size)
         data = config.get("data") or {}
@@ -201,8 +204,9 @@ class Policy:
             raise ValueError(f"action_stats.json in {export_dir} is malformed ({err}); "
                              "re-export the workdir.") from err
         tok = tokenizer_lib.Tokenizer(config.tokenizer.model_path)
+        step = stats.get("step")  # absent in exports written before it was recorded
         return cls(params, config, actions_lib.ActionTokenizer(bounds, tok, mapping),
-                   sampling=sampling, seed=seed)
+                   sampling=sampling, seed=seed, step=None if step is None else int(step))
 
     # --- preprocessing ---
 
@@ -214,6 +218,14 @@ class Policy:
         """(tokens int32 [B, max_prompt_len], mask bool [B, max_prompt_len]) of robot prompts."""
         prompts = [tokenizer_lib.robot_prompt(check_instruction(i)) for i in instructions]
         return self.tokenizer.encode_batch(prompts, self.max_prompt_len, add_eos=PROMPT_ADD_EOS)
+
+    def prepare(self, image, instruction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One observation as model inputs with a batch dim of 1: (pixels uint8 [1, S, S, 3],
+        tokens int32 [1, max_prompt_len], mask bool [1, max_prompt_len]); stack several along
+        axis 0 and pass them to `decode` (what the server's batching does)."""
+        pixels = self.preprocess_image(check_image(image))[None]
+        tokens, mask = self.encode_prompts([check_instruction(instruction)])
+        return pixels, tokens, mask
 
     # --- acting ---
 

@@ -318,7 +318,7 @@ def _train(config, workdir: str) -> dict[str, float]:
     if config.train.export_at_end and start_step < total:
         checkpoints.export(os.path.join(workdir, "export"), state.params, config,
                            mixture.tokenizer.model_path, mixture.action_stats,
-                           mixture.action_bounds, config.train.export_dtype)
+                           mixture.action_bounds, config.train.export_dtype, step=total)
     return last
 
 
