@@ -30,10 +30,10 @@ import tensorflow as tf
 
 from data_pipelines import robot, stats, web
 from rt2_jax import actions as actions_lib
+from rt2_jax import preprocessing
 from rt2_jax import tokenizer as tokenizer_lib
 
 ROBOT = "robot"
-PROMPT_ADD_EOS = True  # T5/PaLI encoders see the prompt followed by EOS
 # FailedPrecondition: a split holds fewer records than its metadata says (a truncated shard).
 _READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
                 tf.errors.FailedPreconditionError)
@@ -60,7 +60,9 @@ def decode_image(image):
 
 
 def resize_image(image, size, aspect):
-    """uint8 [h, w, 3] → float32 [size, size, 3]: squash, pad (letterbox) or center_crop."""
+    """uint8 [h, w, 3] → float32 [size, size, 3]: squash, pad (letterbox) or center_crop, in the
+    graph (`rt2_jax.preprocessing.resize_image` is the same rule outside TensorFlow)."""
+    preprocessing.check_aspect(aspect)
     if aspect == "squash":
         return tf.image.resize(image, [size, size], antialias=True)
     if aspect == "pad":
@@ -71,7 +73,7 @@ def resize_image(image, size, aspect):
         image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2,
                                               (shape[1] - side) // 2, side, side)
         return tf.image.resize(image, [size, size], antialias=True)
-    raise ValueError(f"config.data.image_aspect={aspect!r}: use squash, pad or center_crop.")
+    raise AssertionError(aspect)  # check_aspect accepted a mode this function lacks
 
 
 def augment_crop(image, seed, augment):
@@ -252,12 +254,6 @@ class _BatchEncoder:
         self.low, self.high = action_tokenizer.bounds.limits()
         self._lock = threading.Lock()
 
-    def normalize(self, action):
-        """Robot units → dims 1..7 clipped and scaled to [-1, 1]; terminate stays 0/1."""
-        clipped = np.clip(action[:, 1:], self.low, self.high)
-        scaled = (clipped - self.low) / (self.high - self.low) * 2.0 - 1.0
-        return np.concatenate([action[:, :1], scaled], axis=1).astype(np.float32)
-
     def __call__(self, prompt, answer, action, is_robot):
         with self._lock:
             return self._encode(prompt, answer, action, is_robot)
@@ -265,8 +261,8 @@ class _BatchEncoder:
     def _encode(self, prompt, answer, action, is_robot):
         tok = self.tokenizer
         before = tok.num_truncated
-        enc, enc_mask = tok.encode_batch([p.decode("utf-8") for p in prompt], self.prompt_len,
-                                         add_eos=PROMPT_ADD_EOS)
+        enc, enc_mask = preprocessing.encode_prompts(tok, [p.decode("utf-8") for p in prompt],
+                                                     self.prompt_len)
         self.counters.add_host("truncated_prompts", tok.num_truncated - before)
         before = tok.num_truncated
         dec, dec_mask = tok.encode_batch([a.decode("utf-8") for a in answer], self.target_len,
@@ -284,7 +280,7 @@ class _BatchEncoder:
             dec[rows, :ids.shape[1]] = ids
             dec_mask[rows] = False
             dec_mask[rows, :ids.shape[1]] = True
-            norm[rows] = self.normalize(robot_actions)
+            norm[rows] = preprocessing.normalize_actions(robot_actions, self.low, self.high)
         return enc, enc_mask, dec, dec_mask.astype(np.float32), norm
 
 

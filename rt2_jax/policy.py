@@ -4,13 +4,11 @@
     action = policy.act(image, "pick up the red block")   # float32[8], robot units
     actions = policy.act_batch(images, instructions)      # float32[B, 8]
 
-The observation is prepared exactly as training prepared it (without augmentation): the image is
-resized to `config.image_size` with the pipeline's aspect mode (`config.data.image_aspect`:
-squash, pad or center_crop), rounded to uint8, and the prompt is `tokenizer.robot_prompt(...)`
-encoded to `config.max_prompt_len` ids followed by EOS (`data_pipelines.mixture.PROMPT_ADD_EOS`).
-The resize reimplements TensorFlow's antialiased bilinear resize (`tf.image.resize(...,
-antialias=True)`, a triangle kernel stretched by the downscale factor, weights normalized over
-the pixels inside the image) in numpy, so a robot needs no TensorFlow to preprocess.
+The observation is prepared exactly as training prepared it (without augmentation), by the
+rules in `rt2_jax.preprocessing` that the training pipeline shares: the image is resized to
+`config.image_size` with the config's aspect mode (`config.data.image_aspect`: squash, pad or
+center_crop) and rounded to uint8, and the prompt is `tokenizer.robot_prompt(...)` encoded to
+`config.max_prompt_len` ids followed by EOS. No TensorFlow is needed.
 
 Actions come from the jitted masked decode loop (`decoding.Decoder`): only action-bin tokens can
 be produced, so every action is valid (terminate 0 or 1, continuous dims at bin centres inside
@@ -20,8 +18,6 @@ observations compiles at most log2(max batch) + 1 loops.
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 from collections.abc import Sequence
 
@@ -29,113 +25,16 @@ import jax
 import numpy as np
 
 from rt2_jax import actions as actions_lib
-from rt2_jax import decoding
+from rt2_jax import decoding, preprocessing
 from rt2_jax import tokenizer as tokenizer_lib
 from rt2_jax.models.vlm import VLM
-
-ASPECT_MODES = ("squash", "pad", "center_crop")
-PROMPT_ADD_EOS = True  # as data_pipelines.mixture.PROMPT_ADD_EOS (no TensorFlow import here)
-
-
-# ---------------------------------------------------------------------------------------------
-# Image preprocessing (numpy port of data_pipelines.mixture.resize_image)
-# ---------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
-    """float32 [out_size, in_size]: TensorFlow's ScaleAndTranslate weights for an antialiased
-    triangle (bilinear) kernel with scale out/in and no translation."""
-    scale = np.float32(out_size) / np.float32(in_size)
-    inv_scale = np.float32(1.0) / scale
-    kernel_scale = max(inv_scale, np.float32(1.0))  # antialias: widen the kernel on downscale
-    radius = np.float32(1.0) * kernel_scale
-    weights = np.zeros((out_size, in_size), np.float32)
-    for x in range(out_size):
-        sample = np.float32(x + 0.5) * inv_scale
-        if sample < 0 or sample > in_size:
-            continue
-        start = min(max(math.ceil(sample - radius - np.float32(0.5)), 0), in_size - 1)
-        end = min(max(math.floor(sample + radius - np.float32(0.5)), 0), in_size - 1) + 1
-        sources = np.arange(start, end, dtype=np.float32)
-        position = (sources + np.float32(0.5) - sample) / kernel_scale
-        row = np.maximum(np.float32(0.0), np.float32(1.0) - np.abs(position)).astype(np.float32)
-        total = row.sum(dtype=np.float32)
-        if abs(total) >= 1000.0 * np.finfo(np.float32).tiny:
-            row = row / total
-        weights[x, start:end] = row
-    return weights
-
-
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8/float [h, w, 3] -> float32 [height, width, 3], antialiased bilinear."""
-    rows = _resize_weights(image.shape[0], height)
-    cols = _resize_weights(image.shape[1], width)
-    pixels = image.astype(np.float32)
-    vertical = np.tensordot(rows, pixels, axes=(1, 0))                   # [height, w, 3]
-    return np.tensordot(vertical, cols, axes=(1, 1)).transpose(0, 2, 1)  # [height, width, 3]
-
-
-def _pad_layout(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(resized_h, resized_w, top, left) exactly as tf.image.resize_with_pad (float32 math)."""
-    f_h, f_w, f_size = np.float32(height), np.float32(width), np.float32(size)
-    ratio = max(f_w / f_size, f_h / f_size)
-    resized_h_f, resized_w_f = f_h / ratio, f_w / ratio
-    resized_h, resized_w = int(np.floor(resized_h_f)), int(np.floor(resized_w_f))
-    top = max(0, int(np.floor((f_size - resized_h_f) / np.float32(2))))
-    left = max(0, int(np.floor((f_size - resized_w_f) / np.float32(2))))
-    return resized_h, resized_w, top, left
-
-
-def resize_image(image: np.ndarray, size: int, aspect: str = "squash") -> np.ndarray:
-    """uint8 [h, w, 3] -> uint8 [size, size, 3] as the training pipeline prepares an image:
-    `data_pipelines.mixture.resize_image(image, size, aspect)`, then round and clip to uint8."""
-    image = check_image(image)
-    height, width = image.shape[:2]
-    if aspect == "squash":
-        out = _resize(image, size, size)
-    elif aspect == "pad":
-        resized_h, resized_w, top, left = _pad_layout(height, width, size)
-        if resized_h < 1 or resized_w < 1:
-            raise ValueError(f"image of shape {image.shape} is too thin to letterbox into "
-                             f"{size}x{size} (it would resize to {resized_h}x{resized_w}).")
-        out = np.zeros((size, size, 3), np.float32)
-        out[top:top + resized_h, left:left + resized_w] = _resize(image, resized_h, resized_w)
-    elif aspect == "center_crop":
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        out = _resize(image[top:top + side, left:left + side], size, size)
-    else:
-        raise ValueError(f"image aspect mode {aspect!r}: use one of {ASPECT_MODES}.")
-    return np.clip(np.round(out), 0.0, 255.0).astype(np.uint8)
-
-
-def check_image(image) -> np.ndarray:
-    """The image as a uint8 [H, W, 3] array; ValueError/TypeError naming the problem."""
-    if not isinstance(image, np.ndarray | jax.Array):
-        raise TypeError(f"image must be a numpy uint8 array of shape [H, W, 3], got "
-                        f"{type(image).__name__}.")
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise TypeError(f"image must have dtype uint8 (RGB pixels 0..255), got {image.dtype}; "
-                        "convert float images with np.clip(np.round(x * 255), 0, 255)"
-                        ".astype(np.uint8) if they are in [0, 1].")
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape [H, W, 3] (one RGB image), got {image.shape}; "
-                         "use act_batch for a batch.")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image has an empty side: shape {image.shape}.")
-    return image
-
-
-def check_instruction(instruction) -> str:
-    if not isinstance(instruction, str):
-        raise TypeError(f"instruction must be a str, got {type(instruction).__name__}: "
-                        f"{instruction!r}.")
-    if not instruction.strip():
-        raise ValueError("instruction is empty; pass the task, e.g. 'pick up the red block'.")
-    return instruction
-
+from rt2_jax.preprocessing import (  # noqa: F401  (re-exported: the policy's input rules)
+    ASPECT_MODES,
+    PROMPT_ADD_EOS,
+    check_image,
+    check_instruction,
+    resize_image,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Policy
@@ -172,10 +71,7 @@ class Policy:
         self.params = params
         self.image_size = int(config.image_size)
         data = config.get("data") or {}
-        self.image_aspect = str(data.get("image_aspect", "squash"))
-        if self.image_aspect not in ASPECT_MODES:
-            raise ValueError(f"config.data.image_aspect={self.image_aspect!r}: use one of "
-                             f"{ASPECT_MODES}.")
+        self.image_aspect = preprocessing.check_aspect(str(data.get("image_aspect", "squash")))
         self.max_prompt_len = int(config.max_prompt_len)
         self.action_tokenizer = action_tokenizer
         self.tokenizer = action_tokenizer.tokenizer
@@ -216,8 +112,8 @@ class Policy:
 
     def encode_prompts(self, instructions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(tokens int32 [B, max_prompt_len], mask bool [B, max_prompt_len]) of robot prompts."""
-        prompts = [tokenizer_lib.robot_prompt(check_instruction(i)) for i in instructions]
-        return self.tokenizer.encode_batch(prompts, self.max_prompt_len, add_eos=PROMPT_ADD_EOS)
+        return preprocessing.encode_robot_prompts(self.tokenizer, instructions,
+                                                  self.max_prompt_len)
 
     def prepare(self, image, instruction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One observation as model inputs with a batch dim of 1: (pixels uint8 [1, S, S, 3],
@@ -274,8 +170,7 @@ class Policy:
                              f"images and {len(questions)} questions.")
         pixels = np.stack([self.preprocess_image(check_image(i)) for i in images])
         prompts = [tokenizer_lib.vqa_prompt(check_instruction(q)) for q in questions]
-        tokens, mask = self.tokenizer.encode_batch(prompts, self.max_prompt_len,
-                                                   add_eos=PROMPT_ADD_EOS)
+        tokens, mask = preprocessing.encode_prompts(self.tokenizer, prompts, self.max_prompt_len)
         return self.decoder.text(self.params, *_pad_to_bucket(pixels, tokens, mask),
                                  rng=self._next_rng(), sampling=self.sampling)[:len(images)]
 

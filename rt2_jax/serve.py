@@ -221,6 +221,7 @@ class PolicyServer:
         from websockets.exceptions import ConnectionClosed
 
         peer = connection.remote_address
+        logging.info("Connection from %s.", peer)
         with self._lock:
             self.stats["connections"] += 1
             self._open += 1
@@ -280,55 +281,67 @@ class PolicyServer:
         return drained
 
 
-_EXPORT = flags.DEFINE_string("export", None, "Export directory (python -m rt2_jax.export).")
-_HOST = flags.DEFINE_string("host", "127.0.0.1",
-                            "Address to bind; 0.0.0.0 accepts connections from other machines.")
-_PORT = flags.DEFINE_integer("port", 8000, "Port (0 picks a free one and prints it).")
-_MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Most requests decoded together (1 = off).")
-_BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 5.0,
-                                    "How long a batch waits for more requests after its first.")
-_MAX_IMAGE_SIDE = flags.DEFINE_integer("max_image_side", wire.Limits.max_image_side,
-                                       "Largest image side accepted, in pixels.")
-_MAX_MESSAGE_MB = flags.DEFINE_float("max_message_mb", wire.Limits.max_message_bytes / 2**20,
-                                     "Largest message accepted (larger ones close the "
-                                     "connection with code 1009).")
-_MAX_INSTRUCTION = flags.DEFINE_integer("max_instruction_chars",
-                                        wire.Limits.max_instruction_chars,
-                                        "Longest instruction accepted, in characters.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+def _define_flags() -> dict:
+    """The command's flags, defined only when run as a program (importing this module for
+    PolicyServer registers none)."""
+    limits = wire.Limits()
+    return {
+        "export": flags.DEFINE_string("export", None,
+                                      "Export directory (python -m rt2_jax.export)."),
+        "host": flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 accepts "
+                                    "connections from other machines."),
+        "port": flags.DEFINE_integer("port", 8000, "Port (0 picks a free one and prints it)."),
+        "max_batch": flags.DEFINE_integer("max_batch", 8,
+                                          "Most requests decoded together (1 = off)."),
+        "batch_wait_ms": flags.DEFINE_float("batch_wait_ms", 5.0, "How long a batch waits for "
+                                            "more requests after its first."),
+        "max_image_side": flags.DEFINE_integer("max_image_side", limits.max_image_side,
+                                               "Largest image side accepted, in pixels."),
+        "max_message_mb": flags.DEFINE_float("max_message_mb", limits.max_message_bytes / 2**20,
+                                             "Largest message accepted (larger ones close the "
+                                             "connection with code 1009)."),
+        "max_instruction_chars": flags.DEFINE_integer(
+            "max_instruction_chars", limits.max_instruction_chars,
+            "Longest instruction accepted, in characters."),
+        "temperature": flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding."),
+        "top_k": flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off)."),
+        "seed": flags.DEFINE_integer("seed", 0, "Sampling seed."),
+    }
+
+
+_FLAGS: dict = {}
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not _EXPORT.value:
+    f = {name: flag.value for name, flag in _FLAGS.items()}
+    if not f["export"]:
         raise app.UsageError("--export is required (a directory written by python -m "
                              "rt2_jax.export or by training with export_at_end).")
     from rt2_jax import decoding
     from rt2_jax import policy as policy_lib
 
     logging.getLogger().setLevel(logging.INFO)
-    limits = wire.Limits(max_message_bytes=int(_MAX_MESSAGE_MB.value * 2**20),
-                         max_image_side=_MAX_IMAGE_SIDE.value,
-                         max_instruction_chars=_MAX_INSTRUCTION.value)
+    logging.getLogger("websockets").setLevel(logging.WARNING)   # we log connections ourselves
+    limits = wire.Limits(max_message_bytes=int(f["max_message_mb"] * 2**20),
+                         max_image_side=f["max_image_side"],
+                         max_instruction_chars=f["max_instruction_chars"])
     policy = policy_lib.Policy.from_export(
-        _EXPORT.value, sampling=decoding.Sampling(_TEMPERATURE.value, _TOP_K.value),
-        seed=_SEED.value)
-    server = PolicyServer(policy, host=_HOST.value, port=_PORT.value,
-                          max_batch=_MAX_BATCH.value, batch_wait_ms=_BATCH_WAIT_MS.value,
-                          limits=limits)
+        f["export"], sampling=decoding.Sampling(f["temperature"], f["top_k"]), seed=f["seed"])
+    server = PolicyServer(policy, host=f["host"], port=f["port"], max_batch=f["max_batch"],
+                          batch_wait_ms=f["batch_wait_ms"], limits=limits)
     print(f"Compiling the decode loop for batches up to {server.batcher.max_batch} ...",
           flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    host = f["host"]
     where = ("localhost only; pass --host=0.0.0.0 to accept other machines"
-             if _HOST.value in ("127.0.0.1", "localhost", "::1") else "reachable from the network")
-    print(f"Serving {_EXPORT.value} (step {policy.step}) on ws://{_HOST.value}:{server.port} "
-          f"({where}); health: http://{_HOST.value}:{server.port}/healthz", flush=True)
+             if host in ("127.0.0.1", "localhost", "::1") else "reachable from the network")
+    print(f"Serving {f['export']} (step {policy.step}) on ws://{host}:{server.port} ({where}); "
+          f"health: http://{host}:{server.port}/healthz", flush=True)
     stop.wait()
     print("Stopping: draining requests in flight ...", flush=True)
     drained = server.stop()
@@ -338,4 +351,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _FLAGS.update(_define_flags())
     app.run(main)

@@ -43,14 +43,18 @@ def fractal_features(image_shape):
     })
 
 
-def fake_step(episode, t, length, image_shape):
+def fake_step(episode, t, length, image_shape, images=None, instructions=INSTRUCTIONS):
+    """`images(episode, t)` -> uint8 image, if given (else flat colours coding episode, step)."""
     last = t == length - 1
     world = np.array([episode, t, 0.5], np.float32) / 100
     if (episode, t) == (NAN_EPISODE, NAN_STEP):
         world[1] = np.nan
-    image = np.zeros(image_shape, np.uint8)
-    image[..., 0] = (10 * episode) % 256
-    image[..., 1] = (10 * t) % 256
+    if images is not None:
+        image = images(episode, t)
+    else:
+        image = np.zeros(image_shape, np.uint8)
+        image[..., 0] = (10 * episode) % 256
+        image[..., 1] = (10 * t) % 256
     return {
         "action": {
             "base_displacement_vector": np.zeros(2, np.float32),
@@ -62,7 +66,7 @@ def fake_step(episode, t, length, image_shape):
         "is_first": t == 0, "is_last": last, "is_terminal": last,
         "observation": {
             "image": image,
-            "natural_language_instruction": INSTRUCTIONS[episode % len(INSTRUCTIONS)],
+            "natural_language_instruction": instructions[episode % len(instructions)],
             "gripper_closed": np.zeros(1, np.float32),
         },
         "reward": float(last),
@@ -70,9 +74,11 @@ def fake_step(episode, t, length, image_shape):
 
 
 def write_fake_fractal(data_dir, name="fake_fractal", lengths=FRACTAL_EPISODE_LENGTHS,
-                       image_shape=(256, 320, 3)):
-    """Writes the RLDS dataset; returns its version directory."""
-    episodes = [(e, {"steps": [fake_step(e, t, n, image_shape) for t in range(n)]})
+                       image_shape=(256, 320, 3), images=None, instructions=INSTRUCTIONS):
+    """Writes the RLDS dataset; returns its version directory. `images(episode, t)` and
+    `instructions` (episode e uses instructions[e % len]) replace the default contents."""
+    episodes = [(e, {"steps": [fake_step(e, t, n, image_shape, images, instructions)
+                               for t in range(n)]})
                 for e, n in enumerate(lengths)]
     builder = tfds.dataset_builders.store_as_tfds_dataset(
         name=name, version="0.1.0", features=fractal_features(image_shape),

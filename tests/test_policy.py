@@ -81,9 +81,6 @@ def test_actions_are_valid(policy):
 
 
 def test_equals_decoder_actions_on_the_same_input(policy, export_dir):
-    from data_pipelines import mixture
-
-    assert policy_lib.PROMPT_ADD_EOS == mixture.PROMPT_ADD_EOS
     images, instructions = observations(2, concepts="unseen")
     params, config, stats = checkpoints.load_export(export_dir)
     tok = tokenizer_lib.Tokenizer(config.tokenizer.model_path)
@@ -100,25 +97,6 @@ def test_equals_decoder_actions_on_the_same_input(policy, export_dir):
     got = policy.predict(images, instructions)
     np.testing.assert_array_equal(got["bins"], expected["bins"])
     np.testing.assert_array_equal(got["action"], expected["action"])
-
-
-@pytest.mark.parametrize("aspect", policy_lib.ASPECT_MODES)
-def test_resize_matches_the_tf_pipeline(aspect):
-    import tensorflow as tf
-
-    from data_pipelines import mixture
-
-    rng = np.random.default_rng(1)
-    for shape, size in (((128, 128), 64), ((100, 160), 64), ((150, 90), 48), ((40, 52), 64)):
-        image = rng.integers(0, 256, (*shape, 3), np.uint8)
-        image[: shape[0] // 2] //= 3   # some structure besides noise
-        ref = mixture.resize_image(tf.constant(image), size, aspect)
-        ref = tf.cast(tf.clip_by_value(tf.round(ref), 0.0, 255.0), tf.uint8).numpy()
-        ours = policy_lib.resize_image(image, size, aspect)
-        assert ours.shape == ref.shape == (size, size, 3) and ours.dtype == np.uint8
-        diff = np.abs(ours.astype(int) - ref.astype(int))
-        assert diff.max() <= 1, (shape, size)           # float rounding at .5 boundaries only
-        assert (diff > 0).mean() < 0.005, (shape, size)
 
 
 def test_policy_uses_the_configured_aspect_mode(policy):

@@ -105,7 +105,7 @@ def test_forty_steps_lower_the_loss(toy_cache, tmp_path, monkeypatch):
     assert export.export_workdir(str(tmp_path), out) == 40
     params, config, stats = checkpoints.load_export(out)
     assert config.model.vocab_size == c.model.vocab_size
-    assert stats["bounds"]["low"] and stats["mapping"] == "integers"
+    assert stats["bounds"]["low"] and stats["mapping"] == "integers" and stats["step"] == 40
     setup = trainer.make_setup(c)
     state, _ = checkpoints.Checkpointer(str(tmp_path)).restore(40, setup.abstract_state)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(
