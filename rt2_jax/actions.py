@@ -357,6 +357,29 @@ class ActionTokenizer:
         self.num_clipped = 0
         self.num_clipped_per_dim = np.zeros(NUM_CONTINUOUS, dtype=np.int64)
 
+    @classmethod
+    def from_config(cls, config, *, stats: Mapping[str, Sequence[float]] | None = None,
+                    bounds: ActionBounds | None = None,
+                    tokenizer: tokenizer_lib.Tokenizer | None = None) -> ActionTokenizer:
+        """The action tokenizer an experiment config describes: `config.actions.mapping` over
+        `tokenizer` (default: `config.tokenizer.model_path`'s), with `bounds` if given, else
+        `config.actions.bounds` (q01_q99, min_max or fixed with fixed_low/fixed_high) applied to
+        the robot dataset's `stats`. The one place training data, the ahead-of-time compile
+        and tools build it."""
+        actions_cfg = config.actions
+        if tokenizer is None:
+            tokenizer = tokenizer_lib.Tokenizer(config.tokenizer.get("model_path") or None)
+        if bounds is None:
+            if stats is None and actions_cfg.bounds != "fixed":
+                raise ValueError(f"Action bounds mode {actions_cfg.bounds!r} needs a robot "
+                                 "source for statistics; add one or use "
+                                 "config.actions.bounds='fixed'.")
+            bounds = ActionBounds.from_stats(
+                stats, actions_cfg.bounds,
+                fixed_low=list(actions_cfg.get("fixed_low", [])) or None,
+                fixed_high=list(actions_cfg.get("fixed_high", [])) or None)
+        return cls(bounds, tokenizer, actions_cfg.mapping)
+
     def __repr__(self) -> str:
         return (f"ActionTokenizer(mapping={self.mapping!r}, bounds={self.bounds}, "
                 f"tokenizer={self.tokenizer!r})")

@@ -33,7 +33,6 @@ from ml_collections import config_flags
 
 from rt2_jax import actions as actions_lib
 from rt2_jax import decoding, sharding, trainer
-from rt2_jax import tokenizer as tokenizer_lib
 from rt2_jax.models import params as params_lib
 from rt2_jax.tools import param_count
 
@@ -158,9 +157,8 @@ def analytic_flops(config, counts: dict[str, int], batch: int, factor: int,
 
 def action_tokenizer(config) -> actions_lib.ActionTokenizer:
     """The action token mapping of the config's vocabulary (bounds do not change the program)."""
-    tok = tokenizer_lib.Tokenizer(config.tokenizer.model_path or None)
-    bounds = actions_lib.ActionBounds.from_stats(None, "fixed", [-1.0] * 7, [1.0] * 7)
-    return actions_lib.ActionTokenizer(bounds, tok, config.actions.mapping)
+    bounds = actions_lib.ActionBounds(tuple([-1.0] * 7), tuple([1.0] * 7))
+    return actions_lib.ActionTokenizer.from_config(config, bounds=bounds)
 
 
 def lower_train(config, mesh) -> tuple[Any, int, int]:
