@@ -5,7 +5,7 @@
 
 Medians over `--reps` timed calls after `--warmup` untimed ones (the first compiles), each
 ended with `block_until_ready` on the new state and the metrics:
-  step_ms           `rt2_jax.trainer.make_train_step` (jitted, state donated) on fixed synthetic
+  step_ms           `rt2_jax.train_state.make_train_step` (jitted, state donated) on fixed synthetic
                     batches of the host-batch contract (half robot rows: 8 action ids + EOS; half
                     web rows: random answers), cycling through `--num_batches` of them;
   encdec_step_ms    the same update for the encoder-decoder alone (no ViT): inputs are fixed
@@ -43,7 +43,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from rt2_jax import actions, optim, tokenizer, trainer
+from rt2_jax import actions, optim, tokenizer, train_state
 from rt2_jax.models import encoder_decoder
 from rt2_jax.models import params as params_lib
 from rt2_jax.tools import flops
@@ -130,12 +130,12 @@ def synthetic_batches(config, act_tok: actions.ActionTokenizer, tok: tokenizer.T
 
 def full_step_fn(config, act_tok, tok, batch: int, num_batches: int):
     """A no-argument callable running the trainer's step on cycling fixed batches."""
-    setup = trainer.make_setup(config)
-    tables = trainer.ActionTables.build(act_tok, config.model.vocab_size)
-    step = trainer.make_train_step(setup, tables, NUM_SOURCES)
+    setup = train_state.make_setup(config)
+    tables = train_state.ActionTables.build(act_tok, config.model.vocab_size)
+    step = train_state.make_train_step(setup, tables, NUM_SOURCES)
     batches = [jax.device_put(b, setup.batch_sharding)
                for b in synthetic_batches(config, act_tok, tok, batch, num_batches)]
-    holder = {"state": trainer.init_state(setup, seed=0), "i": 0}
+    holder = {"state": train_state.init_state(setup, seed=0), "i": 0}
     num_params = params_lib.count(holder["state"].params)
 
     def run():
@@ -169,7 +169,7 @@ def encdec_step_fn(config, batches: list[dict], batch: int):
     def loss_fn(params, embeds, mask, targets, loss_mask):
         dec_in = encoder_decoder.shift_right(targets, 0)
         logits = model.apply({"params": params}, embeds, mask, dec_in, method=logits_fn)
-        token_loss = trainer.cross_entropy(logits, targets, loss_mask, z_loss)
+        token_loss = train_state.cross_entropy(logits, targets, loss_mask, z_loss)
         return token_loss.sum() / jnp.maximum(loss_mask.sum(), 1.0)
 
     e, m, d, _ = inputs[0]

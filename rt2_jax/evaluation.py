@@ -21,7 +21,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from rt2_jax import actions as actions_lib
-from rt2_jax import decoding, sharding, trainer
+from rt2_jax import decoding, sharding, train_state
+from rt2_jax.actions import NUM_CONTINUOUS, NUM_DIMS
 
 
 def aligned_host_batches(batches: Iterable[dict], padding: dict, limit: int = 0,
@@ -63,7 +64,7 @@ def padding_batch(element_spec) -> dict:
 
 
 class Evaluator:
-    def __init__(self, config, setup: trainer.TrainSetup, train_mixture):
+    def __init__(self, config, setup: train_state.TrainSetup, train_mixture):
         from data_pipelines import mixture as mixture_lib
 
         self.config = config
@@ -77,7 +78,7 @@ class Evaluator:
                                    int(config.model.vocab_size),
                                    max_text_len=int(config.eval.max_text_len))
         # Decoded action ids are always valid, so the table's -1 entries are never read.
-        self._id_to_bin = trainer.ActionTables.build(train_mixture.action_tokenizer,
+        self._id_to_bin = train_state.ActionTables.build(train_mixture.action_tokenizer,
                                                      int(config.model.vocab_size)).id_to_bin
         self._action_spec = decoder.spec("action")
         self._text_spec = decoder.spec("text")
@@ -98,7 +99,7 @@ class Evaluator:
         txt = decoding.decode_loop(model, self._text_spec, greedy, *args)["tokens"]
         valid = batch["valid"]
         robot = (valid & batch["is_robot"]).astype(jnp.float32)
-        target = batch["decoder_tokens"][:, :8]
+        target = batch["decoder_tokens"][:, :NUM_DIMS]
         correct = (act == target).astype(jnp.float32) * robot[:, None]
         table = jnp.asarray(self._id_to_bin)
         pred = actions_lib.normalized_from_bins(table[act], jnp)
@@ -107,7 +108,7 @@ class Evaluator:
         match = jnp.any(jnp.all(txt[:, None, :] == batch["answer_ids"], axis=-1), axis=-1)
         return {
             "robot_rows": robot.sum(), "action_correct": correct.sum(0),
-            "action_exact": (correct.sum(1) == 8).astype(jnp.float32).sum(),
+            "action_exact": (correct.sum(1) == NUM_DIMS).astype(jnp.float32).sum(),
             "action_l1": l1.sum(0), "vqa_rows": vqa.sum(),
             "vqa_exact": (match.astype(jnp.float32) * vqa).sum(),
         }
@@ -156,9 +157,9 @@ class Evaluator:
         results = {}
         if sums["robot_rows"] > 0:
             n = float(sums["robot_rows"])
-            results["action_acc"] = float(sums["action_correct"].sum() / (8 * n))
+            results["action_acc"] = float(sums["action_correct"].sum() / (NUM_DIMS * n))
             results["action_exact"] = float(sums["action_exact"] / n)
-            results["action_l1"] = float(sums["action_l1"][1:].sum() / (7 * n))
+            results["action_l1"] = float(sums["action_l1"][1:].sum() / (NUM_CONTINUOUS * n))
             # Per dim: which parts of the action the model has learned (terminate and gripper
             # come early; the position deltas need the model to read the image).
             for d, name in enumerate(actions_lib.ACTION_DIMS):

@@ -26,7 +26,7 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
 
     The state is restored into the shardings the saved config gives on the devices at hand (run
     it where the model fits, e.g. on the training slice for the large configs)."""
-    from rt2_jax import trainer
+    from rt2_jax import train_state
 
     ckpt = checkpoints.Checkpointer(workdir, async_save=False)
     step = ckpt.latest_step() if step is None else step
@@ -35,7 +35,7 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
                                 "(python -m rt2_jax.train --workdir=...).")
     meta = ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
-    setup = trainer.make_setup(config)
+    setup = train_state.make_setup(config)
     state, _ = ckpt.restore(step, setup.abstract_state)
     tok = tokenizer.Tokenizer(config.tokenizer.get("model_path") or None)
     bounds = actions_lib.ActionBounds.from_json_dict(meta["action_bounds"])

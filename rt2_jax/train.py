@@ -212,11 +212,11 @@ def train(config, workdir: str) -> dict[str, float]:
 def _train(config, workdir: str) -> dict[str, float]:
     # Deferred imports keep `--help` fast and let tests set XLA flags before JAX starts.
     from data_pipelines import mixture as mixture_lib
-    from rt2_jax import checkpoints, evaluation, optim, trainer
+    from rt2_jax import checkpoints, evaluation, optim, train_state
     from rt2_jax.models import params as params_lib
 
     validate_config(config)
-    setup = trainer.make_setup(config)
+    setup = train_state.make_setup(config)
     say(f"Mesh {dict(setup.mesh.shape)} over {jax.device_count()} devices "
         f"({jax.process_count()} processes).")
     mixture = mixture_lib.build_mixture(config, split="train", process_index=jax.process_index(),
@@ -225,8 +225,8 @@ def _train(config, workdir: str) -> dict[str, float]:
     if mixture.tokenizer.vocab_size > vocab:
         raise ValueError(f"config.model.vocab_size={vocab} is smaller than the tokenizer's "
                          f"{mixture.tokenizer.vocab_size} pieces; raise it.")
-    tables = trainer.ActionTables.build(mixture.action_tokenizer, vocab)
-    step_fn = trainer.make_train_step(setup, tables, len(mixture.source_names))
+    tables = train_state.ActionTables.build(mixture.action_tokenizer, vocab)
+    step_fn = train_state.make_train_step(setup, tables, len(mixture.source_names))
     ckpt = checkpoints.Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
                                     async_save=bool(config.train.async_checkpoints),
                                     set_aside_incomplete=True)
@@ -236,7 +236,7 @@ def _train(config, workdir: str) -> dict[str, float]:
 
     latest = ckpt.latest_step()
     if latest is None:
-        state = trainer.init_state(setup, int(config.seed))
+        state = train_state.init_state(setup, int(config.seed))
         say(f"Initialized {params_lib.count(setup.abstract_state.params):,} parameters; "
             f"training {config.train.num_steps} steps.")
         init_from = config.train.get("init_from", "")
@@ -277,7 +277,7 @@ def _train(config, workdir: str) -> dict[str, float]:
             wait_s += time.perf_counter() - t0
         batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding[k],
                                                            host_batch[k])
-                 for k in trainer.MODEL_KEYS}
+                 for k in train_state.MODEL_KEYS}
         state, metrics = step_fn(state, batch)
         # Summed on device (jnp, not np) so the host never waits for a step between log lines.
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
@@ -287,7 +287,7 @@ def _train(config, workdir: str) -> dict[str, float]:
             sums = jax.tree.map(np.asarray, sums)  # waits for the step to finish
             elapsed = time.perf_counter() - t_window
             step_s = elapsed / steps_in_window
-            last = trainer.summarize(sums, mixture.source_names)
+            last = train_state.summarize(sums, mixture.source_names)
             last.update(
                 grad_norm=float(metrics["grad_norm"]), param_norm=float(metrics["param_norm"]),
                 learning_rate=float(schedule(done)),

@@ -14,7 +14,7 @@ import pytest
 
 from configs import tiny
 from rt2_jax import actions as actions_lib
-from rt2_jax import evaluation, trainer
+from rt2_jax import evaluation, train_state
 from rt2_jax import train as train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +106,7 @@ def test_forty_steps_lower_the_loss(toy_cache, tmp_path, monkeypatch):
     params, config, stats = checkpoints.load_export(out)
     assert config.model.vocab_size == c.model.vocab_size
     assert stats["bounds"]["low"] and stats["mapping"] == "integers" and stats["step"] == 40
-    setup = trainer.make_setup(c)
+    setup = train_state.make_setup(c)
     state, _ = checkpoints.Checkpointer(str(tmp_path)).restore(40, setup.abstract_state)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(
         np.asarray(a), np.asarray(b.astype(np.asarray(a).dtype))), params, state.params)
@@ -320,22 +320,22 @@ def test_bad_configs_are_explained_before_compiling(toy_cache):
     c = small_config(toy_cache)
     c.mesh.update(dict(data=3, fsdp=1, model=1))
     with pytest.raises(ValueError, match=r"config.mesh .*3 devices but 1 are available"):
-        trainer.make_setup(c)
+        train_state.make_setup(c)
     c = small_config(toy_cache)
     c.data.global_batch_size = 6
     c.train.grad_accum_steps = 4
     with pytest.raises(ValueError, match="global_batch_size=6 must be divisible"):
-        trainer.make_setup(c)
+        train_state.make_setup(c)
     c = small_config(toy_cache)
     c.data.sources.robot.builder_dir = "/nonexistent/fractal20220817_data/0.1.0"
     with pytest.raises(Exception, match="nonexistent"):
         train_lib.train(c, "unused")
     c = small_config(toy_cache, optimizer="sgdx")
     with pytest.raises(ValueError, match="sgdx"):
-        trainer.make_setup(c)
+        train_state.make_setup(c)
     c = small_config(toy_cache, freeze_regex="^nothing_matches/")
     with pytest.raises(ValueError, match="matches no parameter"):
-        trainer.make_setup(c)
+        train_state.make_setup(c)
 
 
 def test_unknown_config_key_is_rejected(tmp_path):
@@ -370,10 +370,10 @@ def test_gradient_accumulation_matches_one_big_batch(toy_cache):
     assert batch["decoder_loss_mask"][: b // 2].sum() != batch["decoder_loss_mask"][b // 2:].sum()
     params, grad_norms = [], []
     for c in (c1, c2):
-        setup = trainer.make_setup(c)
-        tables = trainer.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool))
-        step = trainer.make_train_step(setup, tables, num_sources=3)
-        state, metrics = step(trainer.init_state(setup, 0), batch)
+        setup = train_state.make_setup(c)
+        tables = train_state.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool))
+        step = train_state.make_train_step(setup, tables, num_sources=3)
+        state, metrics = step(train_state.init_state(setup, 0), batch)
         params.append(jax.tree.map(np.asarray, state.params))
         grad_norms.append(float(metrics["grad_norm"]))
     # Adam's first update is nearly sign(grad), blind to how gradients are weighted: compare the

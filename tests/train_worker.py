@@ -57,24 +57,24 @@ def local_rows(sharding, shape) -> np.ndarray:
 
 
 def run(mesh) -> tuple[list[float], object]:
-    from rt2_jax import trainer
+    from rt2_jax import train_state
 
     c = config()
-    setup = trainer.make_setup(c, mesh)
-    tables = trainer.ActionTables(np.where(np.arange(1024) < 259, np.arange(1024) - 3, -1)
+    setup = train_state.make_setup(c, mesh)
+    tables = train_state.ActionTables(np.where(np.arange(1024) < 259, np.arange(1024) - 3, -1)
                                   .astype(np.int32), np.ones((8, 1024), bool))
-    step_fn = trainer.make_train_step(setup, tables, num_sources=3)
-    state = trainer.init_state(setup, 0)
+    step_fn = train_state.make_train_step(setup, tables, num_sources=3)
+    state = train_state.init_state(setup, 0)
     losses = []
     for i in range(STEPS):
         full = global_batch(c, i)
         batch = {}
-        for k in trainer.MODEL_KEYS:
+        for k in train_state.MODEL_KEYS:
             sh = setup.batch_sharding[k]
             local = full[k][local_rows(sh, full[k].shape)]
             batch[k] = jax.make_array_from_process_local_data(sh, local, full[k].shape)
         state, metrics = step_fn(state, batch)
-        summary = trainer.summarize(jax.tree.map(np.asarray, metrics), ("a", "robot", "web"))
+        summary = train_state.summarize(jax.tree.map(np.asarray, metrics), ("a", "robot", "web"))
         losses.append(float(summary["loss"]))
     return losses, setup
 
@@ -102,12 +102,12 @@ def main(argv):
     elif mode == "frozenmesh":
         # A frozen image tower (multi_transform): the trained weights' AdamW moments must still
         # be sharded like the weights, not replicated.
-        from rt2_jax import trainer
+        from rt2_jax import train_state
 
         c = config()
         c.mesh.update(dict(data=2, fsdp=2, model=2))
         c.train.freeze_regex = "^img/"
-        setup = trainer.make_setup(c, sharding.make_mesh(c))
+        setup = train_state.make_setup(c, sharding.make_mesh(c))
         spec = setup.state_sharding.params["encdec"]["decoder"]["layers"]["mlp"]["wi_0"][
             "kernel"].spec
         mus = [str(v.spec) for k, v in

@@ -171,7 +171,7 @@ class _Stack(nn.Module):
             dtype=jnp.float32, param_dtype=self.param_dtype, name="relpos_bias")
 
 
-class Encoder(_Stack):
+class EncoderStack(_Stack):
     @nn.compact
     def __call__(self, x: Array, mask: Array, train: bool = False) -> Array:
         """x [B,L,D] input embeddings, mask [B,L] bool (True = real token)."""
@@ -187,7 +187,7 @@ class Encoder(_Stack):
         return nn.Dropout(self.dropout_rate)(x, not train)
 
 
-class Decoder(_Stack):
+class DecoderStack(_Stack):
     vocab_size: int = 0
 
     @nn.compact
@@ -249,8 +249,8 @@ class EncoderDecoder(nn.Module):
         self.token_embedder = nn.Embed(
             self.vocab_size, self.d_model, dtype=self.dtype, param_dtype=self.param_dtype,
             embedding_init=layers.logical_init(nn.initializers.normal(1.0), (VOCAB, EMBED)))
-        self.encoder = Encoder(num_layers=self.num_encoder_layers, **stack)
-        self.decoder = Decoder(num_layers=self.num_decoder_layers, vocab_size=self.vocab_size,
+        self.encoder = EncoderStack(num_layers=self.num_encoder_layers, **stack)
+        self.decoder = DecoderStack(num_layers=self.num_decoder_layers, vocab_size=self.vocab_size,
                                **stack)
 
     def embed(self, tokens: Array) -> Array:

@@ -6,7 +6,7 @@ Parameter tree (scanned):
   Transformer/encoderblock/LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out},
       LayerNorm_1, MlpBlock_0/{Dense_0,Dense_1}      stacked on a leading depth axis
   Transformer/encoder_norm
-  head                                        projection of every patch token to `head_dim`
+  head                                        projection of every patch token to `out_dim`
 Unscanned, the blocks are `Transformer/encoderblock_{i}` as in big_vision's non-scanned ViT.
 
 ViT-22B options: `parallel_block` (attention and MLP read the same LayerNorm output and are added
@@ -118,14 +118,14 @@ class Encoder(nn.Module):
 
 
 class ViT(nn.Module):
-    """Image tower: uint8 or [-1,1] images [B,H,W,3] -> patch tokens [B, N, head_dim]."""
+    """Image tower: uint8 or [-1,1] images [B,H,W,3] -> patch tokens [B, N, out_dim]."""
 
     patch_size: int
     width: int
     depth: int
     mlp_dim: int
     num_heads: int
-    head_dim: int | None = None  # output projection width (the LM's d_model); None = no head
+    out_dim: int | None = None  # output projection width (the LM's d_model); None = no head
     posemb: str = "learn"
     stem: str = "patch"          # patch (a strided conv, as ViT) | conv (ViT_C: 3x3 convs)
     stem_channels: int = 32      # channels of the first conv of a "conv" stem (doubled per conv)
@@ -174,9 +174,9 @@ class ViT(nn.Module):
                               parallel_block=self.parallel_block, qk_norm=self.qk_norm,
                               qkv_bias=self.qkv_bias, dropout_rate=self.dropout_rate),
         )(x)
-        if self.head_dim:
+        if self.out_dim:
             x = layers.dense_general(
-                self.head_dim, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
+                self.out_dim, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
                 param_dtype=self.param_dtype, name="head",
             )(x)
         return layers.constrain(x, layers.ACT_EMBED)
@@ -215,12 +215,12 @@ class ViT(nn.Module):
         raise ValueError(f"Unknown ViT posemb {self.posemb!r}; use 'learn' or 'sincos2d'.")
 
 
-def from_config(cfg: ml_collections.ConfigDict, head_dim: int | None) -> ViT:
+def from_config(cfg: ml_collections.ConfigDict, out_dim: int | None) -> ViT:
     """Builds the image tower from `config.model` (reads `vit`, dtypes, scan and remat)."""
     v = cfg.vit
     return ViT(
         patch_size=v.patch_size, width=v.width, depth=v.depth, mlp_dim=v.mlp_dim,
-        num_heads=v.num_heads, head_dim=head_dim, posemb=v.posemb,
+        num_heads=v.num_heads, out_dim=out_dim, posemb=v.posemb,
         stem=v.get("stem", "patch"), stem_channels=v.get("stem_channels", 32),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
         dropout_rate=v.dropout_rate, scan=cfg.scan_layers, remat=cfg.remat_policy,

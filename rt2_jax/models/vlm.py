@@ -29,7 +29,7 @@ class VLM(nn.Module):
 
     def setup(self):
         cfg = self.model_config
-        self.img = vit.from_config(cfg, head_dim=cfg.encdec.d_model)
+        self.img = vit.from_config(cfg, out_dim=cfg.encdec.d_model)
         self.encdec = encoder_decoder.from_config(cfg)
 
     def encode(self, image: Array, encoder_tokens: Array, encoder_mask: Array,

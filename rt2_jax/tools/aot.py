@@ -6,7 +6,7 @@ on a CPU host, and report per-device memory, FLOPs and whether it fits in HBM.
 
 Needs libtpu (`pip install 'jax[tpu]'`) for the topology descriptions; no TPU, no weights and no
 data are touched: every input is a `jax.ShapeDtypeStruct` carrying its sharding. The program
-compiled is the one `rt2_jax.train` runs (`trainer.make_setup` + `trainer.make_train_step`).
+compiled is the one `rt2_jax.train` runs (`train_state.make_setup` + `train_state.make_train_step`).
 
 Exit codes: 0 fits, 1 does not fit (including XLA running out of memory at compile time),
 2 the configuration cannot be built on that topology (e.g. a mesh that does not divide it).
@@ -32,7 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rt2_jax import actions as actions_lib
-from rt2_jax import decoding, sharding, trainer
+from rt2_jax import decoding, sharding, train_state
 from rt2_jax.models import params as params_lib
 from rt2_jax.tools import param_count
 
@@ -163,13 +163,13 @@ def action_tokenizer(config) -> actions_lib.ActionTokenizer:
 
 def lower_train(config, mesh) -> tuple[Any, int, int]:
     """(lowered train step, parameter count, global batch)."""
-    setup = trainer.make_setup(config, mesh)
-    tables = trainer.ActionTables.build(action_tokenizer(config), int(config.model.vocab_size))
+    setup = train_state.make_setup(config, mesh)
+    tables = train_state.ActionTables.build(action_tokenizer(config), int(config.model.vocab_size))
     num_sources = len(config.data.sources)
-    step = trainer.make_train_step(setup, tables, num_sources)
+    step = train_state.make_train_step(setup, tables, num_sources)
     gbs = int(config.data.global_batch_size)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=setup.batch_sharding[k])
-             for k, v in trainer.batch_spec(config, gbs).items()}
+             for k, v in train_state.batch_spec(config, gbs).items()}
     return step.lower(setup.abstract_state, batch), params_lib.count(
         setup.abstract_state.params), gbs
 
@@ -180,7 +180,7 @@ def lower_decode(config, mesh, batch_size: int) -> tuple[Any, int, int]:
 
     model = VLM.from_config(config)
     rules = sharding.rules_from_config(config)
-    boxed = trainer._abstract_boxed_params(model, config)
+    boxed = train_state._abstract_boxed_params(model, config)
     param_sharding = sharding.logical_sharding(boxed, mesh, rules)
 
     def to_bf16(a, s):
@@ -190,7 +190,7 @@ def lower_decode(config, mesh, batch_size: int) -> tuple[Any, int, int]:
     params = jax.tree.map(to_bf16, params_lib.unbox(boxed), param_sharding)
     dp = sharding.data_parallel_size(mesh, rules)
     batch_size = batch_size or dp
-    spec = trainer.batch_spec(config, batch_size)
+    spec = train_state.batch_spec(config, batch_size)
 
     def shard(x):
         s = (sharding.batch_sharding(mesh, rules, len(x.shape)) if batch_size % dp == 0

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rt2_jax import actions as actions_lib
 from rt2_jax import optim, sharding
+from rt2_jax.actions import NUM_CONTINUOUS, NUM_DIMS
 from rt2_jax.models import params as params_lib
 from rt2_jax.models.encoder_decoder import shift_right
 from rt2_jax.models.vlm import VLM
@@ -46,7 +47,7 @@ def batch_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         "decoder_loss_mask": jax.ShapeDtypeStruct((batch_size, ld), jnp.float32),
         "source": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
         "is_robot": jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
-        "action": jax.ShapeDtypeStruct((batch_size, 8), jnp.float32),
+        "action": jax.ShapeDtypeStruct((batch_size, NUM_DIMS), jnp.float32),
     }
 
 
@@ -84,11 +85,11 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * mask
 
     # Action metrics on robot rows: the first 8 target positions are the action tokens.
-    act_logits = logits[:, :8]
+    act_logits = logits[:, :NUM_DIMS]
     masked = jnp.where(jnp.asarray(tables.position_masks)[None], act_logits, -jnp.inf)
     pred_ids = jnp.argmax(masked, -1)                                      # always valid ids
     pred_bins = jnp.asarray(tables.id_to_bin)[pred_ids]
-    act_correct = (pred_ids == targets[:, :8]).astype(jnp.float32) * robot[:, None]
+    act_correct = (pred_ids == targets[:, :NUM_DIMS]).astype(jnp.float32) * robot[:, None]
     pred_norm = actions_lib.normalized_from_bins(pred_bins, jnp)
     act_l1 = jnp.abs(pred_norm - batch["action"]) * robot[:, None]
     return {
@@ -99,7 +100,7 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
         "z_sum": (z_loss * jnp.square(jax.nn.logsumexp(logits, -1)) * mask).sum(),
         "robot_rows": robot.sum(),
         "action_correct_per_dim": act_correct.sum(0),
-        "action_all_correct": (act_correct.sum(1) == 8).astype(jnp.float32).sum(),
+        "action_all_correct": (act_correct.sum(1) == NUM_DIMS).astype(jnp.float32).sum(),
         "action_l1_per_dim": act_l1.sum(0),
         "web_correct": (correct * web[:, None]).sum(),
         "web_tokens": (mask * web[:, None]).sum(),
@@ -116,9 +117,9 @@ def summarize(sums: dict[str, np.ndarray], source_names: tuple[str, ...]) -> dic
         out[f"examples/{name}"] = s["source_examples"][i]
     robot = max(s["robot_rows"], 1.0)
     if s["robot_rows"] > 0:
-        out["action_acc"] = s["action_correct_per_dim"].sum() / (8 * robot)
+        out["action_acc"] = s["action_correct_per_dim"].sum() / (NUM_DIMS * robot)
         out["action_exact"] = s["action_all_correct"] / robot
-        out["action_l1"] = s["action_l1_per_dim"][1:].sum() / (7 * robot)
+        out["action_l1"] = s["action_l1_per_dim"][1:].sum() / (NUM_CONTINUOUS * robot)
         for d, name in enumerate(actions_lib.ACTION_DIMS):
             out[f"action_acc/{name}"] = s["action_correct_per_dim"][d] / robot
     if s["web_tokens"] > 0:
