@@ -90,30 +90,59 @@ class Preemption:
 
 
 class Logger:
-    """Console lines for people plus TensorBoard scalars (process 0 only)."""
+    """Console lines for people, TensorBoard scalars and metrics.jsonl (process 0 only).
 
-    def __init__(self, workdir: str, total_steps: int):
+    metrics.jsonl gets one JSON line per log step. On a local disk each line is appended (a
+    crash loses nothing already logged). Object stores (gs://...) cannot append, so there the
+    file is rewritten whole at most every `remote_flush_s` seconds and at `close()`; TensorBoard
+    has every step regardless. A resumed run first drops the lines of steps after the
+    checkpoint it resumed from, so each step appears once."""
+
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
+                 remote_flush_s: float = 60.0):
         self.total_steps = total_steps
         self.writer = None
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.remote = "://" in self.jsonl_path
+        self.remote_flush_s = remote_flush_s
+        self._flushed_at = time.monotonic()
+        self._dirty = False
         self.lines: list[str] = []
         if jax.process_index() == 0:
             import tensorflow as tf
             self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-            if tf.io.gfile.exists(self.jsonl_path):  # a resumed run keeps the earlier lines
+            if tf.io.gfile.exists(self.jsonl_path):
                 with tf.io.gfile.GFile(self.jsonl_path) as f:
-                    self.lines = f.read().splitlines()
+                    old = f.read().splitlines()
+                self.lines = [line for line in old if _logged_step(line) <= start_step]
+                if len(self.lines) != len(old):
+                    self._rewrite()
 
-    def jsonl(self, step: int, values: dict[str, float]) -> None:
-        """One JSON line per log step in {workdir}/metrics.jsonl (for scripts). Rewritten whole
-        each time because object stores such as GCS cannot append."""
-        if jax.process_index() != 0:
-            return
-        self.lines.append(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}))
+    def _rewrite(self) -> None:
         with open_text(self.jsonl_path + ".tmp", "w") as f:
-            f.write("\n".join(self.lines) + "\n")
+            f.write("".join(line + "\n" for line in self.lines))
         import tensorflow as tf
         tf.io.gfile.rename(self.jsonl_path + ".tmp", self.jsonl_path, overwrite=True)
+        self._flushed_at, self._dirty = time.monotonic(), False
+
+    def jsonl(self, step: int, values: dict[str, float]) -> None:
+        """Logs one JSON line {"step": step, ...values} to {workdir}/metrics.jsonl."""
+        if jax.process_index() != 0:
+            return
+        line = json.dumps({"step": step, **{k: float(v) for k, v in values.items()}})
+        self.lines.append(line)
+        if not self.remote:
+            with open(self.jsonl_path, "a") as f:
+                f.write(line + "\n")
+            return
+        self._dirty = True
+        if time.monotonic() - self._flushed_at >= self.remote_flush_s:
+            self._rewrite()
+
+    def close(self) -> None:
+        """Writes what a remote metrics.jsonl still lacks."""
+        if jax.process_index() == 0 and self.remote and self._dirty:
+            self._rewrite()
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
         if self.writer is None:
@@ -258,7 +287,7 @@ def _train(config, workdir: str) -> dict[str, float]:
     start_step = int(state.step)
 
     total = int(config.train.num_steps)
-    log = Logger(workdir, total)
+    log = Logger(workdir, total, start_step)
     preempt = Preemption()
     evaluator = evaluation.Evaluator(config, setup, mixture) if config.train.eval_every else None
     schedule = optim.learning_rate_schedule(config.train)
@@ -311,15 +340,25 @@ def _train(config, workdir: str) -> dict[str, float]:
         if done % config.train.checkpoint_every == 0 or done == total or stop:
             ckpt.save(done, state, meta, mixture, wait=stop or done == total)
         if stop:
+            log.close()
             say(f"Saved step {done} after SIGTERM; exiting. Re-run the same command to resume.")
             ckpt.close()
             sys.exit(0)
+    log.close()
     ckpt.close()
     if config.train.export_at_end and start_step < total:
         checkpoints.export(os.path.join(workdir, "export"), state.params, config,
                            mixture.tokenizer.model_path, mixture.action_stats,
                            mixture.action_bounds, config.train.export_dtype, step=total)
     return last
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line cut off by a crash (dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def open_text(path: str, mode: str):

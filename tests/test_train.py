@@ -63,10 +63,13 @@ def overrides(c) -> list[str]:
 
 
 def read_losses(workdir: str) -> dict[int, float]:
-    """step -> loss from metrics.jsonl (a resumed run's later lines win)."""
+    """step -> loss from metrics.jsonl (a resumed run's later lines win). A last line still
+    being appended (no newline yet) is skipped."""
     out = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
+            if not line.endswith("\n"):
+                continue
             row = json.loads(line)
             if "loss" in row:
                 out[row["step"]] = row["loss"]
@@ -400,3 +403,34 @@ def test_two_processes_with_unequal_eval_shards_finish(tmp_path):
         got = json.loads((tmp_path / f"e{i}.json").read_text())
         # batch 1: 2*1 + 2*11; batches 2 and 3: process 0's rows only.
         assert got["sums"] == [24.0, 4.0, 6.0]
+
+
+def test_metrics_jsonl_appends_locally_and_resume_drops_steps_after_the_checkpoint(tmp_path):
+    log = train_lib.Logger(str(tmp_path), 100)
+    for step in (10, 20, 30):
+        log.jsonl(step, {"loss": step / 10})
+    path = tmp_path / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 20, 30]
+    with open(path, "a") as f:
+        f.write('{"step": 40, "lo')   # a line cut off by a crash
+    resumed = train_lib.Logger(str(tmp_path), 100, start_step=20)   # checkpoint at step 20
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 20]
+    resumed.jsonl(30, {"loss": 0.5})
+    assert json.loads(path.read_text().splitlines()[-1]) == {"step": 30, "loss": 0.5}
+
+
+def test_metrics_jsonl_on_an_object_store_is_rewritten_at_most_every_flush_interval():
+    import tensorflow as tf
+
+    workdir = f"ram://metrics_{os.getpid()}"
+    path = workdir + "/metrics.jsonl"
+    log = train_lib.Logger(workdir, 100, remote_flush_s=3600)
+    log.jsonl(1, {"loss": 1.0})
+    assert not tf.io.gfile.exists(path)          # buffered: no rewrite per line
+    log.close()
+    with tf.io.gfile.GFile(path) as f:
+        assert [json.loads(line) for line in f.read().splitlines()] == [{"step": 1, "loss": 1.0}]
+    log.remote_flush_s = 0
+    log.jsonl(2, {"loss": 0.5})
+    with tf.io.gfile.GFile(path) as f:
+        assert len(f.read().splitlines()) == 2
