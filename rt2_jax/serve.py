@@ -52,8 +52,10 @@ class Batcher:
 
     A batch starts with the first waiting request and takes every request that arrives within
     `max_wait_s` of it, up to `max_batch`; it stops waiting early once it holds as many requests
-    as `senders()` says there are clients (one robot never waits). `run(list_of_inputs) ->
-    list_of_outputs` runs on the worker thread only (the model is never called concurrently)."""
+    as `senders()` says there are clients (one robot never waits). A batch runs at a
+    power-of-two size (the model's compiled sizes); requests beyond it lead the next batch.
+    `run(list_of_inputs) -> list_of_outputs` runs on the worker thread only (the model is never
+    called concurrently)."""
 
     _STOP = object()
 
@@ -65,6 +67,7 @@ class Batcher:
         self._run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
         self._senders = senders
         self._queue: queue.Queue = queue.Queue()
+        self._carry: list[_Item] = []         # collected but not yet run (worker thread only)
         self.batch_sizes: list[int] = []      # every batch run so far (for stats and tests)
         self._thread = threading.Thread(target=self._loop, name="rt2-batcher", daemon=True)
         self._thread.start()
@@ -83,6 +86,9 @@ class Batcher:
         batch, stop = [first], False
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch:
+            if self._carry:
+                batch.append(self._carry.pop(0))
+                continue
             if self._senders is not None and len(batch) >= self._senders():
                 break
             try:
@@ -93,15 +99,20 @@ class Batcher:
                 stop = True
                 break
             batch.append(item)
-        return batch, stop
+        # The model runs on power-of-two batches (Policy pads up to one): run the largest
+        # power of two now and carry the rest to the next batch instead of computing padding.
+        full = 1 << (len(batch).bit_length() - 1)
+        self._carry[:0] = batch[full:]
+        return batch[:full], stop
 
     def _loop(self) -> None:
         stop = False
-        while not stop:
-            first = self._queue.get()
+        while not stop or self._carry:
+            first = self._carry.pop(0) if self._carry else self._queue.get()
             if first is self._STOP:
                 break
-            batch, stop = self._collect(first)
+            batch, stopped = self._collect(first)
+            stop = stop or stopped
             # A request whose client gave up (future cancelled) is dropped here.
             batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
             if not batch:

@@ -1,11 +1,12 @@
 """Mesh from the config and logical-axis rules -> NamedSharding.
 
-Parameters and activations carry logical axis names (batch, length, embed, heads, kv, mlp, vocab,
-layers); `config.sharding_rules` maps each to mesh axes of the ('data', 'fsdp', 'model') mesh.
-A mesh axis is used at most once per array: rules are tried in order and a rule whose mesh axis
-is already taken by an earlier dimension of the same array is skipped (flax semantics), so
-`batch -> (data, fsdp)` and `embed -> fsdp` give FSDP for weights and data parallelism for
-activations.
+Parameters carry logical axis names (embed, heads, kv, mlp, vocab, layers) and activations their
+own (act_batch, act_length, act_embed, act_heads, act_kv, act_mlp, act_vocab), MaxText-style;
+`config.sharding_rules` maps each to mesh axes of the ('data', 'fsdp', 'model') mesh. The
+defaults give FSDP for weights (`embed -> fsdp`) and data parallelism over data x fsdp for
+activations (`act_batch -> (data, fsdp)`, `act_embed` replicated). A config's own rules that
+leave out the activation names get the default activation rules for them (so an old rule set
+that named only weight axes keeps sharding its batches).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "model")
 
-DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
+# Weights: FSDP over `fsdp` on the embedding axis, tensor parallelism over `model`.
+PARAM_RULES = (
     ("embed", "fsdp"),
     ("heads", "model"),
     ("kv", None),
@@ -32,6 +32,18 @@ DEFAULT_RULES = (
     ("vocab", "model"),
     ("layers", None),
 )
+# Activations (and host batches): batch over data x fsdp, the feature axes tensor-parallel like
+# the weights they come from, the model width replicated.
+ACTIVATION_RULES = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "model"),
+    ("act_kv", None),
+    ("act_mlp", "model"),
+    ("act_vocab", "model"),
+)
+DEFAULT_RULES = PARAM_RULES + ACTIVATION_RULES
 
 
 def rules_from_config(config) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
@@ -51,6 +63,8 @@ def rules_from_config(config) -> tuple[tuple[str, str | tuple[str, ...] | None],
             raise ValueError(f"sharding rule {item!r} names mesh axes {sorted(unknown)}; the mesh "
                              f"axes are {MESH_AXES}.")
         rules.append((logical, mesh_axes))
+    named = {logical for logical, _ in rules}
+    rules += [rule for rule in ACTIVATION_RULES if rule[0] not in named]
     return tuple(rules)
 
 
@@ -97,14 +111,15 @@ def logical_sharding(boxed_tree, mesh: Mesh, rules) -> object:
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
-    """Sharding of a host-batch array: leading axis by the `batch` rule, the rest replicated."""
-    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
+    """Sharding of a host-batch array: leading axis by the `act_batch` rule, the rest
+    replicated."""
+    spec = nn.logical_to_mesh_axes(("act_batch",) + (None,) * (ndim - 1), rules)
     return NamedSharding(mesh, spec)
 
 
 def data_parallel_size(mesh: Mesh, rules) -> int:
     """How many ways the batch dimension is split (the global batch must be divisible by it)."""
-    spec = nn.logical_to_mesh_axes(("batch",), rules)
+    spec = nn.logical_to_mesh_axes(("act_batch",), rules)
     axes = spec[0]
     if axes is None:
         return 1

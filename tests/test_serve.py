@@ -387,3 +387,25 @@ def test_serve_command_drains_on_sigterm(export_dir, expected):
         proc.kill()
     assert proc.returncode == 0, "".join(lines) + out
     assert "Stopped (drained): 1 connections, 2 requests, 0 refused." in out
+
+
+def test_batcher_runs_power_of_two_batches_and_carries_the_rest():
+    """11 requests queued at once with max_batch 16: batches of 8, 2, 1 (no padded rows), every
+    request answered with its own output, in order."""
+    release = threading.Event()
+    seen = []
+
+    def run(inputs):
+        release.wait(10)
+        seen.append(len(inputs))
+        return [{"x": x} for x in inputs]
+
+    batcher = serve.Batcher(run, max_batch=16, max_wait_s=0.2)
+    blocker = batcher.submit(-1)           # occupies the worker while the rest queue up
+    time.sleep(0.3)
+    futures = [batcher.submit(i) for i in range(11)]
+    release.set()
+    assert blocker.result(10)["x"] == -1
+    assert [f.result(10)["x"] for f in futures] == list(range(11))
+    batcher.close()
+    assert seen == [1, 8, 2, 1]

@@ -207,6 +207,30 @@ def test_sharded_mesh_matches_one_device():
     np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-4, rtol=0)
 
 
+def test_activations_and_weights_have_their_own_logical_axes():
+    """Activation constraints map through their own act_* rules (batch over data x fsdp, the
+    model width replicated, heads/mlp/vocab over model) while weights keep FSDP on embed; a
+    config's own rules without act_* names still get the activation defaults."""
+    import flax.linen as nn
+    import ml_collections
+    from jax.sharding import PartitionSpec as P
+
+    from rt2_jax import sharding
+    from rt2_jax.models import layers
+
+    rules = sharding.DEFAULT_RULES
+    batch = ("data", "fsdp")
+    assert nn.logical_to_mesh_axes(layers.ACT_EMBED, rules) == P(batch, None, None)
+    assert nn.logical_to_mesh_axes(layers.ACT_HEADS, rules) == P(batch, None, "model", None)
+    assert nn.logical_to_mesh_axes(layers.ACT_MLP, rules) == P(batch, None, "model")
+    assert nn.logical_to_mesh_axes(layers.ACT_LOGITS, rules) == P(batch, None, "model")
+    assert nn.logical_to_mesh_axes((layers.EMBED, layers.MLP), rules) == P("fsdp", "model")
+    own = ml_collections.ConfigDict({"sharding_rules": (("embed", None), ("mlp", "model"))})
+    own_rules = sharding.rules_from_config(own)
+    assert nn.logical_to_mesh_axes((layers.EMBED, layers.MLP), own_rules) == P(None, "model")
+    assert nn.logical_to_mesh_axes(layers.ACT_EMBED, own_rules) == P(batch, None, None)
+
+
 def test_resume_skips_a_half_written_newest_step(toy_cache, tmp_path):
     # A step directory without orbax's completion marker (a save cut off where renames are not
     # atomic, a partial copy) is moved aside, not restored and not deleted.

@@ -219,7 +219,7 @@ class DecoderStack(_Stack):
         x = nn.Dropout(self.dropout_rate)(x, not train)
         logits = Logits(self.vocab_size, self.dtype, self.param_dtype, name="logits_dense")(
             x, output_ids)
-        logits = layers.constrain(logits, (layers.BATCH, layers.LENGTH, VOCAB))
+        logits = layers.constrain(logits, layers.ACT_LOGITS)
         return logits, (cache, cross_kv)
 
 

@@ -20,12 +20,17 @@ import numpy as np
 Dtype = Any
 Array = jax.Array
 
-# Logical axis names of activations.
-BATCH, LENGTH, EMBED, HEADS, KV = "batch", "length", "embed", "heads", "kv"
+# Logical axis names of parameters.
+EMBED, HEADS, KV = "embed", "heads", "kv"
 MLP, VOCAB, LAYERS = "mlp", "vocab", "layers"
-ACT_EMBED = (BATCH, LENGTH, EMBED)
-ACT_HEADS = (BATCH, LENGTH, HEADS, KV)
-ACT_MLP = (BATCH, LENGTH, MLP)
+# Logical axis names of activations: their own names with their own rules
+# (rt2_jax.sharding.DEFAULT_RULES), so a weight axis and an activation axis of the same size can
+# be sharded differently without relying on a rule being skipped.
+BATCH, LENGTH = "act_batch", "act_length"
+ACT_EMBED = (BATCH, LENGTH, "act_embed")
+ACT_HEADS = (BATCH, LENGTH, "act_heads", "act_kv")
+ACT_MLP = (BATCH, LENGTH, "act_mlp")
+ACT_LOGITS = (BATCH, LENGTH, "act_vocab")
 
 DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
 NEG_INF = -1e10  # additive mask value; finite so fully masked rows stay NaN-free
@@ -41,12 +46,16 @@ def logical_init(init: Callable, axes: Sequence[str | None]) -> Callable:
 
 
 def dtype_from_name(name: str | Dtype) -> Dtype:
+    """'float32' / 'bfloat16' / 'float16' (any floating dtype numpy knows) -> that dtype."""
     if not isinstance(name, str):
         return name
-    table = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-    if name not in table:
-        raise ValueError(f"Unknown dtype {name!r}; use one of {sorted(table)}.")
-    return table[name]
+    try:
+        dtype = jnp.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"Unknown floating dtype {name!r}; use float32, bfloat16 or float16.")
+    return dtype
 
 
 class RMSNorm(nn.Module):
@@ -308,18 +317,22 @@ def causal_bias(length: int, dtype: Dtype = jnp.float32) -> Array:
     return jnp.where(allowed, 0.0, NEG_INF).astype(dtype)[None, None]
 
 
+# jax.checkpoint_policies members that are policies themselves (the rest are factories that
+# take names or other policies).
+_REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable",
+                   "dots_with_no_batch_dims_saveable", "checkpoint_dots",
+                   "checkpoint_dots_with_no_batch_dims")
+
+
 def remat_policy(name: str):
-    """Maps a config name to a jax.checkpoint policy (None = rematerialize nothing saved)."""
-    table = {
-        "full": None,
-        "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-        "dots_saveable": jax.checkpoint_policies.dots_saveable,
-        "dots_with_no_batch_dims_saveable":
-            jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    }
-    if name not in table:
-        raise ValueError(f"Unknown remat policy {name!r}; use 'none' or one of {sorted(table)}.")
-    return table[name]
+    """'full' (None: save nothing, recompute all) or the name of a jax.checkpoint_policies
+    policy, e.g. 'dots_with_no_batch_dims_saveable'."""
+    if name == "full":
+        return None
+    if name not in _REMAT_POLICIES or not hasattr(jax.checkpoint_policies, name):
+        raise ValueError(f"Unknown remat policy {name!r}; use 'none', 'full' or one of "
+                         f"{list(_REMAT_POLICIES)} (jax.checkpoint_policies).")
+    return getattr(jax.checkpoint_policies, name)
 
 
 def stack_layers(
