@@ -33,6 +33,9 @@ its strict inverse. Token mappings, chosen by name:
   that has no other segmentation), no digits, and not produced by the prompt templates. Bin i
   is the i-th smallest chosen id. As in PaLM-E, ordinary text whose segmentation uses one of
   those pieces shares its id with an action token.
+
+(Over 400 lines on purpose: bounds, binning, both token mappings, parsing and the decode masks
+are one contract, and robot-side code imports this single leaf module.)
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Builds the mesh and shardings from the config, reads the data mixture, and train
 jitted, donated train step. Resumes from the latest checkpoint in {workdir}/checkpoints (params,
 optimizer, step, RNG, data iterator position, action statistics); saves and exits cleanly on
 SIGTERM. Logs readable console lines and TensorBoard events (process 0 only).
+
+(About 400 lines: the loop plus the pieces only it uses: the logger, the workdir lock, the
+preemption flag and the resume checks. The model, loss and step live in train_state.py.)
 """
 
 from __future__ import annotations

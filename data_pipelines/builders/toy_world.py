@@ -19,6 +19,9 @@ expert's action has terminate = 1), [0, 1, 0] = continue; index 2 is never used.
 
 `ensure_toy_world(cache_dir, ...)` generates all three on first use under a directory named by
 the parameters, writing to a temporary directory that is renamed only when complete.
+
+(500 lines: the three TFDS builders, their feature specs and the cached generation share the
+generation parameters and are kept together.)
 """
 
 from __future__ import annotations

@@ -59,7 +59,12 @@ def dtype_from_name(name: str | Dtype) -> Dtype:
 
 
 class RMSNorm(nn.Module):
-    """T5-style root-mean-square layer norm (no mean subtraction, no bias)."""
+    """T5-style root-mean-square layer norm (no mean subtraction, no bias).
+
+    Kept instead of flax's `nn.RMSNorm` (and `LayerNorm` below instead of `nn.LayerNorm`): flax
+    multiplies x by (rsqrt(var) * scale) where T5X computes (x * rsqrt(var)) * scale. With both
+    swapped, a 200-step tiny run's loss moved by up to 0.011 (identical at step 10; the same run
+    with these norms is bit-identical from run to run), so the swap would change results."""
 
     epsilon: float = 1e-6
     dtype: Dtype = jnp.float32

@@ -10,6 +10,9 @@ compiled is the one `rt2_jax.train` runs (`train_state.make_setup` + `train_stat
 
 Exit codes: 0 fits, 1 does not fit (including XLA running out of memory at compile time),
 2 the configuration cannot be built on that topology (e.g. a mesh that does not divide it).
+
+(Over 400 lines: a command-line tool whose lowering, memory report and table printing are only
+used here.)
 """
 
 from __future__ import annotations

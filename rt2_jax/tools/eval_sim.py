@@ -25,6 +25,9 @@ keeps its size (finished slots repeat a live observation) so the decode loop com
 Prints one progress line per finished episode and a summary; with --json the summary is one JSON
 object on stdout (`success`: category -> rate, `episodes`, `vqa_accuracy`) and progress goes to
 stderr.
+
+(Over 400 lines: a command-line tool; the policies, the batched episode loop, VQA scoring and
+the report are only used here and by the co-fine-tuning experiment.)
 """
 
 from __future__ import annotations
