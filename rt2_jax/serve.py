@@ -133,6 +133,14 @@ class Batcher:
                 item.future.set_result(out)
 
 
+MAX_ERROR_CHARS = 2000
+
+
+def _clip(text: str) -> str:
+    """An error reply no longer than MAX_ERROR_CHARS (a message may quote what it refuses)."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+
+
 class PolicyServer:
     """A `rt2_jax.policy.Policy` behind a websocket server (see the module docstring).
 
@@ -218,7 +226,7 @@ class PolicyServer:
             image, instruction = wire.parse_observation(obs, self.limits)
             inputs = self.policy.prepare(image, instruction)
         except (wire.RequestError, ValueError, TypeError) as err:
-            return f"bad request: {err}"
+            return _clip(f"bad request: {err}")
         future = self.batcher.submit(inputs)
         try:
             return wire.pack(future.result(timeout=self.request_timeout_s))
@@ -226,7 +234,7 @@ class PolicyServer:
             future.cancel()
             return f"internal error: the model did not answer within {self.request_timeout_s} s."
         except Exception as err:
-            return f"internal error: {type(err).__name__}: {err}"
+            return _clip(f"internal error: {type(err).__name__}: {err}")
 
     def _handle(self, connection) -> None:
         from websockets.exceptions import ConnectionClosed

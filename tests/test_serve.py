@@ -242,6 +242,7 @@ def _malformed():
         ("ext type", m({"image": msgpack.ExtType(7, b"x"), "prompt": "go"})),
         ("text frame", "{'image': 1}"),
         ("deep observation", p({"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}})),
+        ("megabyte key", p({"image": good, "prompt": "go", "k" * 1_000_000: 1})),
     ]
 
 
@@ -257,6 +258,7 @@ def test_malformed_requests_each_get_an_error_and_the_server_keeps_serving(serve
             ws.send(message)
             reply = ws.recv(timeout=60)
             assert isinstance(reply, str) and reply.startswith("bad request: "), (name, reply)
+            assert len(reply) <= serve.MAX_ERROR_CHARS, name
             ws.send(good)     # the same connection still serves
             answer = wire.unpack(ws.recv(timeout=60))
             np.testing.assert_array_equal(answer["action"], want[0], err_msg=name)
