@@ -69,7 +69,7 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             terminate_repeats=0,                 # solved steps labelled terminate, per episode
             move_quantum=0.0,                    # expert motion in multiples of this (0 = exact)
             camera="fixed")),                    # robot camera: fixed | gripper (moves with it)
-        action_stats_source="",                  # robot source whose stats set the bounds
+        action_stats_source="",                  # default robot dataset for the policy (""=first)
         eval=ml_collections.ConfigDict(dict(
             global_batch_size=eval_batch_size or global_batch_size,
             max_examples_per_source=0,           # 0 = the whole eval split

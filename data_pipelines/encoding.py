@@ -18,20 +18,28 @@ from rt2_jax import preprocessing
 
 
 class BatchEncoder:
-    def __init__(self, tokenizer, action_tokenizer, prompt_len, target_len, counters):
+    """`action_tokenizers[i]`: the ActionTokenizer of source i (a robot dataset's own bounds),
+    None for web sources; each robot row is binned and normalized with its source's.
+    `present[i]`: bool [8] (or None = all), the action dims source i records; the target
+    tokens of the others (zeros, i.e. the bin of 0) get loss mask 0."""
+
+    def __init__(self, tokenizer, action_tokenizers, prompt_len, target_len, counters,
+                 present=None):
         self.tokenizer = tokenizer
-        self.action_tokenizer = action_tokenizer
+        self.action_tokenizers = list(action_tokenizers)
+        self.absent = [None if p is None or all(p) else np.flatnonzero(~np.asarray(p, bool))
+                       for p in (present or [None] * len(self.action_tokenizers))]
         self.prompt_len = prompt_len
         self.target_len = target_len
         self.counters = counters
-        self.low, self.high = action_tokenizer.bounds.limits()
+        self.limits = [None if t is None else t.bounds.limits() for t in self.action_tokenizers]
         self._lock = threading.Lock()
 
-    def __call__(self, prompt, answer, action, is_robot):
+    def __call__(self, prompt, answer, action, is_robot, source):
         with self._lock:
-            return self._encode(prompt, answer, action, is_robot)
+            return self._encode(prompt, answer, action, is_robot, source)
 
-    def _encode(self, prompt, answer, action, is_robot):
+    def _encode(self, prompt, answer, action, is_robot, source):
         tok = self.tokenizer
         before = tok.num_truncated
         enc, enc_mask = preprocessing.encode_prompts(tok, [p.decode("utf-8") for p in prompt],
@@ -42,25 +50,29 @@ class BatchEncoder:
                                          add_eos=True)
         self.counters.add_host("truncated_targets", tok.num_truncated - before)
         norm = np.zeros_like(action, dtype=np.float32)
-        rows = np.flatnonzero(is_robot)
-        if rows.size:
+        for index in np.unique(source[is_robot]):
+            rows = np.flatnonzero(is_robot & (source == index))
+            action_tok, (low, high) = self.action_tokenizers[index], self.limits[index]
             robot_actions = action[rows]
-            outside = (robot_actions[:, 1:] < self.low) | (robot_actions[:, 1:] > self.high)
+            outside = (robot_actions[:, 1:] < low) | (robot_actions[:, 1:] > high)
             self.counters.add_host("clipped_actions", outside.any(axis=1).sum())
             self.counters.add_host("clipped_values", outside.sum())
-            ids = self.action_tokenizer.target_token_ids(robot_actions)
+            ids = action_tok.target_token_ids(robot_actions)
             dec[rows] = tok.pad_id
             dec[rows, :ids.shape[1]] = ids
             dec_mask[rows] = False
             dec_mask[rows, :ids.shape[1]] = True
-            norm[rows] = preprocessing.normalize_actions(robot_actions, self.low, self.high)
+            if self.absent[index] is not None:
+                dec_mask[np.ix_(rows, self.absent[index])] = False
+            norm[rows] = preprocessing.normalize_actions(robot_actions, low, high)
         return enc, enc_mask, dec, dec_mask.astype(np.float32), norm
 
 
 def tokenize_batches(ds, encoder, batch_size):
     def tokenize(batch):
         enc, enc_mask, dec, dec_loss, norm = tf.numpy_function(
-            encoder, [batch["prompt"], batch["answer"], batch["action"], batch["is_robot"]],
+            encoder, [batch["prompt"], batch["answer"], batch["action"], batch["is_robot"],
+                      batch["source"]],
             [tf.int32, tf.bool, tf.int32, tf.float32, tf.float32], stateful=False)
         out = {
             "image": batch["image"],

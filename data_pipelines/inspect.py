@@ -20,9 +20,11 @@ from data_pipelines import mixture as mixture_lib
 
 
 def describe_example(mix, batch, row):
-    tok, atok = mix.tokenizer, mix.action_tokenizer
+    source = mix.source_names[int(batch["source"][row])]
+    # A robot row is binned with its own dataset's bounds.
+    tok, atok = mix.tokenizer, mix.dataset_tokenizers.get(source, mix.action_tokenizer)
     out = {
-        "source": mix.source_names[int(batch["source"][row])],
+        "source": source,
         "prompt": tok.decode(batch["encoder_tokens"][row]),
         "target_ids": batch["decoder_tokens"][row][batch["decoder_loss_mask"][row] > 0].tolist(),
     }
@@ -75,6 +77,7 @@ def inspect(config, split, num_batches, num_examples, grid_path):
                                                            strict=True))},
         "counters": mix.counters(),
         "action_bounds": mix.action_bounds.to_json_dict(),
+        "dataset_bounds": {name: b.to_json_dict() for name, b in mix.dataset_bounds.items()},
         "action_stats": {k: v for k, v in (mix.action_stats or {}).items() if k != "mapping"},
         "image_grid": grid_path,
     }
@@ -95,6 +98,11 @@ def print_text(report):
     print("sources (count / fraction vs weight):")
     for name, s in report["sources"].items():
         print(f"  {name:12s} {s['count']:6d}  {s['fraction']:.3f} vs {s['weight']:.3f}")
+    print("action bounds per robot dataset (low .. high, continuous dims):")
+    for name, b in report["dataset_bounds"].items():
+        low = ", ".join(f"{v:.4g}" for v in b["low"])
+        high = ", ".join(f"{v:.4g}" for v in b["high"])
+        print(f"  {name:12s} [{low}] .. [{high}]")
     print("counters:", json.dumps(report["counters"]))
     if report["image_grid"]:
         print("image grid:", report["image_grid"])

@@ -51,16 +51,19 @@ class Mixture:
     """
 
     def __init__(self, *, dataset, split, source_names, source_kinds, weights, tokenizer,
-                 action_tokenizer, action_stats, all_action_stats, counters, host_batch_size):
+                 dataset_tokenizers, default_dataset, all_action_stats, counters,
+                 host_batch_size):
         self.dataset = dataset
         self.split = split
         self.source_names = tuple(source_names)
         self.source_kinds = tuple(source_kinds)
         self.weights = tuple(weights)
         self.tokenizer = tokenizer
-        self.action_tokenizer = action_tokenizer
-        self.action_stats = action_stats
+        self.dataset_tokenizers = dict(dataset_tokenizers)   # robot source -> its tokenizer
+        self.default_dataset = default_dataset
+        self.action_tokenizer = self.dataset_tokenizers[default_dataset]
         self.all_action_stats = all_action_stats
+        self.action_stats = all_action_stats.get(default_dataset)
         self.host_batch_size = host_batch_size
         self._counters = counters
         self._iterator = None
@@ -68,7 +71,13 @@ class Mixture:
 
     @property
     def action_bounds(self):
+        """The default dataset's bounds (see dataset_bounds for every robot dataset's)."""
         return self.action_tokenizer.bounds
+
+    @property
+    def dataset_bounds(self) -> dict:
+        """Robot source name -> the ActionBounds its actions are binned with."""
+        return {name: tok.bounds for name, tok in self.dataset_tokenizers.items() if name}
 
     def counters(self):
         """Skip/clip/truncation counts so far (see data_pipelines.stats.COUNTER_NAMES)."""
@@ -123,17 +132,21 @@ class Mixture:
                 self._counters.load_dict(json.load(f))
 
 
-def _action_tokenizer(config, opened, tokenizer, robot_stats):
-    """The action tokenizer with the bounds of `config.data.action_stats_source` (default: the
-    first robot source) and that source's statistics."""
-    chosen = config.data.get("action_stats_source", "") or (
-        next((s.name for s in opened if s.config.kind == ROBOT), ""))
-    if chosen and chosen not in robot_stats:
-        raise ValueError(f"config.data.action_stats_source={chosen!r} is not a robot source; "
+def _action_tokenizers(config, opened, tokenizer, robot_stats):
+    """(default dataset name, {robot source name: its ActionTokenizer}). Each robot dataset is
+    binned with bounds from its own statistics (config.actions.bounds); the default dataset
+    (`config.data.action_stats_source`, else the first robot source) is the one a single-dataset
+    caller (the policy without `dataset=`, old exports) uses. With no robot source, one
+    tokenizer under "" (fixed bounds only)."""
+    robot_names = [s.name for s in opened if s.config.kind == ROBOT]
+    default = config.data.get("action_stats_source", "") or (robot_names[0] if robot_names
+                                                               else "")
+    if default and default not in robot_stats:
+        raise ValueError(f"config.data.action_stats_source={default!r} is not a robot source; "
                          f"robot sources: {sorted(robot_stats)}.")
-    stats_dict = robot_stats.get(chosen)
-    return actions_lib.ActionTokenizer.from_config(config, stats=stats_dict,
-                                                   tokenizer=tokenizer), stats_dict
+    names = robot_names or [""]
+    return default, {name: actions_lib.ActionTokenizer.from_config(
+        config, stats=robot_stats.get(name), tokenizer=tokenizer) for name in names}
 
 
 def build_mixture(config, *, split="train", process_index=0, process_count=1, seed=None,
@@ -167,7 +180,8 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
                 src.builder, src.builder_dir, src.config.mapping, src.config.train_split,
                 cache_dir=data.cache_dir, skip_unreadable=bool(data.skip_unreadable),
                 progress=progress)
-    action_tokenizer, action_stats = _action_tokenizer(config, opened, tokenizer, robot_stats)
+    default_dataset, dataset_tokenizers = _action_tokenizers(config, opened, tokenizer,
+                                                             robot_stats)
 
     weights = np.array([float(s.config.weight) for s in opened])
     if (weights < 0).any() or weights.sum() <= 0:
@@ -212,8 +226,11 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
         for ds in per_source[1:]:
             mixed = mixed.concatenate(ds)
         batched = mixed.batch(host_batch).map(encoding.pad_batch(host_batch))
-    encoder = encoding.BatchEncoder(tokenizer, action_tokenizer, int(config.max_prompt_len),
-                            int(config.max_target_len), counters)
+    per_source = [dataset_tokenizers.get(s.name) for s in opened]
+    present = [robot.present_dims(s.config.mapping) if s.config.kind == ROBOT else None
+               for s in opened]
+    encoder = encoding.BatchEncoder(tokenizer, per_source, int(config.max_prompt_len),
+                                    int(config.max_target_len), counters, present)
     out = encoding.tokenize_batches(batched, encoder, host_batch).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
@@ -223,6 +240,6 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
     out = out.with_options(options)
     return Mixture(dataset=out, split=split, source_names=[s.name for s in opened],
                    source_kinds=[s.config.kind for s in opened], weights=weights.tolist(),
-                   tokenizer=tokenizer, action_tokenizer=action_tokenizer,
-                   action_stats=action_stats, all_action_stats=robot_stats, counters=counters,
-                   host_batch_size=host_batch)
+                   tokenizer=tokenizer, dataset_tokenizers=dataset_tokenizers,
+                   default_dataset=default_dataset, all_action_stats=robot_stats,
+                   counters=counters, host_batch_size=host_batch)

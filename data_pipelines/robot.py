@@ -13,6 +13,21 @@ import tensorflow_datasets as tfds
 
 ACTION_DIMS = ("terminate", "dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 _PART_SIZES = {"translation": 3, "rotation": 3, "gripper": 1}
+# A mapping value for a part the dataset does not record (no rotation, no terminate signal):
+# the part reads as zeros and its action tokens are left out of the loss.
+ABSENT = "absent"
+_PART_DIMS = {"terminate": (0,), "translation": (1, 2, 3), "rotation": (4, 5, 6),
+              "gripper": (7,)}
+
+
+def present_dims(mapping) -> list[bool]:
+    """For each of the 8 action dims: does the dataset record it (False: mapped as ABSENT)."""
+    present = [True] * len(ACTION_DIMS)
+    for part, dims in _PART_DIMS.items():
+        if mapping.get(part, "") == ABSENT:
+            for d in dims:
+                present[d] = False
+    return present
 _KEY_RE = re.compile(r"^(?P<path>[^\[\]]+?)(?:\[(?P<start>-?\d*)(?P<colon>:)?(?P<stop>-?\d*)\])?$")
 
 
@@ -71,7 +86,13 @@ def validate_robot_mapping(builder, mapping, source_name):
     for name in (*_PART_SIZES, "image", "instruction", "terminate"):
         key = mapping.get(name, "")
         if not key:
-            problems.append(f"mapping.{name} is empty")
+            problems.append(f"mapping.{name} is empty" + (
+                f" (write {ABSENT!r} if the dataset does not record it)"
+                if name in _PART_DIMS else ""))
+            continue
+        if key == ABSENT:
+            if name not in _PART_DIMS:
+                problems.append(f"mapping.{name} cannot be {ABSENT!r}")
             continue
         path, index = parse_key(key)
         if path not in paths:
@@ -118,12 +139,21 @@ def _values(tensor, size):
 
 
 def step_action(step, mapping):
-    """The 8-d RT-2 action in robot units (terminate 0/1) from one step's features."""
-    translation = _values(_select(step, mapping["translation"], "steps/"), 3)
-    rotation = _values(_select(step, mapping["rotation"], "steps/"), 3)
-    gripper = _values(_select(step, mapping["gripper"], "steps/"), 1)
-    gripper = gripper * float(mapping.get("gripper_scale", 1.0)) + float(
-        mapping.get("gripper_offset", 0.0))
+    """The 8-d RT-2 action in robot units (terminate 0/1) from one step's features; parts
+    mapped as ABSENT are zeros."""
+    def part(name):
+        if mapping[name] == ABSENT:
+            return tf.zeros([_PART_SIZES[name]], tf.float32)
+        return _values(_select(step, mapping[name], "steps/"), _PART_SIZES[name])
+
+    translation, rotation = part("translation"), part("rotation")
+    if mapping["gripper"] == ABSENT:
+        gripper = tf.zeros([1], tf.float32)
+    else:
+        gripper = part("gripper") * float(mapping.get("gripper_scale", 1.0)) + float(
+            mapping.get("gripper_offset", 0.0))
+    if mapping["terminate"] == ABSENT:
+        return tf.concat([tf.zeros([1], tf.float32), translation, rotation, gripper], axis=0)
     terminate = _select(step, mapping["terminate"], "steps/")
     if mapping.get("terminate_kind", "one_hot") == "one_hot":
         terminate = tf.reshape(terminate, [-1])[int(mapping.get("terminate_index", 0))]

@@ -173,9 +173,13 @@ def absolute(path: str) -> str:
 
 def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_path: str,
            action_stats: dict | None, bounds: actions_lib.ActionBounds,
-           dtype: str = "bfloat16", step: int | None = None) -> None:
+           dtype: str = "bfloat16", step: int | None = None, datasets: dict | None = None,
+           default_dataset: str = "") -> None:
     """Writes an inference export directory (see the module docstring). `step`: the training
-    step the parameters come from (recorded in action_stats.json; None when unknown)."""
+    step the parameters come from (recorded in action_stats.json; None when unknown).
+    `datasets`: {robot dataset: {"bounds": ActionBounds JSON, "stats": ...}} when training mixed
+    several robots (each binned with its own bounds); `bounds` and `action_stats` are then the
+    `default_dataset`'s."""
     cast = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
     if dtype not in cast:
         raise ValueError(f"export dtype {dtype!r}: use one of {sorted(cast)}.")
@@ -190,7 +194,8 @@ def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_pa
     tf.io.gfile.copy(tokenizer_path, os.path.join(out_dir, "tokenizer.model"), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(out_dir, "action_stats.json"), "w") as f:
         json.dump({"stats": action_stats, "bounds": bounds.to_json_dict(),
-                   "mapping": config.actions.mapping, "step": step}, f, indent=2)
+                   "mapping": config.actions.mapping, "step": step,
+                   "datasets": datasets or {}, "default_dataset": default_dataset}, f, indent=2)
     export_config = ml_collections.ConfigDict(config.to_dict())
     export_config.tokenizer.model_path = "tokenizer.model"  # relative to the export dir
     export_config.model.param_dtype = dtype

@@ -40,7 +40,8 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
     tok = tokenizer.Tokenizer(config.tokenizer.get("model_path") or None)
     bounds = actions_lib.ActionBounds.from_json_dict(meta["action_bounds"])
     checkpoints.export(out, state.params, config, tok.model_path, meta["action_stats"], bounds,
-                       dtype, step=step)
+                       dtype, step=step, datasets=meta.get("datasets"),
+                       default_dataset=meta.get("default_dataset", ""))
     ckpt.close()
     return step
 

@@ -68,6 +68,7 @@ class Policy:
         the parameters come from, if known."""
         self.config = config
         self.step = step
+        self.dataset: str | None = None   # whose action bounds (from_export sets it)
         self.params = params
         self.image_size = int(config.image_size)
         data = config.get("data") or {}
@@ -82,10 +83,12 @@ class Policy:
         self._rng = jax.random.PRNGKey(seed)
 
     @classmethod
-    def from_export(cls, export_dir: str, *, sampling: decoding.Sampling | None = None,
-                    seed: int = 0) -> Policy:
+    def from_export(cls, export_dir: str, *, dataset: str | None = None,
+                    sampling: decoding.Sampling | None = None, seed: int = 0) -> Policy:
         """Loads params, config, tokenizer and action bounds written by `python -m
-        rt2_jax.export`."""
+        rt2_jax.export`. An export trained on several robot datasets un-normalizes the decoded
+        bins with one dataset's bounds: name it with `dataset` (required then; the error lists
+        the names)."""
         from rt2_jax import checkpoints  # orbax + TensorFlow gfile, only needed to load
 
         export_dir = os.fspath(export_dir)
@@ -93,16 +96,30 @@ class Policy:
             raise FileNotFoundError(f"export directory {export_dir!r} does not exist. Create one "
                                     "with `python -m rt2_jax.export --workdir=... --out=...`.")
         params, config, stats = checkpoints.load_export(export_dir)
+        datasets = stats.get("datasets") or {}
+        if dataset is not None and dataset not in datasets:
+            raise ValueError(
+                f"dataset={dataset!r} is not one this export was trained on: "
+                + (f"choose one of {sorted(datasets)}." if datasets else
+                   "it records a single robot dataset's bounds; leave dataset unset."))
+        if dataset is None and len(datasets) > 1:
+            raise ValueError(f"This export was trained on {len(datasets)} robot datasets "
+                             f"{sorted(datasets)}, each with its own action bounds; pass "
+                             "dataset=NAME (--dataset) to choose whose units the actions are in.")
         try:
-            bounds = actions_lib.ActionBounds.from_json_dict(stats["bounds"])
+            chosen = datasets[dataset]["bounds"] if dataset is not None else stats["bounds"]
+            bounds = actions_lib.ActionBounds.from_json_dict(chosen)
             mapping = stats.get("mapping") or config.actions.mapping
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"action_stats.json in {export_dir} is malformed ({err}); "
                              "re-export the workdir.") from err
         tok = tokenizer_lib.Tokenizer(config.tokenizer.model_path)
         step = stats.get("step")  # absent in exports written before it was recorded
-        return cls(params, config, actions_lib.ActionTokenizer(bounds, tok, mapping),
-                   sampling=sampling, seed=seed, step=None if step is None else int(step))
+        policy = cls(params, config, actions_lib.ActionTokenizer(bounds, tok, mapping),
+                     sampling=sampling, seed=seed, step=None if step is None else int(step))
+        policy.dataset = dataset if dataset is not None else (stats.get("default_dataset")
+                                                              or None)
+        return policy
 
     # --- preprocessing ---
 

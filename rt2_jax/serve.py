@@ -173,7 +173,7 @@ class PolicyServer:
         low, high = policy.action_tokenizer.bounds.limits()
         return {
             "server": "rt2_jax", "protocol": PROTOCOL,
-            "export_step": policy.step,
+            "export_step": policy.step, "dataset": policy.dataset,
             "image_size": policy.image_size, "image_aspect": policy.image_aspect,
             "observation_keys": {"image": list(wire.IMAGE_KEYS),
                                  "instruction": list(wire.INSTRUCTION_KEYS)},
@@ -325,6 +325,8 @@ def _define_flags() -> dict:
         "temperature": flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding."),
         "top_k": flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off)."),
         "seed": flags.DEFINE_integer("seed", 0, "Sampling seed."),
+        "dataset": flags.DEFINE_string("dataset", None, "Robot dataset whose action bounds "
+                                       "un-normalize the actions (exports trained on several)."),
     }
 
 
@@ -347,7 +349,8 @@ def main(argv):
                          max_image_side=f["max_image_side"],
                          max_instruction_chars=f["max_instruction_chars"])
     policy = policy_lib.Policy.from_export(
-        f["export"], sampling=decoding.Sampling(f["temperature"], f["top_k"]), seed=f["seed"])
+        f["export"], dataset=f["dataset"],
+        sampling=decoding.Sampling(f["temperature"], f["top_k"]), seed=f["seed"])
     server = PolicyServer(policy, host=f["host"], port=f["port"], max_batch=f["max_batch"],
                           batch_wait_ms=f["batch_wait_ms"], limits=limits)
     print(f"Compiling the decode loop for batches up to {server.batcher.max_batch} ...",

@@ -264,6 +264,7 @@ def _train(config, workdir: str) -> dict[str, float]:
                                     set_aside_incomplete=True)
     meta = {"action_stats": mixture.action_stats,
             "action_bounds": mixture.action_bounds.to_json_dict(),
+            "datasets": export_datasets(mixture), "default_dataset": mixture.default_dataset,
             "source_names": list(mixture.source_names), "config": config.to_json_best_effort()}
 
     latest = ckpt.latest_step()
@@ -279,12 +280,16 @@ def _train(config, workdir: str) -> dict[str, float]:
     else:
         _check_resumable(ckpt.restore_meta(latest), config, latest, ckpt.directory)
         state, saved_meta = ckpt.restore(latest, setup.abstract_state)
-        if saved_meta.get("action_bounds") != meta["action_bounds"]:
+        saved_bounds = {name: d["bounds"] for name, d in
+                        (saved_meta.get("datasets") or {}).items()}
+        now_bounds = {name: d["bounds"] for name, d in meta["datasets"].items()}
+        if (saved_meta.get("action_bounds") != meta["action_bounds"]
+                or (saved_bounds and saved_bounds != now_bounds)):
             raise ValueError(
                 f"The checkpoint at step {latest} was trained with action bounds "
-                f"{saved_meta.get('action_bounds')}, but the data now gives "
-                f"{meta['action_bounds']}. Use the same data and config.actions, or a new "
-                "--workdir.")
+                f"{saved_bounds or saved_meta.get('action_bounds')}, but the data now gives "
+                f"{now_bounds or meta['action_bounds']}. Use the same data and config.actions, "
+                "or a new --workdir.")
         ckpt.restore_data(latest, mixture)
         say(f"Resumed from step {latest} in {ckpt.directory}.")
     start_step = int(state.step)
@@ -352,8 +357,16 @@ def _train(config, workdir: str) -> dict[str, float]:
     if config.train.export_at_end and start_step < total:
         checkpoints.export(os.path.join(workdir, "export"), state.params, config,
                            mixture.tokenizer.model_path, mixture.action_stats,
-                           mixture.action_bounds, config.train.export_dtype, step=total)
+                           mixture.action_bounds, config.train.export_dtype, step=total,
+                           datasets=meta["datasets"], default_dataset=mixture.default_dataset)
     return last
+
+
+def export_datasets(mixture) -> dict:
+    """{robot dataset: {"bounds": ..., "stats": ...}} as checkpoints and exports record them."""
+    return {name: {"bounds": bounds.to_json_dict(),
+                   "stats": mixture.all_action_stats.get(name)}
+            for name, bounds in mixture.dataset_bounds.items()}
 
 
 def _logged_step(line: str) -> float:

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rt2_jax import actions as actions_lib
 from rt2_jax import optim, sharding
-from rt2_jax.actions import NUM_CONTINUOUS, NUM_DIMS
+from rt2_jax.actions import NUM_DIMS
 from rt2_jax.models import params as params_lib
 from rt2_jax.models.encoder_decoder import shift_right
 from rt2_jax.models.vlm import VLM
@@ -89,9 +89,12 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
     masked = jnp.where(jnp.asarray(tables.position_masks)[None], act_logits, -jnp.inf)
     pred_ids = jnp.argmax(masked, -1)                                      # always valid ids
     pred_bins = jnp.asarray(tables.id_to_bin)[pred_ids]
-    act_correct = (pred_ids == targets[:, :NUM_DIMS]).astype(jnp.float32) * robot[:, None]
+    # Robot rows' action positions, less the dims a dataset does not record (loss mask 0).
+    act_weight = robot[:, None] * (mask[:, :NUM_DIMS] > 0)
+    hit = pred_ids == targets[:, :NUM_DIMS]
+    act_correct = hit.astype(jnp.float32) * act_weight
     pred_norm = actions_lib.normalized_from_bins(pred_bins, jnp)
-    act_l1 = jnp.abs(pred_norm - batch["action"]) * robot[:, None]
+    act_l1 = jnp.abs(pred_norm - batch["action"]) * act_weight
     return {
         "loss_sum": row_loss.sum(), "token_count": row_tokens.sum(),
         "source_loss_sum": (row_loss[:, None] * onehot).sum(0),
@@ -100,7 +103,8 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
         "z_sum": (z_loss * jnp.square(jax.nn.logsumexp(logits, -1)) * mask).sum(),
         "robot_rows": robot.sum(),
         "action_correct_per_dim": act_correct.sum(0),
-        "action_all_correct": (act_correct.sum(1) == NUM_DIMS).astype(jnp.float32).sum(),
+        "action_dims": act_weight.sum(0),
+        "action_all_correct": (jnp.all(hit | (act_weight == 0), axis=1) * robot).sum(),
         "action_l1_per_dim": act_l1.sum(0),
         "web_correct": (correct * web[:, None]).sum(),
         "web_tokens": (mask * web[:, None]).sum(),
@@ -115,13 +119,14 @@ def summarize(sums: dict[str, np.ndarray], source_names: tuple[str, ...]) -> dic
         if s["source_token_count"][i] > 0:
             out[f"loss/{name}"] = s["source_loss_sum"][i] / s["source_token_count"][i]
         out[f"examples/{name}"] = s["source_examples"][i]
-    robot = max(s["robot_rows"], 1.0)
     if s["robot_rows"] > 0:
-        out["action_acc"] = s["action_correct_per_dim"].sum() / (NUM_DIMS * robot)
-        out["action_exact"] = s["action_all_correct"] / robot
-        out["action_l1"] = s["action_l1_per_dim"][1:].sum() / (NUM_CONTINUOUS * robot)
+        dims = s["action_dims"]   # per dim: robot rows whose dataset records it
+        out["action_acc"] = s["action_correct_per_dim"].sum() / max(dims.sum(), 1.0)
+        out["action_exact"] = s["action_all_correct"] / s["robot_rows"]
+        out["action_l1"] = s["action_l1_per_dim"][1:].sum() / max(dims[1:].sum(), 1.0)
         for d, name in enumerate(actions_lib.ACTION_DIMS):
-            out[f"action_acc/{name}"] = s["action_correct_per_dim"][d] / robot
+            if dims[d] > 0:
+                out[f"action_acc/{name}"] = s["action_correct_per_dim"][d] / dims[d]
     if s["web_tokens"] > 0:
         out["web_token_acc"] = s["web_correct"] / s["web_tokens"]
     return out

@@ -43,10 +43,12 @@ def fractal_features(image_shape):
     })
 
 
-def fake_step(episode, t, length, image_shape, images=None, instructions=INSTRUCTIONS):
-    """`images(episode, t)` -> uint8 image, if given (else flat colours coding episode, step)."""
+def fake_step(episode, t, length, image_shape, images=None, instructions=INSTRUCTIONS,
+              action_scale=1.0):
+    """`images(episode, t)` -> uint8 image, if given (else flat colours coding episode, step).
+    `action_scale` multiplies the position and rotation deltas (a robot with other units)."""
     last = t == length - 1
-    world = np.array([episode, t, 0.5], np.float32) / 100
+    world = np.array([episode, t, 0.5], np.float32) / 100 * np.float32(action_scale)
     if (episode, t) == (NAN_EPISODE, NAN_STEP):
         world[1] = np.nan
     if images is not None:
@@ -59,7 +61,8 @@ def fake_step(episode, t, length, image_shape, images=None, instructions=INSTRUC
         "action": {
             "base_displacement_vector": np.zeros(2, np.float32),
             "gripper_closedness_action": np.array([1.0 if t % 2 else -1.0], np.float32),
-            "rotation_delta": np.array([0.1, -0.1, 0.05 * (t % 3)], np.float32),
+            "rotation_delta": np.array([0.1, -0.1, 0.05 * (t % 3)], np.float32)
+            * np.float32(action_scale),
             "terminate_episode": np.array([1, 0, 0] if last else [0, 1, 0], np.int32),
             "world_vector": world,
         },
@@ -74,11 +77,13 @@ def fake_step(episode, t, length, image_shape, images=None, instructions=INSTRUC
 
 
 def write_fake_fractal(data_dir, name="fake_fractal", lengths=FRACTAL_EPISODE_LENGTHS,
-                       image_shape=(256, 320, 3), images=None, instructions=INSTRUCTIONS):
+                       image_shape=(256, 320, 3), images=None, instructions=INSTRUCTIONS,
+                       action_scale=1.0):
     """Writes the RLDS dataset; returns its version directory. `images(episode, t)` and
-    `instructions` (episode e uses instructions[e % len]) replace the default contents."""
-    episodes = [(e, {"steps": [fake_step(e, t, n, image_shape, images, instructions)
-                               for t in range(n)]})
+    `instructions` (episode e uses instructions[e % len]) replace the default contents;
+    `action_scale` scales the position and rotation deltas."""
+    episodes = [(e, {"steps": [fake_step(e, t, n, image_shape, images, instructions,
+                                         action_scale) for t in range(n)]})
                 for e, n in enumerate(lengths)]
     builder = tfds.dataset_builders.store_as_tfds_dataset(
         name=name, version="0.1.0", features=fractal_features(image_shape),

@@ -109,6 +109,8 @@ def test_forty_steps_lower_the_loss(toy_cache, tmp_path, monkeypatch):
     params, config, stats = checkpoints.load_export(out)
     assert config.model.vocab_size == c.model.vocab_size
     assert stats["bounds"]["low"] and stats["mapping"] == "integers" and stats["step"] == 40
+    assert list(stats["datasets"]) == [stats["default_dataset"]]   # one robot dataset
+    assert stats["datasets"][stats["default_dataset"]]["bounds"] == stats["bounds"]
     setup = train_state.make_setup(c)
     state, _ = checkpoints.Checkpointer(str(tmp_path)).restore(40, setup.abstract_state)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(

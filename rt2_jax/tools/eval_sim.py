@@ -73,6 +73,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          "Truncate an episode after this many steps.", flag_values=fv)
     flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding.", flag_values=fv)
     flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).", flag_values=fv)
+    flags.DEFINE_string("dataset", None, "Robot dataset whose action bounds un-normalize the "
+                        "actions (for an export trained on several).", flag_values=fv)
     flags.DEFINE_string("gif", "", "Write the first --gif_episodes episodes of the first "
                         "category as an animated GIF here.", flag_values=fv)
     flags.DEFINE_integer("gif_episodes", 4, "Episodes in the GIF.", flag_values=fv)
@@ -381,7 +383,8 @@ def make_policy(f: flags.FlagValues):
     from rt2_jax import policy as policy_lib
 
     sampling = decoding.Sampling(temperature=f.temperature, top_k=f.top_k)
-    return policy_lib.Policy.from_export(f.export, sampling=sampling, seed=f.seed)
+    return policy_lib.Policy.from_export(f.export, dataset=f.dataset, sampling=sampling,
+                                         seed=f.seed)
 
 
 def camera_for(f: flags.FlagValues, policy) -> str:
