@@ -70,6 +70,7 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             move_quantum=0.0,                    # expert motion in multiples of this (0 = exact)
             camera="fixed")),                    # robot camera: fixed | gripper (moves with it)
         action_stats_source="",                  # default robot dataset for the policy (""=first)
+        weight_robots_by_size=False,             # robot weights x steps (OXE), robot share kept
         eval=ml_collections.ConfigDict(dict(
             global_batch_size=eval_batch_size or global_batch_size,
             max_examples_per_source=0,           # 0 = the whole eval split

@@ -149,6 +149,19 @@ def _action_tokenizers(config, opened, tokenizer, robot_stats):
         config, stats=robot_stats.get(name), tokenizer=tokenizer) for name in names}
 
 
+def _weight_robots_by_size(weights, opened, robot_stats):
+    """Open X-Embodiment's convention: each robot dataset's weight times its number of steps
+    (train split), rescaled so the robot sources together keep their configured share."""
+    weights = weights.copy()
+    robot_index = [s.index for s in opened if s.config.kind == ROBOT and weights[s.index] > 0]
+    if not robot_index:
+        return weights
+    sizes = np.array([float(robot_stats[opened[i].name]["num_steps"]) for i in robot_index])
+    scaled = weights[robot_index] * sizes
+    weights[robot_index] = scaled / scaled.sum() * weights[robot_index].sum()
+    return weights
+
+
 def build_mixture(config, *, split="train", process_index=0, process_count=1, seed=None,
                   progress=True):
     """The host-batch stream for `split` ("train": mixed and repeated; "val": finite eval).
@@ -187,6 +200,8 @@ def build_mixture(config, *, split="train", process_index=0, process_count=1, se
     if (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"config.data.sources weights must be >= 0 with a positive sum, got "
                          f"{dict(zip([s.name for s in opened], weights, strict=True))}.")
+    if data.get("weight_robots_by_size", False):
+        weights = _weight_robots_by_size(weights, opened, robot_stats)
     counters = stats.Counters()
     per_source, per_source_index = [], []
     for src in opened:

@@ -181,3 +181,20 @@ def test_action_metrics_skip_dims_a_dataset_does_not_record():
     assert out["action_acc"] == 1.0 and out["action_exact"] == 1.0   # wrong only where absent
     assert out["action_acc/droll"] == 1.0                            # row 0 alone counts there
     assert float(np.asarray(sums["action_dims"])[4]) == 1.0
+
+
+def test_robot_weights_scaled_by_dataset_size_keep_the_robot_share(two_robots, tmp_path):
+    short = fx.write_fake_fractal(tmp_path, name="short_robot", lengths=(5,) * 4,
+                                  image_shape=(8, 8, 3))
+    config = two_robot_config(two_robots)
+    config.data.sources["large"].builder_dir = short     # 20 steps vs the small robot's 59
+    config.data.sources["small"].weight = 0.4
+    config.data.sources["large"].weight = 0.4
+    config.data.weight_robots_by_size = True
+    mix = mixture.build_mixture(config, progress=False)
+    weights = dict(zip(mix.source_names, mix.weights, strict=True))
+    steps = {name: mix.all_action_stats[name]["num_steps"] for name in ("small", "large")}
+    assert steps == {"small": 59, "large": 20}   # one of the small robot's steps is NaN
+    assert weights["small"] == pytest.approx(59 / 20 * weights["large"])
+    assert weights["small"] + weights["large"] == pytest.approx(0.8 / 1.0)
+    assert weights["vqa"] == pytest.approx(0.2)
