@@ -7,7 +7,7 @@ jitted, donated train step. Resumes from the latest checkpoint in {workdir}/chec
 optimizer, step, RNG, data iterator position, action statistics); saves and exits cleanly on
 SIGTERM. Logs readable console lines and TensorBoard events (process 0 only).
 
-(About 400 lines: the loop plus the pieces only it uses: the logger, the workdir lock, the
+(Over 400 lines: the loop plus the pieces only it uses: the logger, the workdir lock, the
 preemption flag and the resume checks. The model, loss and step live in train_state.py.)
 """
 
