@@ -23,10 +23,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
 from rt2_jax import wire
+
+# Replies come from the server we chose to talk to; the limit only guards against garbage.
+_REPLY_LIMITS = wire.Limits(max_message_bytes=2**24)
 
 
 class ServerError(RuntimeError):
@@ -55,15 +58,12 @@ class PolicyClient:
                 ws = connect(self.uri, compression=None, max_size=None,
                              open_timeout=max(1.0, self.connect_timeout))
                 try:
-                    self.metadata = wire.unpack(ws.recv(timeout=self.timeout),
-                                                wire.Limits(max_message_bytes=2**24))
+                    self.metadata = wire.unpack(ws.recv(timeout=self.timeout), _REPLY_LIMITS)
                 except BaseException:
                     ws.close()
                     raise
                 self._ws = ws
                 return
-            except InvalidURI:
-                raise
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as err:
                 if time.monotonic() + delay > deadline:
                     raise ConnectionError(f"no policy server answered at {self.uri} within "
@@ -99,7 +99,7 @@ class PolicyClient:
                                           f"waiting for an answer ({err}).") from err
         if isinstance(reply, str):
             raise ServerError(reply)
-        return wire.unpack(reply, wire.Limits(max_message_bytes=2**24))
+        return wire.unpack(reply, _REPLY_LIMITS)
 
     def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
         """uint8 [H, W, 3] camera image + instruction -> float32[8] action."""

@@ -20,9 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rt2_jax import actions as actions_lib
 from rt2_jax import decoding, sharding, train_state
-from rt2_jax.actions import NUM_DIMS
 
 
 def aligned_host_batches(batches: Iterable[dict], padding: dict, limit: int = 0,
@@ -99,20 +97,11 @@ class Evaluator:
         txt = decoding.decode_loop(model, self._text_spec, greedy, *args)["tokens"]
         valid = batch["valid"]
         robot = (valid & batch["is_robot"]).astype(jnp.float32)
-        weight = batch["action_weight"]   # robot rows x the dims their dataset records
-        target = batch["decoder_tokens"][:, :NUM_DIMS]
-        hit = act == target
-        correct = hit.astype(jnp.float32) * weight
-        table = jnp.asarray(self._id_to_bin)
-        pred = actions_lib.normalized_from_bins(table[act], jnp)
-        l1 = jnp.abs(pred - batch["action"]) * weight
         vqa = (valid & batch["is_vqa"]).astype(jnp.float32)
         match = jnp.any(jnp.all(txt[:, None, :] == batch["answer_ids"], axis=-1), axis=-1)
         return {
-            "robot_rows": robot.sum(), "action_correct": correct.sum(0),
-            "action_dims": weight.sum(0),
-            "action_exact": (jnp.all(hit | (weight == 0), axis=1) * robot).sum(),
-            "action_l1": l1.sum(0), "vqa_rows": vqa.sum(),
+            **train_state.action_sums(act, jnp.asarray(self._id_to_bin)[act], batch, robot),
+            "robot_rows": robot.sum(), "vqa_rows": vqa.sum(),
             "vqa_exact": (match.astype(jnp.float32) * vqa).sum(),
         }
 
@@ -136,11 +125,9 @@ class Evaluator:
         source = host["source"]
         is_vqa = np.where(source >= 0, kinds[np.clip(source, 0, None)] == "vqa", False)
         arrays = {k: host[k] for k in ("image", "encoder_tokens", "encoder_mask",
-                                       "decoder_tokens", "is_robot", "action", "valid")}
+                                       "decoder_tokens", "decoder_loss_mask", "is_robot",
+                                       "action", "valid")}
         arrays["is_vqa"] = is_vqa
-        arrays["action_weight"] = ((host["decoder_loss_mask"][:, :NUM_DIMS] > 0)
-                                   & (host["is_robot"] & host["valid"])[:, None]
-                                   ).astype(np.float32)
         arrays["answer_ids"] = self._answer_ids(host["answers"], self._text_spec.max_steps)
         out = {}
         for k, v in arrays.items():
@@ -160,21 +147,11 @@ class Evaluator:
             sums = out if sums is None else jax.tree.map(np.add, sums, out)
         if sums is None:
             return {}
-        results = {}
-        if sums["robot_rows"] > 0:
-            n = float(sums["robot_rows"])
-            dims = sums["action_dims"]   # per dim: rows whose dataset records it
-            results["action_acc"] = float(sums["action_correct"].sum() / max(dims.sum(), 1.0))
-            results["action_exact"] = float(sums["action_exact"] / n)
-            results["action_l1"] = float(sums["action_l1"][1:].sum() / max(dims[1:].sum(), 1.0))
-            # Per dim: which parts of the action the model has learned (terminate and gripper
-            # come early; the position deltas need the model to read the image).
-            for d, name in enumerate(actions_lib.ACTION_DIMS):
-                if dims[d] > 0:
-                    results[f"action_acc/{name}"] = float(sums["action_correct"][d] / dims[d])
-                    if d:
-                        results[f"action_l1/{name}"] = float(sums["action_l1"][d] / dims[d])
-            results["robot_examples"] = n
+        # Per dim: which parts of the action the model has learned (terminate and gripper
+        # come early; the position deltas need the model to read the image).
+        results = train_state.summarize_actions(sums, per_dim_l1=True)
+        if results:
+            results["robot_examples"] = float(sums["robot_rows"])
         if sums["vqa_rows"] > 0:
             results["vqa_exact_match"] = float(sums["vqa_exact"] / sums["vqa_rows"])
             results["vqa_examples"] = float(sums["vqa_rows"])

@@ -200,14 +200,13 @@ class PolicyServer:
                 for i in range(len(inputs))]
 
     def warmup(self) -> None:
-        """Compiles the decode loop for every padded batch size the batcher can form."""
+        """Compiles the decode loop for every batch size the batcher forms (the powers of two
+        up to max_batch)."""
         image = np.zeros((self.policy.image_size, self.policy.image_size, 3), np.uint8)
         one = self.policy.prepare(image, "warm up")
         size = 1
-        while True:
+        while size <= self.batcher.max_batch:
             self.policy.decode(*(np.repeat(x, size, axis=0) for x in one))
-            if size >= self.batcher.max_batch:
-                break
             size *= 2
 
     # --- connection side (one thread per connection) ---

@@ -73,6 +73,39 @@ def cross_entropy(logits, targets, mask, z_loss: float):
     return loss * mask
 
 
+def action_sums(pred_ids, pred_bins, batch, robot) -> dict:
+    """Summed action metrics of robot rows (the train step and the evaluator share them):
+    per-dim correct ids and L1 in normalized units, per-dim counts, rows with every recorded
+    dim right. A dim counts only where the row's dataset records it (its loss mask is > 0)."""
+    weight = robot[:, None] * (batch["decoder_loss_mask"][:, :NUM_DIMS] > 0)
+    hit = pred_ids == batch["decoder_tokens"][:, :NUM_DIMS]
+    pred_norm = actions_lib.normalized_from_bins(pred_bins, jnp)
+    return {"action_correct": (hit.astype(jnp.float32) * weight).sum(0),
+            "action_dims": weight.sum(0),
+            "action_exact": (jnp.all(hit | (weight == 0), axis=1) * robot).sum(),
+            "action_l1": (jnp.abs(pred_norm - batch["action"]) * weight).sum(0)}
+
+
+def summarize_actions(sums: dict, per_dim_l1: bool = False) -> dict[str, float]:
+    """action_acc, action_exact, action_l1 and per-dim accuracy (and L1) from action_sums
+    summed over batches, plus robot_rows; {} without robot rows."""
+    rows = float(sums["robot_rows"])
+    if rows <= 0:
+        return {}
+    dims = np.asarray(sums["action_dims"], np.float64)   # per dim: rows that record it
+    correct = np.asarray(sums["action_correct"], np.float64)
+    l1 = np.asarray(sums["action_l1"], np.float64)
+    out = {"action_acc": correct.sum() / max(dims.sum(), 1.0),
+           "action_exact": float(sums["action_exact"]) / rows,
+           "action_l1": l1[1:].sum() / max(dims[1:].sum(), 1.0)}
+    for d, name in enumerate(actions_lib.ACTION_DIMS):
+        if dims[d] > 0:
+            out[f"action_acc/{name}"] = correct[d] / dims[d]
+            if per_dim_l1 and d:
+                out[f"action_l1/{name}"] = l1[d] / dims[d]
+    return {k: float(v) for k, v in out.items()}
+
+
 def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_loss: float):
     """Sums and counts (so that they average correctly over hosts and micro-batches)."""
     targets, mask = batch["decoder_tokens"], batch["decoder_loss_mask"]
@@ -89,23 +122,14 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
     masked = jnp.where(jnp.asarray(tables.position_masks)[None], act_logits, -jnp.inf)
     pred_ids = jnp.argmax(masked, -1)                                      # always valid ids
     pred_bins = jnp.asarray(tables.id_to_bin)[pred_ids]
-    # Robot rows' action positions, less the dims a dataset does not record (loss mask 0).
-    act_weight = robot[:, None] * (mask[:, :NUM_DIMS] > 0)
-    hit = pred_ids == targets[:, :NUM_DIMS]
-    act_correct = hit.astype(jnp.float32) * act_weight
-    pred_norm = actions_lib.normalized_from_bins(pred_bins, jnp)
-    act_l1 = jnp.abs(pred_norm - batch["action"]) * act_weight
     return {
+        **action_sums(pred_ids, pred_bins, batch, robot),
         "loss_sum": row_loss.sum(), "token_count": row_tokens.sum(),
         "source_loss_sum": (row_loss[:, None] * onehot).sum(0),
         "source_token_count": (row_tokens[:, None] * onehot).sum(0),
         "source_examples": onehot.sum(0),
         "z_sum": (z_loss * jnp.square(jax.nn.logsumexp(logits, -1)) * mask).sum(),
         "robot_rows": robot.sum(),
-        "action_correct_per_dim": act_correct.sum(0),
-        "action_dims": act_weight.sum(0),
-        "action_all_correct": (jnp.all(hit | (act_weight == 0), axis=1) * robot).sum(),
-        "action_l1_per_dim": act_l1.sum(0),
         "web_correct": (correct * web[:, None]).sum(),
         "web_tokens": (mask * web[:, None]).sum(),
     }
@@ -119,14 +143,7 @@ def summarize(sums: dict[str, np.ndarray], source_names: tuple[str, ...]) -> dic
         if s["source_token_count"][i] > 0:
             out[f"loss/{name}"] = s["source_loss_sum"][i] / s["source_token_count"][i]
         out[f"examples/{name}"] = s["source_examples"][i]
-    if s["robot_rows"] > 0:
-        dims = s["action_dims"]   # per dim: robot rows whose dataset records it
-        out["action_acc"] = s["action_correct_per_dim"].sum() / max(dims.sum(), 1.0)
-        out["action_exact"] = s["action_all_correct"] / s["robot_rows"]
-        out["action_l1"] = s["action_l1_per_dim"][1:].sum() / max(dims[1:].sum(), 1.0)
-        for d, name in enumerate(actions_lib.ACTION_DIMS):
-            if dims[d] > 0:
-                out[f"action_acc/{name}"] = s["action_correct_per_dim"][d] / dims[d]
+    out.update(summarize_actions(s))
     if s["web_tokens"] > 0:
         out["web_token_acc"] = s["web_correct"] / s["web_tokens"]
     return out

@@ -122,7 +122,9 @@ def _unpack_numpy(obj: dict):
         # Checked before any array exists; the shape may name far more than the data holds.
         needed = math.prod(shape) * dtype.itemsize
         if needed != len(data):
-            return _ShapeMismatch(tuple(shape), dtype, len(data), needed)
+            raise RequestError(f"array data holds {len(data)} bytes but dtype {dtype} and shape "
+                               f"{list(shape)} need {needed}; the message is truncated or "
+                               "malformed.")
         return np.frombuffer(data, dtype=dtype).reshape(tuple(shape))
     if b"__npgeneric__" in obj:
         if set(obj) != {b"__npgeneric__", b"data", b"dtype"}:
@@ -137,22 +139,6 @@ def _unpack_numpy(obj: dict):
         except (OverflowError, ValueError) as err:
             raise RequestError(f"numpy scalar {value!r} does not fit {dtype} ({err}).") from None
     return obj
-
-
-@dataclasses.dataclass(frozen=True)
-class _ShapeMismatch:
-    """An array whose data length disagrees with its shape: kept (not raised) so that a
-    too-large image is reported by its size, which is what the sender needs to hear."""
-
-    shape: tuple
-    dtype: np.dtype
-    have: int
-    need: int
-
-    def error(self, what: str) -> RequestError:
-        return RequestError(f"{what}: array data holds {self.have} bytes but dtype {self.dtype} "
-                            f"and shape {list(self.shape)} need {self.need}; the message is "
-                            "truncated or malformed.")
 
 
 def unpack(data, limits: Limits = Limits()) -> Any:
@@ -231,12 +217,6 @@ def parse_observation(obs, limits: Limits = Limits()) -> tuple[np.ndarray, str]:
                            f"({' or '.join(INSTRUCTION_KEYS)}), nothing else.")
     image = _one_of(flat, IMAGE_KEYS, "image")
     instruction = _one_of(flat, INSTRUCTION_KEYS, "instruction")
-    if isinstance(image, _ShapeMismatch):
-        shape = image.shape
-        if len(shape) == 3 and max(shape[:2]) > limits.max_image_side:
-            raise RequestError(f"image of shape {list(shape)} is larger than the server's "
-                               f"limit of {limits.max_image_side} px a side; downscale it.")
-        raise image.error("image")
     if not isinstance(image, np.ndarray):
         raise RequestError(f"image must be a numpy uint8 array [H, W, 3], got "
                            f"{type(image).__name__}.")
