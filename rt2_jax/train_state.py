@@ -252,16 +252,23 @@ def make_setup(config, mesh: Mesh | None = None) -> TrainSetup:
                       batch_sharding)
 
 
-def init_state(setup: TrainSetup, seed: int) -> TrainState:
-    """Initializes parameters and optimizer state directly in their shardings."""
-    config, model, tx = setup.config, setup.model, setup.tx
+def initial_params(model: VLM, config, rng: jax.Array):
+    """The parameters a training run initializes from `rng` = PRNGKey(config.seed) (traceable).
+    The weight import uses it too, so a target it leaves at initialization gets these values."""
     spec = batch_spec(config, 1)
     dummy = [jnp.zeros(spec[k].shape, spec[k].dtype)
              for k in ("image", "encoder_tokens", "encoder_mask", "decoder_tokens")]
+    init_rng, _ = jax.random.split(rng)
+    return params_lib.unbox(model.init(init_rng, *dummy)["params"])
+
+
+def init_state(setup: TrainSetup, seed: int) -> TrainState:
+    """Initializes parameters and optimizer state directly in their shardings."""
+    config, model, tx = setup.config, setup.model, setup.tx
 
     def init(rng):
-        init_rng, state_rng = jax.random.split(rng)
-        params = params_lib.unbox(model.init(init_rng, *dummy)["params"])
+        params = initial_params(model, config, rng)
+        _, state_rng = jax.random.split(rng)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), rng=state_rng)
 

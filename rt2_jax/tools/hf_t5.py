@@ -25,12 +25,12 @@ import numpy as np
 from rt2_jax.models import params as params_lib
 
 # (our layer sub-module, HF layer index, HF attention name) for the attention blocks.
-_ENCODER_ATTENTION = (("attention", 0, "SelfAttention"),)
-_DECODER_ATTENTION = (("self_attention", 0, "SelfAttention"),
+ENCODER_ATTENTION = (("attention", 0, "SelfAttention"),)
+DECODER_ATTENTION = (("self_attention", 0, "SelfAttention"),
                       ("encoder_decoder_attention", 1, "EncDecAttention"))
 # (our norm name, HF layer index) per stack; the MLP sits in the last HF layer.
-_ENCODER_NORMS = (("pre_attention_layer_norm", 0), ("pre_mlp_layer_norm", 1))
-_DECODER_NORMS = (("pre_self_attention_layer_norm", 0), ("pre_cross_attention_layer_norm", 1),
+ENCODER_NORMS = (("pre_attention_layer_norm", 0), ("pre_mlp_layer_norm", 1))
+DECODER_NORMS = (("pre_self_attention_layer_norm", 0), ("pre_cross_attention_layer_norm", 1),
                   ("pre_mlp_layer_norm", 2))
 
 
@@ -70,8 +70,8 @@ def to_hf_state_dict(params: Any) -> dict[str, np.ndarray]:
     for key in ("shared", "encoder.embed_tokens", "decoder.embed_tokens"):
         sd[f"{key}.weight"] = embedding
     sd["lm_head.weight"] = tree["decoder"]["logits_dense"]["kernel"].T
-    stacks = (("encoder", _ENCODER_ATTENTION, _ENCODER_NORMS, "encoder_norm"),
-              ("decoder", _DECODER_ATTENTION, _DECODER_NORMS, "decoder_norm"))
+    stacks = (("encoder", ENCODER_ATTENTION, ENCODER_NORMS, "encoder_norm"),
+              ("decoder", DECODER_ATTENTION, DECODER_NORMS, "decoder_norm"))
     for stack_name, attentions, norms, final_norm in stacks:
         stack = tree[stack_name]
         prefix = f"{stack_name}.block"
@@ -113,8 +113,8 @@ def from_hf_state_dict(state_dict: dict[str, Any], num_heads: int, scan: bool = 
         return proj
 
     tree: dict[str, Any] = {"token_embedder": {"embedding": sd["shared.weight"]}}
-    stacks = (("encoder", _ENCODER_ATTENTION, _ENCODER_NORMS, "encoder_norm"),
-              ("decoder", _DECODER_ATTENTION, _DECODER_NORMS, "decoder_norm"))
+    stacks = (("encoder", ENCODER_ATTENTION, ENCODER_NORMS, "encoder_norm"),
+              ("decoder", DECODER_ATTENTION, DECODER_NORMS, "decoder_norm"))
     for stack_name, attentions, norms, final_norm in stacks:
         prefix = f"{stack_name}.block"
         num_layers = len({key.split(".")[2] for key in sd if key.startswith(prefix + ".")})

@@ -1,0 +1,377 @@
+"""Weight import (`rt2_jax.tools.import_weights`) against independent code (needs the `parity`
+extra: torch + transformers).
+
+Tiny random models are built with transformers and saved locally — T5 v1.1-, mT5- and UL2-style
+encoder-decoders as safetensors (one file, or shards with an index), a SigLIP vision tower as
+safetensors and in big_vision's `.npz` layout. The `.npz` is written from the Hugging Face model
+with the inverse of transformers' own big_vision -> HF SigLIP conversion
+(models/siglip/convert_siglip_to_hf.py), so the key mapping checked is not ours. Our logits and
+image embeddings must match transformers' to 1e-4 in float32, with padded prompts and relative
+positions beyond the bias table's maximum distance.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from configs import tiny  # noqa: E402
+from rt2_jax import checkpoints  # noqa: E402
+from rt2_jax import tokenizer as tokenizer_lib  # noqa: E402
+from rt2_jax.models import params as params_lib  # noqa: E402
+from rt2_jax.models import vit  # noqa: E402
+from rt2_jax.models.vlm import VLM  # noqa: E402
+from rt2_jax.tools import import_weights, weight_maps  # noqa: E402
+
+IMAGE, PATCH = 32, 8                  # 16 image tokens
+BUCKETS, MAX_DISTANCE = 8, 12         # sequences below are longer than MAX_DISTANCE
+B, LE, LD = 2, 20, 14
+LENGTHS = (LE, 9)                     # the second prompt is padded
+
+
+def model_config(*, scan: bool, activation: str = "gelu", image_size: int = IMAGE):
+    c = tiny.get_config()
+    c.image_size = image_size
+    c.model.scan_layers = scan
+    c.model.encdec.mlp_activation = activation
+    c.model.encdec.rel_pos_buckets = BUCKETS
+    c.model.encdec.rel_pos_max_distance = MAX_DISTANCE
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny Hugging Face checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def t5_model(kind: str, activation: str):
+    c = tiny.get_config().model
+    cls_config, cls_model = {
+        "t5": (transformers.T5Config, transformers.T5ForConditionalGeneration),
+        "mt5": (transformers.MT5Config, transformers.MT5ForConditionalGeneration)}[kind]
+    config = cls_config(
+        vocab_size=c.vocab_size, d_model=c.encdec.d_model, d_kv=c.encdec.head_dim,
+        d_ff=c.encdec.d_ff, num_layers=c.encdec.num_encoder_layers,
+        num_decoder_layers=c.encdec.num_decoder_layers, num_heads=c.encdec.num_heads,
+        relative_attention_num_buckets=BUCKETS, relative_attention_max_distance=MAX_DISTANCE,
+        feed_forward_proj=f"gated-{activation}", tie_word_embeddings=False, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = cls_model(config)
+    # Untied logits with their own values (transformers may share storage on construction).
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.05)
+    return model.eval()
+
+
+def siglip_model():
+    c = tiny.get_config().model.vit
+    config = transformers.SiglipVisionConfig(
+        hidden_size=c.width, intermediate_size=c.mlp_dim, num_hidden_layers=c.depth,
+        num_attention_heads=c.num_heads, image_size=IMAGE, patch_size=PATCH, num_channels=3)
+    model = transformers.SiglipVisionModel(config).eval()
+    with torch.no_grad():   # non-trivial LayerNorm parameters
+        for name, p in model.named_parameters():
+            if "layer_norm" in name or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def big_vision_npz(model, path, stacked: bool) -> None:
+    """The SigLIP tower in big_vision's layout: the inverse of transformers'
+    convert_siglip_to_hf.py (`rename_key`: kernels `.T`, q/k/v `reshape(-1, D)`, the patch
+    kernel `transpose(3, 2, 0, 1)`, biases `reshape(-1)`, position embedding `reshape(-1, D)`;
+    `split_to_layers` for stacked blocks). Plus tensors an import must leave unused: the MAP
+    head, a text tower, the contrastive temperature/bias."""
+    sd = {k.removeprefix("vision_model."): v.detach().numpy()
+          for k, v in model.state_dict().items()}
+    cfg = model.config
+    d, heads = cfg.hidden_size, cfg.num_attention_heads
+    out = {
+        "params/img/embedding/kernel": sd["embeddings.patch_embedding.weight"]
+        .transpose(2, 3, 1, 0),
+        "params/img/embedding/bias": sd["embeddings.patch_embedding.bias"],
+        "params/img/pos_embedding": sd["embeddings.position_embedding.weight"]
+        .reshape(1, -1, d),
+        "params/img/Transformer/encoder_norm/scale": sd["post_layernorm.weight"],
+        "params/img/Transformer/encoder_norm/bias": sd["post_layernorm.bias"],
+        "params/img/MAPHead_0/probe": sd["head.probe"],
+        "params/img/MAPHead_0/LayerNorm_0/scale": sd["head.layernorm.weight"],
+        "params/img/MAPHead_0/MlpBlock_0/Dense_0/kernel": sd["head.mlp.fc1.weight"].T,
+        "params/txt/Embed_0/embedding": np.zeros((7, d), np.float32),
+        "params/t": np.ones((1,), np.float32),
+        "params/b": np.zeros((1,), np.float32),
+    }
+    blocks = []
+    for i in range(cfg.num_hidden_layers):
+        hf = lambda name, i=i: sd[f"encoder.layers.{i}.{name}"]
+        block = {
+            "LayerNorm_0/scale": hf("layer_norm1.weight"),
+            "LayerNorm_0/bias": hf("layer_norm1.bias"),
+            "LayerNorm_1/scale": hf("layer_norm2.weight"),
+            "LayerNorm_1/bias": hf("layer_norm2.bias"),
+            "MlpBlock_0/Dense_0/kernel": hf("mlp.fc1.weight").T,
+            "MlpBlock_0/Dense_0/bias": hf("mlp.fc1.bias"),
+            "MlpBlock_0/Dense_1/kernel": hf("mlp.fc2.weight").T,
+            "MlpBlock_0/Dense_1/bias": hf("mlp.fc2.bias"),
+            "MultiHeadDotProductAttention_0/out/kernel": hf("self_attn.out_proj.weight").T
+            .reshape(heads, d // heads, d),
+            "MultiHeadDotProductAttention_0/out/bias": hf("self_attn.out_proj.bias"),
+        }
+        for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            block[f"MultiHeadDotProductAttention_0/{ours}/kernel"] = (
+                hf(f"self_attn.{theirs}.weight").T.reshape(d, heads, d // heads))
+            block[f"MultiHeadDotProductAttention_0/{ours}/bias"] = (
+                hf(f"self_attn.{theirs}.bias").reshape(heads, d // heads))
+        blocks.append(block)
+    for name in blocks[0]:
+        if stacked:
+            out[f"params/img/Transformer/encoderblock/{name}"] = np.stack([b[name] for b in blocks])
+        else:
+            for i, b in enumerate(blocks):
+                out[f"params/img/Transformer/encoderblock_{i}/{name}"] = b[name]
+    np.savez(path, **out)
+
+
+def vocabulary_without_numbers(path) -> str:
+    """The shipped vocabulary with the pieces for 10..255 renamed (as in mT5's, numbers above 9
+    are then several pieces), so mapping 'integers' is impossible and 'least_frequent' is not."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(tokenizer_lib.default_model_path(), "rb") as f:
+        proto.ParseFromString(f.read())
+    for piece in proto.pieces:
+        if piece.piece.removeprefix("▁").isdigit() and len(piece.piece) > 2:
+            piece.piece = "▁#" + piece.piece[1:]
+    path.write_bytes(proto.SerializeToString())
+    return str(path)
+
+
+# (name, T5 class, activation, --vit source kind, model scanned)
+CASES = {
+    "t5v11": ("t5", "gelu", "npz_stacked", False),
+    "mt5": ("mt5", "gelu", "hf", True),
+    "ul2": ("t5", "silu", "npz_per_layer", True),
+}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """name -> the case's checkpoints on disk, made once per module on first use."""
+    made = {}
+
+    def get(name: str) -> dict:
+        if name not in made:
+            made[name] = _make_sources(name, tmp_path_factory.mktemp(name))
+        return made[name]
+
+    return get
+
+
+def _make_sources(name: str, root) -> dict:
+    kind, activation, vit_kind, scan = CASES[name]
+    torch.manual_seed(len(name))
+    t5, siglip = t5_model(kind, activation), siglip_model()
+    encdec_dir = root / "encdec"
+    # mT5 sharded (an index + several files), the others one model.safetensors.
+    t5.save_pretrained(encdec_dir, max_shard_size="200KB" if kind == "mt5" else "1GB")
+    if kind == "mt5":
+        vocab = vocabulary_without_numbers(encdec_dir / "spiece.model")
+    else:
+        vocab = str(encdec_dir / "spiece.model")
+        with open(tokenizer_lib.default_model_path(), "rb") as f:
+            (encdec_dir / "spiece.model").write_bytes(f.read())
+    if vit_kind == "hf":
+        vit_path = root / "siglip"
+        siglip.save_pretrained(vit_path)
+    else:
+        vit_path = root / "siglip.npz"
+        big_vision_npz(siglip, vit_path, stacked=vit_kind == "npz_stacked")
+    config = model_config(scan=scan, activation=activation)
+    if kind == "mt5":
+        config.actions.mapping = "least_frequent"
+    return dict(name=name, kind=kind, config=config, t5=t5, siglip=siglip, root=root,
+                encdec_dir=encdec_dir, vit_path=vit_path, vocab=vocab)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def imported(request, sources):
+    s = dict(sources(request.param))
+    lines = []
+    s["out"] = s["root"] / "out"
+    s["report"] = import_weights.import_weights(s["config"], str(s["out"]), vit=str(s["vit_path"]),
+                                                encdec=str(s["encdec_dir"]), log=lines.append)
+    s["lines"] = lines
+    params = checkpoints.load_params_like(str(s["out"]), _abstract_zeros(s["config"]))
+    s["params"] = jax.tree.map(np.asarray, params)
+    return s
+
+
+def _abstract_zeros(config):
+    from rt2_jax.tools import param_count
+
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                        params_lib.unbox(param_count.abstract_params(config)))
+
+
+def _inputs(vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, vocab, (B, LE)).astype(np.int32)
+    mask = np.arange(LE)[None] < np.asarray(LENGTHS)[:, None]
+    tokens = np.where(mask, tokens, 0).astype(np.int32)
+    decoder = rng.integers(2, vocab, (B, LD)).astype(np.int32)
+    decoder[:, 0] = 0
+    image = rng.integers(0, 256, (B, IMAGE, IMAGE, 3)).astype(np.uint8)
+    return tokens, mask, decoder, image
+
+
+def _hf_logits(t5, mask, decoder, input_ids=None, inputs_embeds=None):
+    as_torch = lambda x: None if x is None else torch.from_numpy(x)
+    with torch.inference_mode():
+        return t5(input_ids=as_torch(None if input_ids is None else input_ids.astype(np.int64)),
+                  inputs_embeds=as_torch(inputs_embeds),
+                  attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                  decoder_input_ids=torch.from_numpy(decoder.astype(np.int64))).logits.numpy()
+
+
+def test_encoder_decoder_logits_match_transformers(imported):
+    s = imported
+    tokens, mask, decoder, _ = _inputs(s["config"].model.vocab_size)
+    model = VLM.from_config(s["config"])
+
+    def run(module, tokens, mask, decoder):
+        e = module.encdec
+        return e.decode(e.encode(e.embed(tokens), mask), mask, decoder)
+
+    apply = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=run))
+    ours = np.asarray(apply(s["params"], tokens, mask, decoder))
+    theirs = _hf_logits(s["t5"], input_ids=tokens, mask=mask, decoder=decoder)
+    assert ours.shape == theirs.shape == (B, LD, s["config"].model.vocab_size)
+    assert np.abs(theirs).max() > 0.5    # not trivially small
+    diff = float(np.abs(ours - theirs).max())
+    print(f"{s['name']}: encoder-decoder logits max abs diff {diff:.2e}")
+    assert diff <= 1e-4
+
+
+def _our_image_embeddings(config, params, image):
+    tower = vit.from_config(config.model, out_dim=None)
+    img = {k: v for k, v in params["img"].items() if k != "head"}
+    return np.asarray(jax.jit(tower.apply)({"params": img}, image))
+
+
+def test_image_embeddings_match_transformers_siglip(imported):
+    s = imported
+    _, _, _, image = _inputs(s["config"].model.vocab_size)
+    ours = _our_image_embeddings(s["config"], s["params"], image)
+    pixels = torch.from_numpy(image.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        theirs = s["siglip"](pixel_values=pixels).last_hidden_state.numpy()
+    assert ours.shape == theirs.shape == (B, (IMAGE // PATCH) ** 2, 64)
+    diff = float(np.abs(ours - theirs).max())
+    print(f"{s['name']}: image embeddings max abs diff {diff:.2e}")
+    assert np.abs(theirs).max() > 0.5 and diff <= 1e-4
+
+
+def test_whole_model_matches_siglip_into_t5(imported):
+    """The imported VLM end to end: SigLIP's patch tokens, through the (initialized) projection,
+    in front of T5's prompt embeddings, into T5."""
+    s = imported
+    tokens, mask, decoder, image = _inputs(s["config"].model.vocab_size, seed=1)
+    ours = np.asarray(jax.jit(VLM.from_config(s["config"]).apply)(
+        {"params": s["params"]}, image, tokens, mask, decoder))
+    pixels = torch.from_numpy(image.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    head = s["params"]["img"]["head"]
+    with torch.inference_mode():
+        patches = s["siglip"](pixel_values=pixels).last_hidden_state.numpy()
+        text = s["t5"].shared(torch.from_numpy(tokens.astype(np.int64))).numpy()
+    projected = patches @ head["kernel"] + head["bias"]
+    embeds = np.concatenate([projected, text], axis=1).astype(np.float32)
+    full_mask = np.concatenate([np.ones(patches.shape[:2], bool), mask], axis=1)
+    theirs = _hf_logits(s["t5"], inputs_embeds=embeds, mask=full_mask, decoder=decoder)
+    diff = float(np.abs(ours - theirs).max())
+    print(f"{s['name']}: whole-model logits max abs diff {diff:.2e}")
+    assert diff <= 1e-4
+
+
+def test_report_names_used_unused_and_initialized_tensors(imported):
+    s = imported
+    report = s["report"]
+    saved = json.loads((s["out"] / import_weights.REPORT_FILE).read_text())
+    assert saved["used"] == report["used"] and saved["layout"] == (
+        "scanned" if s["config"].model.scan_layers else "unscanned")
+    used = {e["source"] for e in report["used"]}
+    unused = {e["source"] for e in report["unused"]}
+    assert "shared.weight" in used and "lm_head.weight" in used
+    if s["name"] == "mt5":
+        # SigLIP's attention-pooling head (prefixed `vision_model.` by older transformers).
+        assert any(k.endswith("head.probe") for k in unused)
+    else:
+        assert {"params/img/MAPHead_0/probe", "params/txt/Embed_0/embedding", "params/t"} <= unused
+    assert not used & unused
+    # Every source tensor is accounted for, once.
+    count = sum(src["tensors"] for src in report["sources"].values())
+    assert len(used) + len(unused) == count == len(report["used"]) + len(report["unused"])
+    left = {e["target"] for e in report["left_at_init"]}
+    assert left == {"img/head/kernel", "img/head/bias"}
+    assert report["resized"] == []
+    memory = report["memory"]
+    assert memory["output_bytes"] == 4 * params_lib.count(s["params"])
+    assert memory["peak_rss_bytes"] >= memory["rss_before_streaming_bytes"] > 0
+    assert any(line.startswith("Peak host memory") for line in s["lines"])
+    assert any("left at initialization" in line and "img/head/kernel" in line
+               for line in s["lines"])
+    # The vocabulary's support for the two action mappings.
+    tok = report["tokenizer"]
+    assert tok["least_frequent"] == "ok"
+    if s["name"] == "mt5":
+        assert "number 10 encodes to 2 pieces" in tok["integers"]
+    else:
+        assert tok["integers"] == "ok"
+    assert (s["out"] / "tokenizer.model").read_bytes() == open(s["vocab"], "rb").read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Position embeddings at another image size, mismatches, vocabularies, training from an import
+# ---------------------------------------------------------------------------------------------
+
+
+def test_position_embeddings_are_resampled_bilinearly_on_the_patch_grid():
+    """A learned grid that is linear in (row, column) stays exactly linear when resized with
+    corner-aligned bilinear interpolation (big_vision's scipy.ndimage.zoom, order 1): row r of
+    the new g x g grid sits at old row r * (4 - 1) / (g - 1)."""
+    old_rows, old_cols = np.meshgrid(np.arange(4.0), np.arange(4.0), indexing="ij")
+    channels = np.stack([old_rows, old_cols, 2 * old_rows - old_cols], -1)
+    old = channels.reshape(1, 16, 3).astype(np.float32)
+    new = weight_maps.resample_posemb(old, 49)
+    rows, cols = np.meshgrid(np.arange(7.0), np.arange(7.0), indexing="ij")
+    rows, cols = rows * 3 / 6, cols * 3 / 6
+    expected = np.stack([rows, cols, 2 * rows - cols], -1).reshape(1, 49, 3)
+    np.testing.assert_allclose(new, expected, atol=1e-5)
+    assert weight_maps.resample_posemb(old, 16) is old
+    with pytest.raises(ValueError, match="square"):
+        weight_maps.resample_posemb(old, 20)
+
+
+def test_import_at_another_image_size_resizes_and_reports(sources, tmp_path):
+    s = sources("mt5")   # a Hugging Face SigLIP directory: position embeddings [16, 64]
+    config = model_config(scan=True, image_size=2 * IMAGE)
+    report = import_weights.import_weights(config, str(tmp_path / "out"), vit=str(s["vit_path"]),
+                                           log=lambda line: None)
+    assert report["resized"] == [{
+        "target": "img/pos_embedding", "from": [16, 64], "to": [1, 64, 64],
+        "method": "bilinear (scipy.ndimage.zoom, order 1), as big_vision"}]
+    params = checkpoints.load_params_like(str(tmp_path / "out"), _abstract_zeros(config))
+    source = s["siglip"].state_dict()
+    source = next(v for k, v in source.items() if k.endswith("position_embedding.weight"))
+    expected = weight_maps.resample_posemb(source.numpy().reshape(1, 16, 64), 64)
+    np.testing.assert_array_equal(np.asarray(params["img"]["pos_embedding"]), expected)
+    left = {e["target"] for e in report["left_at_init"]}
+    assert {"img/head/kernel", "encdec/token_embedder/embedding"} <= left
+    assert not any(t.startswith("img/Transformer") for t in left)
