@@ -269,14 +269,12 @@ def _train(config, workdir: str) -> dict[str, float]:
 
     latest = ckpt.latest_step()
     if latest is None:
-        state = train_state.init_state(setup, int(config.seed))
+        state = fresh_state(setup, config)
         say(f"Initialized {params_lib.count(setup.abstract_state.params):,} parameters; "
             f"training {config.train.num_steps} steps.")
-        init_from = config.train.get("init_from", "")
-        if init_from:
-            state = state.replace(params=checkpoints.load_params_like(
-                init_from, state.params, config.train.get("init_from_regex", "")))
-            say(f"Loaded parameters from {init_from} (optimizer and step start fresh).")
+        if config.train.get("init_from", ""):
+            say(f"Loaded parameters from {config.train.init_from} (optimizer and step start "
+                "fresh).")
     else:
         _check_resumable(ckpt.restore_meta(latest), config, latest, ckpt.directory)
         state, saved_meta = ckpt.restore(latest, setup.abstract_state)
@@ -360,6 +358,20 @@ def _train(config, workdir: str) -> dict[str, float]:
                            mixture.action_bounds, config.train.export_dtype, step=total,
                            datasets=meta["datasets"], default_dataset=mixture.default_dataset)
     return last
+
+
+def fresh_state(setup, config):
+    """The state a new run's first step starts from: parameters initialized from config.seed,
+    then those of `config.train.init_from` (an export or an import of published weights)
+    matching `config.train.init_from_regex` loaded over them; optimizer state and step fresh."""
+    from rt2_jax import checkpoints, train_state
+
+    state = train_state.init_state(setup, int(config.seed))
+    init_from = config.train.get("init_from", "")
+    if init_from:
+        state = state.replace(params=checkpoints.load_params_like(
+            init_from, state.params, config.train.get("init_from_regex", "")))
+    return state
 
 
 def export_datasets(mixture) -> dict:

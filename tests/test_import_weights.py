@@ -12,6 +12,7 @@ positions beyond the bias table's maximum distance.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -158,7 +159,6 @@ def vocabulary_without_numbers(path) -> str:
 CASES = {
     "t5v11": ("t5", "gelu", "npz_stacked", False),
     "mt5": ("mt5", "gelu", "hf", True),
-    "ul2": ("t5", "silu", "npz_per_layer", True),
 }
 
 
@@ -242,6 +242,8 @@ def _hf_logits(t5, mask, decoder, input_ids=None, inputs_embeds=None):
 
 
 def test_encoder_decoder_logits_match_transformers(imported):
+    """Prompt ids -> logits through the encoder-decoder alone (the whole model below adds the
+    image tokens)."""
     s = imported
     tokens, mask, decoder, _ = _inputs(s["config"].model.vocab_size)
     model = VLM.from_config(s["config"])
@@ -359,19 +361,174 @@ def test_position_embeddings_are_resampled_bilinearly_on_the_patch_grid():
         weight_maps.resample_posemb(old, 20)
 
 
-def test_import_at_another_image_size_resizes_and_reports(sources, tmp_path):
-    s = sources("mt5")   # a Hugging Face SigLIP directory: position embeddings [16, 64]
+@pytest.fixture(scope="module")
+def import_64px(sources, tmp_path_factory):
+    """A per-layer big_vision .npz at 32 px and the T5 v1.1 directory, into a scanned model at
+    64 px: blocks stacked as they are read, position embeddings resized from 4 x 4 to 8 x 8."""
+    s = sources("t5v11")
+    root = tmp_path_factory.mktemp("import_64px")
+    npz = root / "per_layer.npz"
+    big_vision_npz(s["siglip"], npz, stacked=False)
     config = model_config(scan=True, image_size=2 * IMAGE)
-    report = import_weights.import_weights(config, str(tmp_path / "out"), vit=str(s["vit_path"]),
-                                           log=lambda line: None)
-    assert report["resized"] == [{
-        "target": "img/pos_embedding", "from": [16, 64], "to": [1, 64, 64],
+    report = import_weights.import_weights(config, str(root / "out"), vit=str(npz),
+                                           encdec=str(s["encdec_dir"]), log=lambda line: None)
+    params = checkpoints.load_params_like(str(root / "out"), _abstract_zeros(config))
+    return dict(s, config=config, report=report, out=root / "out",
+                params=params_lib.flatten(jax.tree.map(np.asarray, params)))
+
+
+def test_import_at_another_image_size_resizes_and_reports(import_64px):
+    s = import_64px
+    assert s["report"]["resized"] == [{
+        "target": "img/pos_embedding", "from": [1, 16, 64], "to": [1, 64, 64],
         "method": "bilinear (scipy.ndimage.zoom, order 1), as big_vision"}]
-    params = checkpoints.load_params_like(str(tmp_path / "out"), _abstract_zeros(config))
-    source = s["siglip"].state_dict()
-    source = next(v for k, v in source.items() if k.endswith("position_embedding.weight"))
-    expected = weight_maps.resample_posemb(source.numpy().reshape(1, 16, 64), 64)
-    np.testing.assert_array_equal(np.asarray(params["img"]["pos_embedding"]), expected)
-    left = {e["target"] for e in report["left_at_init"]}
-    assert {"img/head/kernel", "encdec/token_embedder/embedding"} <= left
-    assert not any(t.startswith("img/Transformer") for t in left)
+    hf = {k.removeprefix("vision_model."): v.numpy() for k, v in s["siglip"].state_dict().items()}
+    expected = weight_maps.resample_posemb(
+        hf["embeddings.position_embedding.weight"].reshape(1, 16, 64), 64)
+    np.testing.assert_array_equal(s["params"]["img/pos_embedding"], expected)
+    np.testing.assert_array_equal(
+        s["params"]["img/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"],
+        np.stack([hf[f"encoder.layers.{i}.mlp.fc1.weight"].T for i in range(2)]))
+    left = {e["target"] for e in s["report"]["left_at_init"]}
+    assert left == {"img/head/kernel", "img/head/bias"}
+
+
+def _copy_with(src_dir, dst_dir, **replace):
+    """A copy of a one-file safetensors directory with some tensors replaced."""
+    from safetensors.numpy import load_file, save_file
+
+    dst_dir.mkdir()
+    for name in os.listdir(src_dir):
+        if not name.endswith(".safetensors"):
+            (dst_dir / name).write_bytes((src_dir / name).read_bytes())
+    tensors = load_file(str(src_dir / "model.safetensors"))
+    for key, value in replace.items():
+        if value is None:
+            del tensors[key]
+        else:
+            tensors[key] = value
+    save_file(tensors, str(dst_dir / "model.safetensors"))
+    return dst_dir
+
+
+def test_mismatched_checkpoints_fail_naming_both_tensors_and_shapes(sources, tmp_path):
+    s = sources("t5v11")
+    out = tmp_path / "out"
+    wi = "encoder.block.1.layer.1.DenseReluDense.wi_0.weight"
+    bad = _copy_with(s["encdec_dir"], tmp_path / "bad_shape", **{
+        wi: np.zeros((100, 64), np.float32),
+        "decoder.final_layer_norm.weight": np.ones((64,), np.int32),
+        "encoder.block.0.layer.0.layer_norm.weight": None})
+    with pytest.raises(ValueError) as info:
+        import_weights.import_weights(s["config"], str(out), encdec=str(bad))
+    message = str(info.value)
+    assert (f"shape mismatch: {bad}/model.safetensors: tensor {wi} has shape (100, 64), but "
+            "target encdec/encoder/layers_1/mlp/wi_0/kernel has shape (64, 128) and needs a "
+            "source of shape (128, 64)") in message
+    assert ("dtype mismatch: " in message and "decoder.final_layer_norm.weight (64,) is int32, "
+            "but target encdec/decoder/decoder_norm/scale is a float32 parameter") in message
+    assert "missing, e.g. ['encoder.block.0.layer.0.layer_norm.weight']" in message
+    # The big_vision side: a ViT config with another MLP width, in the scanned layout.
+    config = model_config(scan=True)
+    config.model.vit.mlp_dim = 96
+    with pytest.raises(ValueError, match=re.escape(
+            "tensor params/img/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel has shape "
+            "(2, 64, 128), but target img/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel[0] "
+            "(2 layers) has shape (64, 96) and needs a source of shape (2, 64, 96)")):
+        import_weights.import_weights(config, str(out), vit=str(s["vit_path"]))
+    # Dimensions that shapes cannot show are checked against config.json.
+    config = model_config(scan=False)
+    config.model.encdec.update(num_heads=8, head_dim=8)
+    with pytest.raises(ValueError, match=re.escape(
+            "num_heads=4 but config.model.encdec.num_heads=8; "
+            "d_kv=16 but config.model.encdec.head_dim=8")):
+        import_weights.import_weights(config, str(out), encdec=str(s["encdec_dir"]))
+    config = model_config(scan=False, activation="silu")
+    with pytest.raises(ValueError, match=re.escape(
+            "feed_forward_proj='gated-gelu' but config.model.encdec.mlp_activation='gated-silu'")):
+        import_weights.import_weights(config, str(out), encdec=str(s["encdec_dir"]))
+    assert not out.exists()   # nothing was written
+    (tmp_path / "t5x").mkdir()
+    (tmp_path / "t5x" / "checkpoint").write_bytes(b"")
+    with pytest.raises(ValueError, match="T5X checkpoint"):
+        import_weights.import_weights(s["config"], str(out), encdec=str(tmp_path / "t5x"))
+
+
+def test_integers_mapping_is_refused_for_a_vocabulary_without_number_pieces(sources, tmp_path):
+    s = sources("mt5")
+    config = model_config(scan=True)
+    config.actions.mapping = "integers"
+    with pytest.raises(ValueError) as info:
+        import_weights.import_weights(config, str(tmp_path / "out"), encdec=str(s["encdec_dir"]))
+    message = str(info.value)
+    assert "config.actions.mapping='integers' does not work" in message
+    assert "number 10 encodes to 2 pieces" in message
+    assert "Set --config.actions.mapping=least_frequent" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_gated_silu_and_scaled_tied_logits(tmp_path):
+    """UL2's gated-SiLU MLP, and a T5 whose decoder output is scaled by d_model**-0.5 before
+    logits tied to the embedding (transformers' `scale_decoder_outputs`): our untied kernel
+    gets shared.T * d_model**-0.5."""
+    c = tiny.get_config().model
+    torch.manual_seed(3)
+    config = transformers.T5Config(
+        vocab_size=c.vocab_size, d_model=c.encdec.d_model, d_kv=c.encdec.head_dim,
+        d_ff=c.encdec.d_ff, num_layers=1, num_decoder_layers=1, num_heads=c.encdec.num_heads,
+        relative_attention_num_buckets=BUCKETS, relative_attention_max_distance=MAX_DISTANCE,
+        feed_forward_proj="gated-silu", dropout_rate=0.0, decoder_start_token_id=0)
+    t5 = transformers.T5ForConditionalGeneration(config).eval()
+    assert t5.config.scale_decoder_outputs
+    t5.save_pretrained(tmp_path / "t5")
+    ours = model_config(scan=True, activation="silu")
+    ours.model.encdec.update(num_encoder_layers=1, num_decoder_layers=1)
+    ours.model.vit.update(depth=1, width=16, mlp_dim=16, num_heads=1)   # left at init
+    report = import_weights.import_weights(ours, str(tmp_path / "out"),
+                                           encdec=str(tmp_path / "t5"), log=lambda line: None)
+    logits = next(e for e in report["used"]
+                  if e["targets"] == ["encdec/decoder/logits_dense/kernel"])
+    assert logits["conversion"] == f"transposed, times {64 ** -0.5:.6g}"
+    params = checkpoints.load_params_like(str(tmp_path / "out"), _abstract_zeros(ours))
+    tokens, mask, decoder, _ = _inputs(c.vocab_size)
+    model = VLM.from_config(ours)
+
+    def run(module, tokens, mask, decoder):
+        e = module.encdec
+        return e.decode(e.encode(e.embed(tokens), mask), mask, decoder)
+
+    mine = np.asarray(jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=run))(
+        params, tokens, mask, decoder))
+    theirs = _hf_logits(t5, mask, decoder, input_ids=tokens)
+    diff = float(np.abs(mine - theirs).max())
+    print(f"gated-silu, scaled tied logits: max abs diff {diff:.2e}")
+    assert np.abs(theirs).max() > 0.5 and diff <= 1e-4
+
+
+def test_training_starts_from_the_imported_weights(import_64px):
+    """A run with config.train.init_from=<import> starts its first step (`train.fresh_state`,
+    what `python -m rt2_jax.train` steps from) at the import's parameters: transformers' weights
+    and the resized position embeddings of a 64 px config. With `init_from_regex` leaving out
+    the patch embedding and the projection, those keep this seed's initialization — which for
+    the projection, left alone by the import, is the import's value too."""
+    from rt2_jax import train as train_lib
+    from rt2_jax import train_state
+
+    s = import_64px
+    config = s["config"].copy_and_resolve_references()
+    config.data.global_batch_size = 2
+    config.train.update(init_from=str(s["out"]),
+                        init_from_regex="^(encdec/|img/Transformer/|img/pos_embedding)")
+    setup = train_state.make_setup(config)
+    state = train_lib.fresh_state(setup, config)
+    assert int(state.step) == 0
+    first, imported = params_lib.flatten(state.params), s["params"]
+    assert set(first) == set(imported)
+    for key, value in imported.items():
+        if key.startswith("img/embedding/kernel"):
+            assert not np.array_equal(np.asarray(first[key]), value), key
+        else:
+            np.testing.assert_array_equal(np.asarray(first[key]), value, key)
+    wi_0 = s["t5"].state_dict()["encoder.block.1.layer.1.DenseReluDense.wi_0.weight"].numpy()
+    np.testing.assert_array_equal(
+        np.asarray(first["encdec/encoder/layers/mlp/wi_0/kernel"])[1], wi_0.T)

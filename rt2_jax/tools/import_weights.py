@@ -124,9 +124,10 @@ def check_plan(parts: list[Part], slots: dict[str, Slot], out_dtype) -> None:
                 f"{part.label}: {len(missing)} tensor(s) the {part.kind} layout needs are "
                 f"missing, e.g. {missing[:5]} (the checkpoint has e.g. {sorted(infos)[:5]}); is "
                 "it the right kind of checkpoint for this flag?")
-            continue
         for rule in part.rules:
-            info = infos[rule.source]
+            info = infos.get(rule.source)
+            if info is None:
+                continue
             unknown = [t for t in rule.targets if t not in slots]
             if unknown:
                 problems.append(f"{info.file}: tensor {rule.source} would fill {unknown}, which "
