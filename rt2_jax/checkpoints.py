@@ -208,11 +208,14 @@ def export(out_dir: str, params, config: ml_collections.ConfigDict, tokenizer_pa
 def load_params_like(export_dir: str, params, regex: str = ""):
     """Parameters of the export in `export_dir`, cast and sharded like `params` (a pytree of
     arrays, e.g. freshly initialized ones). With `regex`, only parameters whose 'a/b/c' path
-    matches are taken from the export and the rest keep their values in `params`. Fails naming
-    every missing or mis-shaped parameter."""
+    matches are taken from the export and the rest keep their values in `params`. Layer stacks
+    saved scanned load into an unscanned model and vice versa. Fails naming every missing or
+    mis-shaped parameter."""
     import re
 
     import flax
+
+    from rt2_jax.models import params as params_lib
 
     path = os.path.join(absolute(export_dir), "params")
     if not tf.io.gfile.exists(path):
@@ -227,6 +230,12 @@ def load_params_like(export_dir: str, params, regex: str = ""):
     if not wanted:
         raise ValueError(f"config.train.init_from_regex={regex!r} matches no parameter; names "
                          f"look like {sorted(mine)[:3]}.")
+    if any(k not in theirs for k in wanted):   # the other layout (scanned or not)?
+        for relayout in (params_lib.scan, params_lib.unscan):
+            other = flax.traverse_util.flatten_dict(relayout(loaded), sep="/")
+            if all(k in other for k in wanted):
+                theirs = other
+                break
     problems = [f"{k}: missing" for k in wanted if k not in theirs]
     problems += [f"{k}: shape {tuple(theirs[k].shape)} in the export, {tuple(mine[k].shape)} "
                  "in the model" for k in wanted if k in theirs and theirs[k].shape != mine[k].shape]

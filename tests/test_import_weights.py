@@ -302,6 +302,19 @@ def test_whole_model_matches_siglip_into_t5(imported):
     assert diff <= 1e-4
 
 
+def test_an_import_loads_into_the_other_layer_layout(imported):
+    """Written scanned (or not) as its config says; `init_from` also fits the other layout."""
+    other = imported["config"].copy_and_resolve_references()
+    other.model.scan_layers = not other.model.scan_layers
+    loaded = checkpoints.load_params_like(str(imported["out"]), _abstract_zeros(other))
+    relayout = params_lib.unscan if imported["config"].model.scan_layers else params_lib.scan
+    expected = params_lib.flatten(relayout(imported["params"]))
+    loaded = params_lib.flatten(loaded)
+    assert set(loaded) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(loaded[key]), value, key)
+
+
 def test_report_names_used_unused_and_initialized_tensors(imported):
     s = imported
     report = s["report"]
@@ -532,3 +545,22 @@ def test_training_starts_from_the_imported_weights(import_64px):
     wi_0 = s["t5"].state_dict()["encoder.block.1.layer.1.DenseReluDense.wi_0.weight"].numpy()
     np.testing.assert_array_equal(
         np.asarray(first["encdec/encoder/layers/mlp/wi_0/kernel"])[1], wi_0.T)
+
+
+def test_configs_that_start_from_open_weights():
+    from configs import palix_5b, siglip_t5_base
+
+    base = siglip_t5_base.get_config()
+    assert (base.model.vit.width, base.model.encdec.d_model, base.model.vocab_size) == (
+        768, 768, 32_128)
+    assert base.train.init_from == "" and base.tokenizer.model_path == ""
+    started = siglip_t5_base.get_config("imports/x")
+    assert started.train.init_from == "imports/x"
+    assert started.tokenizer.model_path == os.path.join("imports/x", "tokenizer.model")
+    siglip = palix_5b.get_config("siglip")
+    assert (siglip.model.vit.width, siglip.model.vit.depth, siglip.model.vit.mlp_dim) == (
+        1152, 27, 4304)
+    assert siglip.actions.mapping == "least_frequent"
+    assert palix_5b.get_config().model.vit.width == 1664   # the default stays ViT-G
+    with pytest.raises(ValueError, match="variants are"):
+        palix_5b.get_config("vit22b")

@@ -212,12 +212,13 @@ def current_rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        return peak_rss()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far (bytes; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process so far (bytes; Linux reports KiB). Linux syncs
+    threads' page counts into it lazily, so it can trail the current size a little."""
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, current_rss())
 
 
 def tokenizer_support(path: str) -> dict:
@@ -249,8 +250,6 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
                    dtype: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Imports `vit` and/or `encdec` into `config`'s model and writes `out` (see the module
     docstring). Returns the report (also written to `out/import_report.json`)."""
-    import orbax.checkpoint as ocp
-
     from rt2_jax import checkpoints
     from rt2_jax.tools import param_count
 
@@ -323,11 +322,9 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
                               "dtype": i.dtype.name} for k, i in infos.items() if k not in used]
     peak_streaming = peak_rss()
 
-    tree = params_lib.unflatten(buffers)
     out = checkpoints.absolute(out)
     os.makedirs(out, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(out, "params"), tree)
+    write_params(os.path.join(out, "params"), params_lib.unflatten(buffers))
     output_bytes = sum(b.nbytes for b in buffers.values())
     report["memory"] = {
         "output_bytes": output_bytes, "largest_source_tensor_bytes": largest,
@@ -340,6 +337,21 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
         json.dump(report, f, indent=1)
     _log_report(report, out, log)
     return report
+
+
+def write_params(path: str, tree: dict) -> None:
+    """Saves a tree of numpy arrays as orbax writes exports (StandardCheckpointer restores it),
+    synchronously and without orbax's defensive copy of every host array (nothing changes them
+    while it writes) and without compression (weights barely compress): the write then needs
+    no memory beyond the arrays themselves, where the default doubles the peak."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import type_handlers
+
+    registry = type_handlers.create_type_handler_registry(
+        (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
+    with ocp.Checkpointer(handler) as ckptr:
+        ckptr.save(path, args=ocp.args.PyTreeSave(tree))
 
 
 def _view(buffers: dict[str, np.ndarray], slot: Slot) -> np.ndarray:
@@ -401,10 +413,13 @@ def _log_report(report: dict, out: str, log) -> None:
 
 def main(argv):
     from absl import flags
+    from absl import logging as absl_logging
 
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
     f = flags.FLAGS
+    if not f["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.ERROR)   # orbax's INFO/WARNING lines; -v 0 shows
     import_weights(f.config, f.out, vit=f.vit, encdec=f.encdec, tokenizer=f.tokenizer,
                    dtype=f.dtype)
 

@@ -84,7 +84,7 @@ class Linear:
         return x.T.reshape(target)
 
     def __str__(self) -> str:
-        return "transposed" if self.n_in == 1 else "transposed, heads split"
+        return "transposed"
 
 
 @dataclasses.dataclass(frozen=True)
