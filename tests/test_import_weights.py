@@ -84,7 +84,7 @@ def siglip_model():
     return model
 
 
-def big_vision_npz(model, path, stacked: bool) -> None:
+def big_vision_npz(model, path, stacked: bool, class_token: bool = False) -> None:
     """The SigLIP tower in big_vision's layout: the inverse of transformers'
     convert_siglip_to_hf.py (`rename_key`: kernels `.T`, q/k/v `reshape(-1, D)`, the patch
     kernel `transpose(3, 2, 0, 1)`, biases `reshape(-1)`, position embedding `reshape(-1, D)`;
@@ -109,6 +109,8 @@ def big_vision_npz(model, path, stacked: bool) -> None:
         "params/t": np.ones((1,), np.float32),
         "params/b": np.zeros((1,), np.float32),
     }
+    if class_token:   # big_vision's pool_type="tok" ViTs
+        out["params/img/cls"] = np.zeros((1, 1, d), np.float32)
     blocks = []
     for i in range(cfg.num_hidden_layers):
         hf = lambda name, i=i: sd[f"encoder.layers.{i}.{name}"]
@@ -381,7 +383,7 @@ def import_64px(sources, tmp_path_factory):
     s = sources("t5v11")
     root = tmp_path_factory.mktemp("import_64px")
     npz = root / "per_layer.npz"
-    big_vision_npz(s["siglip"], npz, stacked=False)
+    big_vision_npz(s["siglip"], npz, stacked=False, class_token=True)
     config = model_config(scan=True, image_size=2 * IMAGE)
     report = import_weights.import_weights(config, str(root / "out"), vit=str(npz),
                                            encdec=str(s["encdec_dir"]), log=lambda line: None)
@@ -404,6 +406,9 @@ def test_import_at_another_image_size_resizes_and_reports(import_64px):
         np.stack([hf[f"encoder.layers.{i}.mlp.fc1.weight"].T for i in range(2)]))
     left = {e["target"] for e in s["report"]["left_at_init"]}
     assert left == {"img/head/kernel", "img/head/bias"}
+    assert "params/img/cls" in {e["source"] for e in s["report"]["unused"]}
+    assert len(s["report"]["notes"]) == 1 and "params/img/cls is a class token" in (
+        s["report"]["notes"][0])
 
 
 def _copy_with(src_dir, dst_dir, **replace):

@@ -81,6 +81,7 @@ class Part:
     source: weight_sources.SafetensorsSource | weight_sources.NpzSource
     kind: str
     rules: list[Rule]
+    notes: tuple[str, ...] = ()
 
 
 def _vit_part(path: str, model_config, targets: dict[str, tuple]) -> Part:
@@ -89,7 +90,11 @@ def _vit_part(path: str, model_config, targets: dict[str, tuple]) -> Part:
     if isinstance(source, weight_sources.NpzSource):
         weight_maps.check_vit_config(model_config, path)
         rules = weight_maps.big_vision_rules(infos, targets, path)
-        return Part(f"image tower {path}", source, "big_vision .npz", rules)
+        cls = [k for k in infos if k.endswith("/cls") or k == "cls"]
+        notes = tuple(f"{path}: {k} is a class token, which this ViT does not have: its patch "
+                      "tokens are computed without it, so they differ from the original "
+                      "model's until fine-tuning adapts them." for k in cls)
+        return Part(f"image tower {path}", source, "big_vision .npz", rules, notes)
     where = os.path.join(path, "config.json")
     hf = weight_maps.siglip_vision_config(weight_sources.hf_config(path), where)
     weight_maps.check_vit_config(model_config, where, hf)
@@ -270,7 +275,8 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
 
     report: dict = {"config_model": json.loads(config.model.to_json()), "dtype": out_dtype.name,
                     "layout": "scanned" if config.model.scan_layers else "unscanned",
-                    "sources": {}, "used": [], "unused": [], "left_at_init": [], "resized": []}
+                    "sources": {}, "used": [], "unused": [], "left_at_init": [], "resized": [],
+                    "notes": [note for part in parts for note in part.notes]}
     tokenizer = tokenizer or find_tokenizer(encdec)
     if tokenizer:
         report["tokenizer"] = _check_tokenizer(tokenizer, config, log)
@@ -390,6 +396,8 @@ def _log_report(report: dict, out: str, log) -> None:
     for entry in report["resized"]:
         log(f"  resized {entry['target']}: {tuple(entry['from'])} -> {tuple(entry['to'])}, "
             f"{entry['method']}")
+    for note in report["notes"]:
+        log(f"  note    {note}")
     tok = report.get("tokenizer")
     if tok:
         for mapping in ("integers", "least_frequent"):
