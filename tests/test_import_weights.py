@@ -569,3 +569,43 @@ def test_configs_that_start_from_open_weights():
     assert palix_5b.get_config().model.vit.width == 1664   # the default stays ViT-G
     with pytest.raises(ValueError, match="variants are"):
         palix_5b.get_config("vit22b")
+
+
+def test_hugging_face_vit_with_class_token_matches_transformers(tmp_path):
+    """A Hugging Face ViTModel (class token, exact GELU, LayerNorm eps 1e-12) into our ViT with
+    the options for them; its class token's position embedding is folded into big_vision's
+    `cls` (added after the position embeddings). Every token of last_hidden_state, class token
+    first, must match."""
+    c = tiny.get_config().model.vit
+    torch.manual_seed(5)
+    vit_model = transformers.ViTModel(transformers.ViTConfig(
+        hidden_size=c.width, intermediate_size=c.mlp_dim, num_hidden_layers=c.depth,
+        num_attention_heads=c.num_heads, image_size=IMAGE, patch_size=PATCH,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
+    with torch.no_grad():   # a non-zero class token and position embeddings
+        vit_model.embeddings.cls_token.normal_()
+        vit_model.embeddings.position_embeddings.normal_()
+    vit_model.save_pretrained(tmp_path / "vit")
+    config = model_config(scan=True)
+    config.model.encdec.update(num_encoder_layers=1, num_decoder_layers=1)   # left at init
+    config.model.vit.update(class_token=True, mlp_activation="gelu_exact",
+                            layernorm_epsilon=1e-12)
+    report = import_weights.import_weights(config, str(tmp_path / "out"),
+                                           vit=str(tmp_path / "vit"), log=lambda line: None)
+    assert report["resized"] == []
+    assert {e["source"] for e in report["unused"]} == {"pooler.dense.weight", "pooler.dense.bias"}
+    params = checkpoints.load_params_like(str(tmp_path / "out"), _abstract_zeros(config))
+    _, _, _, image = _inputs(config.model.vocab_size)
+    ours = _our_image_embeddings(config, params, image)
+    pixels = torch.from_numpy(image.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        theirs = vit_model(pixel_values=pixels).last_hidden_state.numpy()
+    assert ours.shape == theirs.shape == (B, (IMAGE // PATCH) ** 2 + 1, c.width)
+    diff = float(np.abs(ours - theirs).max())
+    print(f"Hugging Face ViT: image embeddings max abs diff {diff:.2e}")
+    assert np.abs(theirs).max() > 0.5 and diff <= 1e-4
+    # The same checkpoint into a config without a class token is refused, naming the option.
+    config.model.vit.class_token = False
+    with pytest.raises(ValueError, match=re.escape(
+            "class token=True but config.model.vit.class_token=False")):
+        import_weights.import_weights(config, str(tmp_path / "out2"), vit=str(tmp_path / "vit"))

@@ -9,6 +9,11 @@ Parameter tree (scanned):
   head                                        projection of every patch token to `out_dim`
 Unscanned, the blocks are `Transformer/encoderblock_{i}` as in big_vision's non-scanned ViT.
 
+Options for other checkpoints: `class_token` (a learned `cls` token [1, 1, width] put in front of
+the patch tokens after the position embedding, as big_vision's pool_type="tok"; the output then
+has one more token), `mlp_activation` ("gelu" = tanh approximation, "gelu_exact") and
+`layernorm_epsilon`; the defaults are big_vision's / SigLIP's.
+
 ViT-22B options: `parallel_block` (attention and MLP read the same LayerNorm output and are added
 to the residual together; no LayerNorm_1), `qk_norm` (LayerNorm on queries and keys) and
 `qkv_bias=False`.
@@ -42,6 +47,7 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
 class MlpBlock(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
+    activation: str = "gelu"     # tanh approximation (big_vision, SigLIP); "gelu_exact" (HF ViT)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -54,7 +60,7 @@ class MlpBlock(nn.Module):
             kernel_init=nn.initializers.xavier_uniform(),
         )
         h = dense(self.mlp_dim, (EMBED, MLP), "Dense_0")(x)
-        h = layers.constrain(nn.gelu(h), layers.ACT_MLP)
+        h = layers.constrain(layers.activation_fn(self.activation)(h), layers.ACT_MLP)
         h = nn.Dropout(self.dropout_rate)(h, deterministic)
         return dense(width, (MLP, EMBED), "Dense_1")(h)
 
@@ -67,6 +73,8 @@ class Encoder1DBlock(nn.Module):
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
+    mlp_activation: str = "gelu"
+    layernorm_epsilon: float = 1e-6
     dropout_rate: float = 0.0
     deterministic: bool = True
     dtype: Dtype = jnp.float32
@@ -77,15 +85,15 @@ class Encoder1DBlock(nn.Module):
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"ViT width {width} is not divisible by num_heads {self.num_heads}.")
-        norm = lambda name: layers.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
-                                             name=name)
+        norm = lambda name: layers.LayerNorm(epsilon=self.layernorm_epsilon, dtype=self.dtype,
+                                             param_dtype=self.param_dtype, name=name)
         attn = layers.Attention(
             num_heads=self.num_heads, head_dim=width // self.num_heads, out_features=width,
             qkv_bias=self.qkv_bias, out_bias=True, qk_norm=self.qk_norm, scale_query=True,
             dtype=self.dtype, param_dtype=self.param_dtype, name="MultiHeadDotProductAttention_0",
         )
-        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
-                       name="MlpBlock_0")
+        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.mlp_activation, self.dtype,
+                       self.param_dtype, name="MlpBlock_0")
         drop = lambda h: nn.Dropout(self.dropout_rate)(h, self.deterministic)
         y = norm("LayerNorm_0")(x)
         if self.parallel_block:
@@ -99,6 +107,7 @@ class Encoder1DBlock(nn.Module):
 class Encoder(nn.Module):
     depth: int
     block_kwargs: dict
+    layernorm_epsilon: float = 1e-6
     scan: bool = True
     remat: str = "none"
     deterministic: bool = True
@@ -113,8 +122,8 @@ class Encoder(nn.Module):
             dtype=self.dtype, param_dtype=self.param_dtype, **self.block_kwargs,
         )
         x, _ = layers.apply_stack(stack, (), x)
-        return layers.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
-                                name="encoder_norm")(x)
+        return layers.LayerNorm(epsilon=self.layernorm_epsilon, dtype=self.dtype,
+                                param_dtype=self.param_dtype, name="encoder_norm")(x)
 
 
 class ViT(nn.Module):
@@ -132,6 +141,9 @@ class ViT(nn.Module):
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
+    class_token: bool = False    # big_vision's pool_type="tok": a learned `cls` token in front
+    mlp_activation: str = "gelu"  # tanh-approximated GELU; "gelu_exact" for HF ViTModel weights
+    layernorm_epsilon: float = 1e-6  # 1e-12 for HF ViTModel weights
     dropout_rate: float = 0.0
     scan: bool = True
     remat: str = "none"
@@ -165,14 +177,21 @@ class ViT(nn.Module):
         x = jnp.reshape(x, (n, h * w, c))
         self.sow("intermediates", "patch_tokens", x)   # for inspection and tests
         x = x + self._position_embedding(h, w, c).astype(self.dtype)
+        if self.class_token:   # after the position embedding, as big_vision does
+            cls = self.param("cls", layers.logical_init(nn.initializers.zeros, (None, None, EMBED)),
+                             (1, 1, c), self.param_dtype)
+            x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (n, 1, 1)), x], axis=1)
         x = layers.constrain(x, layers.ACT_EMBED)
         x = nn.Dropout(self.dropout_rate)(x, not train)
         x = Encoder(
-            depth=self.depth, scan=self.scan, remat=self.remat, deterministic=not train,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="Transformer",
+            depth=self.depth, layernorm_epsilon=self.layernorm_epsilon, scan=self.scan,
+            remat=self.remat, deterministic=not train, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="Transformer",
             block_kwargs=dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                               parallel_block=self.parallel_block, qk_norm=self.qk_norm,
-                              qkv_bias=self.qkv_bias, dropout_rate=self.dropout_rate),
+                              qkv_bias=self.qkv_bias, mlp_activation=self.mlp_activation,
+                              layernorm_epsilon=self.layernorm_epsilon,
+                              dropout_rate=self.dropout_rate),
         )(x)
         if self.out_dim:
             x = layers.dense_general(
@@ -223,7 +242,9 @@ def from_config(cfg: ml_collections.ConfigDict, out_dim: int | None) -> ViT:
         num_heads=v.num_heads, out_dim=out_dim, posemb=v.posemb,
         stem=v.get("stem", "patch"), stem_channels=v.get("stem_channels", 32),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
-        dropout_rate=v.dropout_rate, scan=cfg.scan_layers, remat=cfg.remat_policy,
+        class_token=v.get("class_token", False), mlp_activation=v.get("mlp_activation", "gelu"),
+        layernorm_epsilon=v.get("layernorm_epsilon", 1e-6), dropout_rate=v.dropout_rate,
+        scan=cfg.scan_layers, remat=cfg.remat_policy,
         dtype=layers.dtype_from_name(cfg.dtype),
         param_dtype=layers.dtype_from_name(cfg.param_dtype),
         name="img",

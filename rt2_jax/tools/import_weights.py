@@ -90,14 +90,17 @@ def _vit_part(path: str, model_config, targets: dict[str, tuple]) -> Part:
     if isinstance(source, weight_sources.NpzSource):
         weight_maps.check_vit_config(model_config, path)
         rules = weight_maps.big_vision_rules(infos, targets, path)
-        cls = [k for k in infos if k.endswith("/cls") or k == "cls"]
+        cls = [k for k in infos if (k.endswith("/cls") or k == "cls") and "img/cls" not in targets]
         notes = tuple(f"{path}: {k} is a class token, which this ViT does not have: its patch "
                       "tokens are computed without it, so they differ from the original "
                       "model's until fine-tuning adapts them." for k in cls)
         return Part(f"image tower {path}", source, "big_vision .npz", rules, notes)
     where = os.path.join(path, "config.json")
-    hf = weight_maps.siglip_vision_config(weight_sources.hf_config(path), where)
-    weight_maps.check_vit_config(model_config, where, hf)
+    kind, hf = weight_maps.hf_vision_config(weight_sources.hf_config(path), where)
+    weight_maps.check_vit_config(model_config, where, hf, kind)
+    if kind == "vit":
+        rules = weight_maps.vit_hf_rules(infos, targets, path, model_config.vit.depth)
+        return Part(f"image tower {path}", source, "Hugging Face ViT", rules)
     rules = weight_maps.siglip_hf_rules(infos, targets, path, model_config.vit.depth)
     return Part(f"image tower {path}", source, "Hugging Face SigLIP", rules)
 
@@ -190,7 +193,8 @@ def initial_values(config, paths: list[str], seed: int) -> dict[str, np.ndarray]
     return {p: np.asarray(v) for p, v in jax.jit(init)(jax.random.PRNGKey(seed)).items()}
 
 
-def _write(rule: Rule, x: np.ndarray, view: np.ndarray) -> None:
+def _write(rule: Rule, x: np.ndarray, view: np.ndarray,
+           position: np.ndarray | None = None) -> None:
     """Converts `x` straight into `view` (a slot of the output buffer), without a second copy
     of the tensor where the conversion is a reshape or transpose."""
     convert = rule.convert
@@ -200,6 +204,8 @@ def _write(rule: Rule, x: np.ndarray, view: np.ndarray) -> None:
         np.copyto(view.reshape(rows, -1), x.T, casting="unsafe")
         if isinstance(convert, weight_maps.ScaledLinear):
             view *= np.asarray(convert.scale, view.dtype)
+    elif isinstance(convert, weight_maps.ClassToken):
+        np.copyto(view, convert(x, view.shape, position), casting="unsafe")
     elif isinstance(convert, weight_maps.PosEmb):
         np.copyto(view, convert(x.astype(np.float32), view.shape), casting="unsafe")
     else:
@@ -313,11 +319,14 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
                 entry["targets"] = [f"(checked equal to {rule.same_as})"]
             else:
                 targets = [slots[t] for t in rule.targets]
+                position = (part.source.read(rule.convert.position_key)
+                            if isinstance(rule.convert, weight_maps.ClassToken) else None)
                 for i, slot in enumerate(targets):
-                    _write(rule, x if len(targets) == 1 else x[i], _view(buffers, slot))
+                    _write(rule, x if len(targets) == 1 else x[i], _view(buffers, slot),
+                           position)
                 entry["targets"] = [str(s) for s in targets]
-                if isinstance(rule.convert, weight_maps.PosEmb) and x.shape[-2] != \
-                        targets[0].shape[1]:
+                if (isinstance(rule.convert, weight_maps.PosEmb)
+                        and x.shape[-2] - rule.convert.class_token != targets[0].shape[1]):
                     report["resized"].append({
                         "target": str(targets[0]), "from": list(info.shape),
                         "to": list(targets[0].shape),

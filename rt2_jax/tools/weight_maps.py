@@ -7,7 +7,8 @@ the importer places them into scanned stacks when the config scans. Three source
 
 - Hugging Face T5 v1.1 / mT5 / UL2 / Flan-T5 (`T5ForConditionalGeneration`,
   `MT5ForConditionalGeneration`): names as in `rt2_jax.tools.hf_t5`;
-- Hugging Face SigLIP (`SiglipVisionModel`, or the vision half of a `SiglipModel`);
+- Hugging Face SigLIP (`SiglipVisionModel`, or the vision half of a `SiglipModel`) and ViT
+  (`ViTModel`: class token, exact GELU, LayerNorm eps 1e-12 — our ViT's options for them);
 - big_vision `.npz` ViT / SigLIP: our ViT uses big_vision's names, so a target's source is the
   same path under the checkpoint's prefix (e.g. `params/img/`); stacked or per-layer blocks.
 
@@ -137,30 +138,54 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class PosEmb:
     """Learned position embeddings [1, N, D] (big_vision) or [N, D] (Hugging Face) -> our
-    [1, N', D], resampled as big_vision does when the image size changed (N' != N)."""
+    [1, N', D], resampled as big_vision does when the image size changed (N' != N).
+    `class_token`: the source's first row is the class token's (Hugging Face ViT) and is left
+    out here (`ClassToken` folds it into the token)."""
+
+    class_token: bool = False
 
     def accepts(self, source: Shape, target: Shape) -> bool:
         if len(source) not in (2, 3) or (len(source) == 3 and source[0] != 1):
             return False
-        n = source[-2]
-        return source[-1] == target[-1] and math.isqrt(n) ** 2 == n
+        n = source[-2] - self.class_token
+        return source[-1] == target[-1] and n > 0 and math.isqrt(n) ** 2 == n
 
     def source_shape(self, target: Shape) -> Shape:
         return target
 
     def __call__(self, x: np.ndarray, target: Shape) -> np.ndarray:
-        x = x.reshape(1, x.shape[-2], x.shape[-1])
+        x = x.reshape(1, x.shape[-2], x.shape[-1])[:, int(self.class_token):]
         return resample_posemb(x, target[1]) if x.shape != target else x
 
     def __str__(self) -> str:
-        return "position embeddings"
+        return "position embeddings" + (" after the class token's row" if self.class_token
+                                        else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassToken:
+    """A Hugging Face ViT class token [1, 1, D], whose position embedding (row 0 of
+    `position_key`) is added before the blocks, -> big_vision's `cls`, which is added after the
+    position embedding: the same input to the first block, so `cls` = token + that row."""
+
+    position_key: str
+
+    def source_shape(self, target: Shape) -> Shape:
+        return target
+
+    def __call__(self, x: np.ndarray, target: Shape, position: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float32)
+                + position.reshape(-1, x.shape[-1])[:1].astype(np.float32)).reshape(target)
+
+    def __str__(self) -> str:
+        return f"plus row 0 of {self.position_key}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
     source: str
     targets: tuple[str, ...]       # one, or one per layer of a stacked source (leading axis)
-    convert: Same | Reshape | Linear | ScaledLinear | Transpose | PosEmb
+    convert: Same | Reshape | Linear | ScaledLinear | Transpose | PosEmb | ClassToken
     same_as: str = ""              # an alias: must equal this (already imported) target
 
     def expected_source_shape(self, target: Shape) -> Shape:
@@ -231,26 +256,32 @@ def t5_logits_scaled(hf: dict) -> bool:
     return bool(hf.get("tie_word_embeddings", True))
 
 
-def siglip_vision_config(hf: dict, where: str) -> dict:
-    """The vision part of a SigLIP config.json (SiglipVisionModel or SiglipModel)."""
+def hf_vision_config(hf: dict, where: str) -> tuple[str, dict]:
+    """("siglip" | "vit", the vision part of config.json) for SiglipVisionModel, SiglipModel
+    or ViTModel (also ViTForImageClassification) directories."""
     kind = hf.get("model_type")
     if kind == "siglip":
-        return hf.get("vision_config") or {}
-    if kind == "siglip_vision_model":
-        return hf
-    raise ValueError(f"{where}: model_type {kind!r} is not a SigLIP vision tower ('siglip' or "
-                     "'siglip_vision_model'). Hugging Face ViTModel (class token, "
-                     "LayerNorm eps 1e-12, exact GELU) is not supported yet; use its big_vision "
-                     ".npz or a SigLIP checkpoint.")
+        return "siglip", hf.get("vision_config") or {}
+    if kind in ("siglip_vision_model", "vit"):
+        return kind.removesuffix("_vision_model"), hf
+    raise ValueError(f"{where}: model_type {kind!r} is not an image tower this import reads "
+                     "('siglip', 'siglip_vision_model' or 'vit').")
 
 
-def check_vit_config(model_config, where: str, hf: dict | None = None) -> None:
-    """Options of our ViT that a SigLIP / plain big_vision ViT checkpoint must find (and, for a
-    Hugging Face directory, its config.json's dimensions)."""
+# Hugging Face activation names -> ours (`rt2_jax.models.layers.activation_fn`).
+_HF_GELU = {"gelu_pytorch_tanh": "gelu", "gelu_new": "gelu", "gelu": "gelu_exact"}
+
+
+def check_vit_config(model_config, where: str, hf: dict | None = None,
+                     kind: str = "siglip") -> None:
+    """Options of our ViT that a SigLIP / ViT checkpoint must find (and, for a Hugging Face
+    directory, its config.json's dimensions and options)."""
     v, m = model_config.vit, "config.model.vit"
     pairs = [("stem", "patch", f"{m}.stem", v.get("stem", "patch")),
              ("parallel_block", False, f"{m}.parallel_block", v.parallel_block)]
     if hf is not None:
+        default_act = "gelu_pytorch_tanh" if kind == "siglip" else "gelu"
+        act = hf.get("hidden_act", default_act)
         pairs += [
             ("hidden_size", hf.get("hidden_size", 768), f"{m}.width", v.width),
             ("intermediate_size", hf.get("intermediate_size", 3072), f"{m}.mlp_dim", v.mlp_dim),
@@ -258,11 +289,13 @@ def check_vit_config(model_config, where: str, hf: dict | None = None) -> None:
             ("num_attention_heads", hf.get("num_attention_heads", 12), f"{m}.num_heads",
              v.num_heads),
             ("patch_size", hf.get("patch_size", 16), f"{m}.patch_size", v.patch_size),
-            ("hidden_act", hf.get("hidden_act", "gelu_pytorch_tanh"), "our ViT MLP activation",
-             "gelu_pytorch_tanh"),
-            ("layer_norm_eps", hf.get("layer_norm_eps", 1e-6), "our LayerNorm epsilon", 1e-6),
+            ("hidden_act", _HF_GELU.get(act, act), f"{m}.mlp_activation",
+             v.get("mlp_activation", "gelu")),
+            ("layer_norm_eps", hf.get("layer_norm_eps", 1e-6 if kind == "siglip" else 1e-12),
+             f"{m}.layernorm_epsilon", v.get("layernorm_epsilon", 1e-6)),
+            ("qkv_bias", hf.get("qkv_bias", True), f"{m}.qkv_bias", v.qkv_bias),
+            ("class token", kind == "vit", f"{m}.class_token", v.get("class_token", False)),
             ("qk_norm", False, f"{m}.qk_norm", v.qk_norm),
-            ("qkv_bias", True, f"{m}.qkv_bias", v.qkv_bias),
         ]
     _check_fields(where, pairs)
 
@@ -356,6 +389,44 @@ def siglip_hf_rules(infos: dict[str, TensorInfo], targets: dict[str, Shape], whe
                               Linear(1)))
             rules.append(Rule(f"{hf}.mlp.{theirs}.bias", (f"{block}/MlpBlock_0/{ours}/bias",),
                               Same()))
+    return rules
+
+
+def vit_hf_rules(infos: dict[str, TensorInfo], targets: dict[str, Shape], where: str,
+                 depth: int) -> list[Rule]:
+    """Hugging Face ViTModel names (`embeddings.*`, `encoder.layer.{i}.*`, `layernorm`; under
+    `vit.` in ViTForImageClassification). The pooler and a classifier are not used."""
+    p = _find_prefix(infos, "embeddings.patch_embeddings.projection.weight", 4, where)
+    position = f"{p}embeddings.position_embeddings"
+    rules = [Rule(f"{p}embeddings.patch_embeddings.projection.weight", ("img/embedding/kernel",),
+                  Transpose((2, 3, 1, 0))),
+             Rule(f"{p}embeddings.patch_embeddings.projection.bias", ("img/embedding/bias",),
+                  Same()),
+             Rule(f"{p}embeddings.cls_token", ("img/cls",), ClassToken(position)),
+             Rule(position, ("img/pos_embedding",), PosEmb(class_token=True))]
+    for ours, theirs in (("scale", "weight"), ("bias", "bias")):
+        rules.append(Rule(f"{p}layernorm.{theirs}", (f"img/Transformer/encoder_norm/{ours}",),
+                          Same()))
+    for i in range(depth):
+        block, hf = f"img/Transformer/encoderblock_{i}", f"{p}encoder.layer.{i}"
+        attn = f"{block}/MultiHeadDotProductAttention_0"
+        for proj in ("query", "key", "value"):
+            rules.append(Rule(f"{hf}.attention.attention.{proj}.weight", (f"{attn}/{proj}/kernel",),
+                              Linear(1)))
+            if f"{hf}.attention.attention.{proj}.bias" in infos:
+                rules.append(Rule(f"{hf}.attention.attention.{proj}.bias",
+                                  (f"{attn}/{proj}/bias",), FLAT))
+        rules.append(Rule(f"{hf}.attention.output.dense.weight", (f"{attn}/out/kernel",),
+                          Linear(2)))
+        rules.append(Rule(f"{hf}.attention.output.dense.bias", (f"{attn}/out/bias",), Same()))
+        for ours, theirs in (("LayerNorm_0", "layernorm_before"),
+                             ("LayerNorm_1", "layernorm_after")):
+            rules.append(Rule(f"{hf}.{theirs}.weight", (f"{block}/{ours}/scale",), Same()))
+            rules.append(Rule(f"{hf}.{theirs}.bias", (f"{block}/{ours}/bias",), Same()))
+        for ours, theirs in (("Dense_0", "intermediate.dense"), ("Dense_1", "output.dense")):
+            rules.append(Rule(f"{hf}.{theirs}.weight", (f"{block}/MlpBlock_0/{ours}/kernel",),
+                              Linear(1)))
+            rules.append(Rule(f"{hf}.{theirs}.bias", (f"{block}/MlpBlock_0/{ours}/bias",), Same()))
     return rules
 
 
