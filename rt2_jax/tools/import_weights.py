@@ -285,7 +285,7 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
                     "notes": [note for part in parts for note in part.notes]}
     tokenizer = tokenizer or find_tokenizer(encdec)
     if tokenizer:
-        report["tokenizer"] = _check_tokenizer(tokenizer, config, log)
+        report["tokenizer"] = _check_tokenizer(tokenizer, config)
 
     filled = {t for part in parts for rule in part.rules for t in rule.targets}
     left = [name for name in slots if name not in filled]
@@ -298,43 +298,12 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
         np.copyto(_view(buffers, slot), value, casting="unsafe")
         report["left_at_init"].append({"target": str(slot), "shape": list(slot.shape)})
 
-    rss_start, largest = current_rss(), 0
-    for part in parts:
-        infos = part.source.infos()
-        report["sources"][part.label] = {"path": part.source.path, "kind": part.kind,
-                                         "tensors": len(infos)}
-        used = set()
-        for rule in part.rules:
-            info = infos[rule.source]
-            x = part.source.read(rule.source)
-            largest = max(largest, x.nbytes)
-            used.add(rule.source)
-            entry = {"source": rule.source, "file": info.file, "shape": list(info.shape),
-                     "dtype": info.dtype.name, "conversion": str(rule.convert)}
-            if rule.same_as:
-                if not _equal_in_chunks(_view(buffers, slots[rule.same_as]), x):
-                    raise ValueError(f"{info.file}: tensor {rule.source} differs from the tensor "
-                                     f"imported as {rule.same_as}; this model has one shared "
-                                     "embedding, so the checkpoint does not fit it.")
-                entry["targets"] = [f"(checked equal to {rule.same_as})"]
-            else:
-                targets = [slots[t] for t in rule.targets]
-                position = (part.source.read(rule.convert.position_key)
-                            if isinstance(rule.convert, weight_maps.ClassToken) else None)
-                for i, slot in enumerate(targets):
-                    _write(rule, x if len(targets) == 1 else x[i], _view(buffers, slot),
-                           position)
-                entry["targets"] = [str(s) for s in targets]
-                if (isinstance(rule.convert, weight_maps.PosEmb)
-                        and x.shape[-2] - rule.convert.class_token != targets[0].shape[1]):
-                    report["resized"].append({
-                        "target": str(targets[0]), "from": list(info.shape),
-                        "to": list(targets[0].shape),
-                        "method": "bilinear (scipy.ndimage.zoom, order 1), as big_vision"})
-            report["used"].append(entry)
-            del x
-        report["unused"] += [{"source": k, "file": i.file, "shape": list(i.shape),
-                              "dtype": i.dtype.name} for k, i in infos.items() if k not in used]
+    rss_start = current_rss()
+    try:
+        largest = max([_stream(part, slots, buffers, report) for part in parts])
+    finally:
+        for part in parts:
+            part.source.close()
     peak_streaming = peak_rss()
 
     out = checkpoints.absolute(out)
@@ -352,6 +321,47 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
         json.dump(report, f, indent=1)
     _log_report(report, out, log)
     return report
+
+
+def _stream(part: Part, slots: dict[str, Slot], buffers: dict[str, np.ndarray],
+            report: dict) -> int:
+    """Reads `part`'s tensors one at a time into `buffers`, recording them in `report`;
+    returns the largest tensor's size in bytes."""
+    infos = part.source.infos()
+    report["sources"][part.label] = {"path": part.source.path, "kind": part.kind,
+                                     "tensors": len(infos)}
+    used, largest = set(), 0
+    for rule in part.rules:
+        info = infos[rule.source]
+        x = part.source.read(rule.source)
+        largest = max(largest, x.nbytes)
+        used.add(rule.source)
+        entry = {"source": rule.source, "file": info.file, "shape": list(info.shape),
+                 "dtype": info.dtype.name, "conversion": str(rule.convert)}
+        if rule.same_as:
+            if not _equal_in_chunks(_view(buffers, slots[rule.same_as]), x):
+                raise ValueError(f"{info.file}: tensor {rule.source} differs from the tensor "
+                                 f"imported as {rule.same_as}; this model has one shared "
+                                 "embedding, so the checkpoint does not fit it.")
+            entry["targets"] = [f"(checked equal to {rule.same_as})"]
+        else:
+            targets = [slots[t] for t in rule.targets]
+            position = (part.source.read(rule.convert.position_key)
+                        if isinstance(rule.convert, weight_maps.ClassToken) else None)
+            for i, slot in enumerate(targets):
+                _write(rule, x if len(targets) == 1 else x[i], _view(buffers, slot), position)
+            entry["targets"] = [str(s) for s in targets]
+            if (isinstance(rule.convert, weight_maps.PosEmb)
+                    and x.shape[-2] - rule.convert.class_token != targets[0].shape[1]):
+                report["resized"].append({
+                    "target": str(targets[0]), "from": list(info.shape),
+                    "to": list(targets[0].shape),
+                    "method": "bilinear (scipy.ndimage.zoom, order 1), as big_vision"})
+        report["used"].append(entry)
+        del x
+    report["unused"] += [{"source": k, "file": i.file, "shape": list(i.shape),
+                          "dtype": i.dtype.name} for k, i in infos.items() if k not in used]
+    return largest
 
 
 def write_params(path: str, tree: dict) -> None:
@@ -374,7 +384,7 @@ def _view(buffers: dict[str, np.ndarray], slot: Slot) -> np.ndarray:
     return buffer if slot.index is None else buffer[slot.index]
 
 
-def _check_tokenizer(path: str, config, log) -> dict:
+def _check_tokenizer(path: str, config) -> dict:
     """The vocabulary's action-mapping support; refuses a config whose mapping it cannot do."""
     support = tokenizer_support(path)
     support["path"] = path

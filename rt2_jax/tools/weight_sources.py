@@ -128,6 +128,9 @@ class SafetensorsSource:
                              "values; the file is truncated.")
         return array.reshape(info.shape)
 
+    def close(self) -> None:
+        """Nothing stays open between reads."""
+
 
 class NpzSource:
     """The arrays of a big_vision `.npz` checkpoint (flattened `a/b/c` keys)."""
