@@ -218,6 +218,15 @@ def test_gripper_camera_rides_with_the_gripper_fixed_camera_does_not(xy):
         sim.TabletopEnv(camera="wrist")
 
 
+def test_env_renders_the_smallest_size_and_refuses_smaller_ones_clearly():
+    env = sim.TabletopEnv(image_size=render.MIN_IMAGE_SIZE)
+    obs, _ = env.reset(seed=0, options={"task": "place_on_card"})   # cards on the table
+    assert obs["image"].shape == (render.MIN_IMAGE_SIZE, render.MIN_IMAGE_SIZE, 3)
+    for bad in (render.MIN_IMAGE_SIZE - 1, 32, 0, 64.0):
+        with pytest.raises(ValueError, match="image_size must be an integer >= 40"):
+            sim.TabletopEnv(image_size=bad)
+
+
 def test_expert_can_move_in_quanta_and_still_solves_its_tasks():
     env = sim.TabletopEnv()
     q = sim.expert.MAX_MOVE_QUANTUM

@@ -49,6 +49,10 @@ class TabletopEnv(gym.Env):
                  camera: str = "fixed"):
         if camera not in CAMERAS:
             raise ValueError(f"camera {camera!r} is not one of {CAMERAS}")
+        if not isinstance(image_size, int | np.integer) or image_size < render.MIN_IMAGE_SIZE:
+            raise ValueError(f"image_size must be an integer >= {render.MIN_IMAGE_SIZE} (smaller "
+                             f"images cannot show the cards' symbols), got {image_size!r}; "
+                             "render at 40+ px and resize for a smaller model input.")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         world.check_concepts(concepts, held_out)

@@ -16,6 +16,9 @@ from PIL import Image, ImageDraw
 from rt2_jax.sim import world
 
 IMAGE_SIZE = 128
+# Smallest image side the renderer draws: a card's symbol needs at least one pixel
+# (2 * CARD_HALF * size - 4 >= 1), and at 40 px an object is still 5 px wide.
+MIN_IMAGE_SIZE = 40
 GRIPPER_VIEW = 2.0         # table widths a gripper camera shows: the whole table from anywhere
 
 COLOR_RGB = {
@@ -214,6 +217,9 @@ def _draw_card(img: np.ndarray, symbol: str, xy) -> None:
 
 def render_static(state: world.WorldState, size: int = IMAGE_SIZE) -> np.ndarray:
     """Table texture and cards: fixed for an episode, drawn once."""
+    if size < MIN_IMAGE_SIZE:
+        raise ValueError(f"cannot render a {size}px table: the smallest is {MIN_IMAGE_SIZE}px "
+                         "(cards' symbols need a pixel); render larger and resize.")
     img = _background(state.background, size, np.random.default_rng(state.texture_seed))
     for symbol, xy in zip(state.card_symbols, state.card_xy, strict=True):
         _draw_card(img, symbol, xy)

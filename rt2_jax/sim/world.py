@@ -37,6 +37,9 @@ NEAR_DIST = 0.18           # move near: centres at most this far apart
 PUSH_DIST = 0.15           # push: displaced at least this far along the direction
 ON_CARD_TOLERANCE = CARD_HALF - 0.01   # place: centre inside the card, per axis
 
+# ---- scenes ----
+OBJECTS_PER_SCENE = (3, 5)  # robot episodes: objects on the table (task object(s) included)
+
 # ---- actions ----
 ACTION_DIM = 8
 ACTION_NAMES = ("terminate", "dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
@@ -336,7 +339,7 @@ def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
                              "concepts='symbols' or 'all'")
     chosen = [task.obj] + ([task.target] if task.target else [])
     used_shapes_colors = set(chosen)
-    num_objects = int(rng.integers(3, 6))
+    num_objects = int(rng.integers(OBJECTS_PER_SCENE[0], OBJECTS_PER_SCENE[1] + 1))
     while len(chosen) < num_objects:
         name = _choose(rng, objects, exclude=used_shapes_colors)
         chosen.append(name)
