@@ -11,7 +11,9 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
     m.scan_layers = True
     m.remat_policy = "none"       # none | full | dots_saveable | nothing_saveable | ...
     m.vit = ml_collections.ConfigDict(dict(
-        posemb="learn", parallel_block=False, qk_norm=False, qkv_bias=True, dropout_rate=0.0))
+        posemb="learn", parallel_block=False, qk_norm=False, qkv_bias=True, dropout_rate=0.0,
+        keypoints=0,             # > 0: spatial-softmax keypoint tokens (robot policies)
+        keypoint_query=False))   # keypoints conditioned on the prompt
     m.vit.update(vit)
     m.encdec = ml_collections.ConfigDict(dict(
         mlp_activation="gelu", rel_pos_buckets=32, rel_pos_max_distance=128, dropout_rate=0.0))

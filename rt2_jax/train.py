@@ -415,7 +415,10 @@ def _check_resumable(saved_meta: dict, config, step: int, directory: str) -> Non
         return {**{f"model.{k}": v for k, v in flat.items()}, "image_size": c.image_size}
 
     mine, theirs = shape_keys(config), shape_keys(saved)
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    # A key the checkpoint's config lacks was added to the configs later; off (0, False, "")
+    # in this config means the checkpoint's model, which predates the option, had it off too.
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
+                    and (k in theirs or mine.get(k)))
     if differ:
         shown = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, config {mine.get(k)!r}"
                           for k in differ[:8])

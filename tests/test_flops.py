@@ -53,11 +53,14 @@ def _xla_forward_flops(config, batch: int) -> float:
     return float(cost["flops"])
 
 
-@pytest.mark.parametrize("overrides", [{}, {"max_prompt_len": 8, "max_target_len": 9}])
-def test_matches_xla_cost_analysis(overrides):
+@pytest.mark.parametrize("overrides,keypoints", [
+    ({}, 0), ({"max_prompt_len": 8, "max_target_len": 9}, 0), ({}, 16)])
+def test_matches_xla_cost_analysis(overrides, keypoints):
     """XLA also counts elementwise work (softmax, norms, GELU), so it is a little higher."""
     config = tiny.get_config()
     config.update(overrides)
+    if keypoints:   # the keypoint head's convs then dominate the image tower
+        config.model.vit.keypoints = keypoints
     # XLA's cost analysis counts a while-loop body once, so compare with unscanned layers.
     config.model.scan_layers = False
     ours = flops.forward_flops(config, batch_size=2)["total"]

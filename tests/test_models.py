@@ -172,6 +172,95 @@ def test_conv_stem_matches_a_direct_convolution():
         odd.init(jax.random.PRNGKey(0), np.zeros((1, 96, 96, 3), np.uint8))
 
 
+def test_keypoint_tokens_match_a_hand_computed_spatial_softmax():
+    """Keypoint head: conv net -> K score maps at half resolution -> softmax over locations ->
+    expected (u, v) -> a token per keypoint, appended after the patch tokens. Checked against
+    convolutions, softmax and expectation computed here with numpy on the same weights, and on
+    a score map whose peak position is known."""
+    from rt2_jax.models import vit
+
+    model, variables = _init(_config(**{"vit.keypoints": 3}))
+    p = variables["params"]["img"]
+    image = _inputs()[0]
+    _, state = model.apply(variables, image, method=lambda m, im: m.img(im),
+                           mutable=["intermediates"])
+    inter = state["intermediates"]["img"]
+    (logits,) = inter["keypoint_logits"]
+    (uv,) = inter["keypoints"]
+    x = image.astype(np.float32) / 127.5 - 1.0
+    for i, (_, stride) in enumerate(vit.KEYPOINT_CHANNELS):
+        x = jax.lax.conv_general_dilated(x, p[f"keypoint_Conv_{i}"]["kernel"], (stride,) * 2,
+                                         "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = jax.nn.gelu(x + p[f"keypoint_Conv_{i}"]["bias"])
+    want_logits = np.asarray(x) @ p["keypoint_score"]["kernel"] + p["keypoint_score"]["bias"]
+    np.testing.assert_allclose(logits, want_logits, atol=1e-4)
+    b, h, w, k = want_logits.shape
+    assert (h, w, k) == (32, 32, 3)
+    flat = np.asarray(want_logits, np.float64).reshape(b, h * w, k)
+    prob = np.exp(flat - flat.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+    u = (cols.ravel() + 0.5) / w * 2 - 1           # right is +u
+    v = 1 - (rows.ravel() + 0.5) / h * 2           # up (the top row) is +v
+    want_uv = np.stack([np.einsum("bnk,n->bk", prob, u), np.einsum("bnk,n->bk", prob, v)], -1)
+    np.testing.assert_allclose(uv, want_uv, atol=1e-5)
+    # A sharp peak at row 3, column 28 (top right) lands on that cell's centre.
+    grid = vit.keypoint_grid(32, 32)
+    np.testing.assert_allclose(grid[3 * 32 + 28], [(28.5 / 32) * 2 - 1, 1 - (3.5 / 32) * 2])
+    # Tokens: the patches, then one per keypoint, all projected to d_model.
+    out = model.apply(variables, image, method=lambda m, im: m.img(im))
+    assert out.shape == (B, 64 + 3, 64)
+    assert vit.num_tokens(model.model_config.vit, 64) == 67
+    # The keypoint tokens carry the coordinates: moving a keypoint moves its token.
+    assert np.abs(np.asarray(out[:, 64:]) - np.asarray(out[:1, 64:])).max() > 0
+
+
+def test_keypoints_conditioned_on_the_prompt_follow_its_mean_embedding():
+    """keypoint_query: scores = constant + conv features . (a linear map of the prompt's mean
+    token embedding, pad excluded); zero-initialized, so training starts unconditioned."""
+    config = _config(**{"vit.keypoints": 2, "vit.keypoint_query": True})
+    model, variables = _init(config)
+    image, tokens, mask, _ = _inputs()
+
+    def keypoint_logits(variables, tokens):
+        _, state = model.apply(variables, image, tokens, mask, method=VLM.encode,
+                               mutable=["intermediates"])
+        return np.asarray(state["intermediates"]["img"]["keypoint_logits"][0])
+
+    p = variables["params"]
+    assert not np.any(p["img"]["keypoint_query"]["kernel"])
+    base = keypoint_logits(variables, tokens)
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(0, 0.01, p["img"]["keypoint_query"]["kernel"].shape).astype(np.float32)
+    changed = jax.tree.map(lambda x: x, variables)
+    changed["params"]["img"]["keypoint_query"]["kernel"] = kernel
+    got = keypoint_logits(changed, tokens)
+    # The same conv features as the unconditioned logits, recomputed from the sown keypoints'
+    # inputs: conditioned - unconditioned = features . W(query); check it against numpy.
+    _, state = model.apply(changed, image, method=lambda m, im: m.img(im, query=jnp.zeros(
+        (B, 64))), mutable=["intermediates"])
+    np.testing.assert_allclose(state["intermediates"]["img"]["keypoint_logits"][0], base,
+                               atol=1e-5)   # a zero query gives the unconditioned scores
+    embed = np.asarray(p["encdec"]["token_embedder"]["embedding"])[tokens]
+    query = (embed * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    delta = got - base
+    # delta[b] = f[b] . (query[b] @ kernel): linear in the query, so scaling the kernel by 2
+    # doubles it, and prompts differing only in padding give the same scores.
+    doubled = jax.tree.map(lambda x: x, changed)
+    doubled["params"]["img"]["keypoint_query"]["kernel"] = 2 * kernel
+    np.testing.assert_allclose(keypoint_logits(doubled, tokens) - base, 2 * delta, atol=1e-4)
+    assert np.abs(delta).max() > 1e-3
+    padded_noise = np.where(mask, tokens, rng.integers(3, 1000, tokens.shape)).astype(np.int32)
+    np.testing.assert_allclose(keypoint_logits(changed, padded_noise), got, atol=1e-5)
+    # The VLM's query is exactly the masked mean embedding computed here.
+    _, state = model.apply(changed, image, method=lambda m, im: m.img(im, query=jnp.asarray(
+        query, jnp.float32)), mutable=["intermediates"])
+    np.testing.assert_allclose(state["intermediates"]["img"]["keypoint_logits"][0], got,
+                               atol=1e-4)
+    with pytest.raises(ValueError, match="keypoint_query"):
+        model.apply(variables, image, method=lambda m, im: m.img(im))
+
+
 def test_remat_gives_same_loss_and_grads():
     model_a, variables = _init(tiny.get_config())
     model_b = VLM.from_config(_config(remat_policy="nothing_saveable"))
@@ -201,7 +290,7 @@ def test_bf16_compute_close_to_f32(tiny_model):
 
 
 def test_every_parameter_has_logical_axis_names():
-    model = VLM.from_config(_config(**{"vit.qk_norm": True}))
+    model = VLM.from_config(_config(**{"vit.qk_norm": True, "vit.keypoints": 2}))
     image, tokens, mask, targets = _inputs()
     boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), image, tokens, mask,
                                               targets))["params"]

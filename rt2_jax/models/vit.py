@@ -14,6 +14,9 @@ the patch tokens after the position embedding, as big_vision's pool_type="tok"; 
 has one more token), `mlp_activation` ("gelu" = tanh approximation, "gelu_exact") and
 `layernorm_epsilon`; the defaults are big_vision's / SigLIP's.
 
+Robot-policy option: `keypoints` (K > 0) appends K spatial-softmax keypoint tokens, each stating
+where one learned feature is in the image (see `_keypoint_tokens`); parameters `keypoint_*`.
+
 ViT-22B options: `parallel_block` (attention and MLP read the same LayerNorm output and are added
 to the residual together; no LayerNorm_1), `qk_norm` (LayerNorm on queries and keys) and
 `qkv_bias=False`.
@@ -42,6 +45,36 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
     x = np.einsum("m,d->md", x.flatten(), omega)
     pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
     return pe[None].astype(np.float32)
+
+
+# (channels, stride) of the keypoint head's 3x3 convs: full resolution, then half.
+KEYPOINT_CHANNELS = ((32, 1), (32, 1), (64, 2))
+
+
+def num_tokens(vit_config, image_size: int) -> int:
+    """Tokens the image tower outputs per image (`vit_config` = config.model.vit): the patches,
+    plus a class token and keypoint tokens when configured."""
+    patches = (image_size // vit_config.patch_size) ** 2
+    return (patches + int(bool(vit_config.get("class_token", False)))
+            + int(vit_config.get("keypoints", 0)))
+
+
+def keypoint_conv_flops(image_size: int) -> int:
+    """Forward FLOPs of the keypoint head's convs for one image (before the K scores)."""
+    flops, side, channels_in = 0, image_size, 3
+    for channels, stride in KEYPOINT_CHANNELS:
+        side = -(-side // stride)
+        flops += 2 * side * side * 9 * channels_in * channels
+        channels_in = channels
+    return flops
+
+
+def keypoint_grid(h: int, w: int) -> np.ndarray:
+    """float32 [h*w, 2]: (u, v) of each cell centre of an h x w map in row-major order, u in
+    [-1, 1] growing to the right, v in [-1, 1] growing upwards (the top row has the largest v)."""
+    v, u = np.mgrid[:h, :w]
+    return np.stack([(u.ravel() + 0.5) / w * 2 - 1, 1 - (v.ravel() + 0.5) / h * 2],
+                    -1).astype(np.float32)
 
 
 class MlpBlock(nn.Module):
@@ -138,6 +171,8 @@ class ViT(nn.Module):
     posemb: str = "learn"
     stem: str = "patch"          # patch (a strided conv, as ViT) | conv (ViT_C: 3x3 convs)
     stem_channels: int = 32      # channels of the first conv of a "conv" stem (doubled per conv)
+    keypoints: int = 0           # > 0: append this many spatial-softmax keypoint tokens
+    keypoint_query: bool = False  # keypoint scores also depend on a query (the prompt)
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
@@ -151,7 +186,10 @@ class ViT(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, image: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, image: jax.Array, train: bool = False,
+                 query: jax.Array | None = None) -> jax.Array:
+        """`query` [B, Q]: what the keypoints look for (with `keypoint_query`; the VLM passes the
+        prompt's mean token embedding)."""
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"ViT expects images [B,H,W,3], got shape {image.shape}.")
         if image.shape[1] % self.patch_size or image.shape[2] % self.patch_size:
@@ -193,12 +231,71 @@ class ViT(nn.Module):
                               layernorm_epsilon=self.layernorm_epsilon,
                               dropout_rate=self.dropout_rate),
         )(x)
+        if self.keypoints:
+            if self.keypoint_query and query is None:
+                raise ValueError("this ViT's keypoints are conditioned on a query "
+                                 "(keypoint_query=True); pass query=[B, Q].")
+            x = jnp.concatenate(
+                [x, self._keypoint_tokens(image.astype(self.dtype), c,
+                                          query if self.keypoint_query else None)], axis=1)
         if self.out_dim:
             x = layers.dense_general(
                 self.out_dim, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
                 param_dtype=self.param_dtype, name="head",
             )(x)
         return layers.constrain(x, layers.ACT_EMBED)
+
+    def _keypoint_tokens(self, pixels: jax.Array, width: int,
+                         query: jax.Array | None) -> jax.Array:
+        """Spatial-softmax keypoints (Levine et al. 2016, "End-to-end training of deep visuomotor
+        policies") as `keypoints` extra tokens [B, K, width].
+
+        A small conv net on the pixels (3x3 convs of KEYPOINT_CHANNELS, the last with stride 2)
+        scores every location of a map at half the image resolution for each keypoint k; a
+        softmax over the locations gives where k is, and its expected position (u, v) in
+        [-1, 1] (u to the right, v up) is the keypoint. Its token is a linear map of (u, v) plus
+        a learned embedding of k. Patch tokens leave "where is it" to attention learning it from
+        position embeddings, which a small model trained briefly does not do (the README's
+        toy-world notes); a keypoint token states it in two numbers, so an offset such as
+        "object minus gripper" is a difference of two inputs. With a `query` [B, Q] each
+        keypoint's score vector is a learned constant plus a linear function of the query, so a
+        keypoint can go to the object a prompt names (FiLM-like, as RT-1 conditions its image
+        tower on the instruction). Sown as intermediates
+        `keypoints` [B, K, 2] and `keypoint_logits` [B, H', W', K].
+        Parameters: keypoint_Conv_{i}, keypoint_score, keypoint_query (with a query),
+        keypoint_coord, keypoint_id."""
+        f = pixels
+        for i, (channels, stride) in enumerate(KEYPOINT_CHANNELS):
+            f = nn.gelu(nn.Conv(
+                channels, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
+                param_dtype=self.param_dtype, name=f"keypoint_Conv_{i}",
+                kernel_init=layers.logical_init(nn.initializers.lecun_normal(),
+                                                (None, None, None, None)),
+                bias_init=layers.logical_init(nn.initializers.zeros, (None,)))(f))
+        # Scores in float32: a softmax over thousands of locations.
+        logits = layers.dense_general(
+            self.keypoints, kernel_axes=(None, None), bias_axes=(None,), dtype=jnp.float32,
+            param_dtype=self.param_dtype, name="keypoint_score")(f.astype(jnp.float32))
+        if query is not None:
+            channels = f.shape[-1]
+            w = layers.dense_general(
+                (channels, self.keypoints), kernel_axes=(None, None, None),
+                bias_axes=(None, None), dtype=jnp.float32, param_dtype=self.param_dtype,
+                kernel_init=nn.initializers.zeros,   # starts as the unconditioned scores
+                name="keypoint_query")(query.astype(jnp.float32))          # [B, C, K]
+            logits = logits + jnp.einsum("bhwc,bck->bhwk", f.astype(jnp.float32), w)
+        self.sow("intermediates", "keypoint_logits", logits)
+        b, h, w, k = logits.shape
+        prob = jax.nn.softmax(logits.reshape(b, h * w, k), axis=1)
+        uv = jnp.einsum("bnk,nc->bkc", prob, jnp.asarray(keypoint_grid(h, w)))
+        self.sow("intermediates", "keypoints", uv)
+        tokens = layers.dense_general(
+            width, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
+            param_dtype=self.param_dtype, name="keypoint_coord")(uv.astype(self.dtype))
+        ident = self.param("keypoint_id", layers.logical_init(
+            nn.initializers.normal(stddev=1 / np.sqrt(width)), (None, EMBED)),
+            (self.keypoints, width), self.param_dtype)
+        return tokens + ident.astype(self.dtype)[None]
 
     def _conv_stem(self, x: jax.Array) -> jax.Array:
         """ViT_C (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch)
@@ -241,6 +338,7 @@ def from_config(cfg: ml_collections.ConfigDict, out_dim: int | None) -> ViT:
         patch_size=v.patch_size, width=v.width, depth=v.depth, mlp_dim=v.mlp_dim,
         num_heads=v.num_heads, out_dim=out_dim, posemb=v.posemb,
         stem=v.get("stem", "patch"), stem_channels=v.get("stem_channels", 32),
+        keypoints=v.get("keypoints", 0), keypoint_query=v.get("keypoint_query", False),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
         class_token=v.get("class_token", False), mlp_activation=v.get("mlp_activation", "gelu"),
         layernorm_epsilon=v.get("layernorm_epsilon", 1e-6), dropout_rate=v.dropout_rate,

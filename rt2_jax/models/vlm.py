@@ -38,8 +38,13 @@ class VLM(nn.Module):
         if encoder_tokens.shape != encoder_mask.shape:
             raise ValueError(f"encoder_tokens {encoder_tokens.shape} and encoder_mask "
                              f"{encoder_mask.shape} must have the same shape.")
-        img_tokens = self.img(image, train=train)
         txt_tokens = self.encdec.embed(encoder_tokens)
+        query = None
+        if self.model_config.vit.get("keypoint_query", False):
+            # The prompt as a bag of words: its mean token embedding (pad excluded).
+            weights = encoder_mask.astype(txt_tokens.dtype)[..., None]
+            query = (txt_tokens * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+        img_tokens = self.img(image, train=train, query=query)
         x = jnp.concatenate([img_tokens.astype(txt_tokens.dtype), txt_tokens], axis=1)
         mask = jnp.concatenate(
             [jnp.ones(img_tokens.shape[:2], bool), encoder_mask.astype(bool)], axis=1)

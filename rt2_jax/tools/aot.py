@@ -37,6 +37,7 @@ from ml_collections import config_flags
 from rt2_jax import actions as actions_lib
 from rt2_jax import decoding, sharding, train_state
 from rt2_jax.models import params as params_lib
+from rt2_jax.models import vit as vit_lib
 from rt2_jax.tools import param_count
 
 GIB = 1024**3
@@ -123,7 +124,7 @@ def device_budget(devices: list[jax.Device], hbm_gib: float) -> tuple[int, float
 
 def token_counts(config, decode_steps: int = 0) -> dict[str, int]:
     """Tokens per example through each component."""
-    patches = (config.image_size // config.model.vit.patch_size) ** 2
+    patches = vit_lib.num_tokens(config.model.vit, config.image_size)
     decoder = decode_steps or config.max_target_len
     return {"vit": patches, "projection": patches,
             "encoder": patches + config.max_prompt_len, "decoder": decoder, "logits": decoder}

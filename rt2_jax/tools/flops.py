@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rt2_jax.models import vit as vit_lib
+
 TRAIN_FACTOR = 3  # forward + backward (gradients w.r.t. activations and weights)
 
 
@@ -35,7 +37,15 @@ def vit_forward_flops(vit: Any, image_size: int, head_dim: int | None) -> dict[s
     per_token += vit.depth * (4 * width * width + 2 * width * mlp)
     per_token += width * (head_dim or 0)                        # projection to d_model
     attention = vit.depth * _attention(tokens, tokens, vit.num_heads, width // vit.num_heads)
-    return {"vit_matmul": 2 * tokens * per_token, "vit_attention": attention}
+    out = {"vit_matmul": 2 * tokens * per_token, "vit_attention": attention}
+    keypoints = int(vit.get("keypoints", 0))
+    if keypoints:   # conv head, scores, coordinate tokens and their projection to d_model
+        side = -(-image_size // 2)
+        last = vit_lib.KEYPOINT_CHANNELS[-1][0]
+        out["vit_keypoints"] = (vit_lib.keypoint_conv_flops(image_size)
+                                + 2 * side * side * last * keypoints
+                                + 2 * keypoints * (2 * width + width * (head_dim or 0)))
+    return out
 
 
 def encdec_forward_flops(encdec: Any, vocab_size: int, encoder_len: int,
@@ -69,7 +79,7 @@ def forward_flops(config: Any, batch_size: int, *, include_vit: bool = True,
     m = config.model
     prompt_len = config.max_prompt_len if prompt_len is None else prompt_len
     target_len = config.max_target_len if target_len is None else target_len
-    image_tokens = (config.image_size // m.vit.patch_size) ** 2
+    image_tokens = vit_lib.num_tokens(m.vit, config.image_size)
     parts: dict[str, int] = {}
     if include_vit:
         parts.update(vit_forward_flops(m.vit, config.image_size, m.encdec.d_model))
