@@ -76,3 +76,37 @@ def test_miniature_experiment_end_to_end(toy_cache, tmp_path):  # noqa: F811
     cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3, finetune_steps=2,
                    robot_fraction=0.5, episodes=1, vqa_questions=4, log=again.append)
     assert sum("skipping training" in line for line in again) == 4
+
+
+def test_imitation_probe_reports_learning_and_restores_the_world():
+    from configs import tiny
+    from rt2_jax.experiments import imitation_probe
+    from rt2_jax.sim import world
+
+    reports = []
+    before = world.OBJECTS_PER_SCENE
+    last = imitation_probe.run(
+        tiny.get_config(), tasks=["pick"], episodes=4, heldout_episodes=2, heldout_frames=16,
+        steps=12, batch_size=8, log_every=6, eval_every=12, eval_episodes=2,
+        max_episode_steps=3, camera="fixed", image_size=0, move_quantum=0.02, noise_std=0.0,
+        objects=["1", "1"], seed=0, emit=reports.append)
+    assert world.OBJECTS_PER_SCENE == before
+    header, first, second = reports
+    assert header["heldout_frames"] == 16
+    # Label baselines of the held-out labels (what an image-blind model scores).
+    for stats in header["labels"].values():
+        assert 0 < stats["majority"] <= 1 and stats["entropy"] >= 0
+        assert (stats["entropy"] == 0) == (stats["majority"] == 1)
+    assert header["labels"]["terminate"]["majority"] < 1   # every episode ends with terminate
+    assert (first["step"], second["step"]) == (6, 12)
+    assert "success" not in first and last == {k: v for k, v in second.items() if k != "seconds"}
+    # Twelve steps of Adafactor at 3e-3 already move the held-out loss of every token down.
+    assert all(second["tf_ce"][d] < first["tf_ce"][d] for d in ("dx", "dy", "gripper"))
+    assert set(second["success"]) == {"pick"} and 0 <= second["success"]["pick"] <= 1
+    assert all(0 <= v <= 1 for v in second["decoded_acc"].values())
+    with pytest.raises(ValueError, match="task 'fly'"):
+        imitation_probe.run(tiny.get_config(), tasks=["fly"], episodes=1, heldout_episodes=1,
+                            heldout_frames=1, steps=1, batch_size=1, log_every=1, eval_every=1,
+                            eval_episodes=1, max_episode_steps=1, camera="fixed", image_size=0,
+                            move_quantum=0.0, noise_std=0.0, objects=[], seed=0,
+                            emit=reports.append)

@@ -1,0 +1,251 @@
+"""A fast imitation probe: does a model config learn to act from the toy world's pixels?
+
+    python -m rt2_jax.experiments.imitation_probe --tasks=pick --steps=3000 \
+        --config.model.vit.keypoints=16 [--objects=1,1] [--camera=gripper] [--json=out.jsonl]
+
+Training a policy through `rt2_jax.train` (TFDS data, web mixture, checkpoints) takes minutes
+before it says anything; this probe answers "is the image used at all?" in one: it rolls out the
+scripted expert in memory (`--episodes`, labels = the expert's intended actions, motion in
+multiples of `--move_quantum`), trains the config's VLM on robot frames only with the library's
+own train step, and reports every `--log_every` steps, on frames of held-out episodes:
+  - the teacher-forced cross-entropy (nats) and accuracy of each action token, next to the
+    majority-bin accuracy and the label entropy (a model that ignores the image sits at those);
+  - every `--eval_every` steps, greedy masked decoding accuracy per dim on the same frames and
+    closed-loop success on `--eval_episodes` new episodes per task (seeds no training episode
+    uses), through `rt2_jax.policy.Policy` like any export.
+Lines are JSON (stdout, and appended to `--json`). Nothing is written to disk otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from absl import app, flags
+
+TRAIN_SEED0, HELDOUT_SEED0, EVAL_SEED0 = 1_000, 900_000, 500_000
+REPORTED_DIMS = ("terminate", "dx", "dy", "dz", "gripper")
+
+
+def define_flags() -> None:
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model and optimizer config.")
+    flags.DEFINE_list("tasks", ["pick"], "Task kinds of the expert episodes (cycled).")
+    flags.DEFINE_integer("episodes", 400, "Expert episodes to train on.")
+    flags.DEFINE_integer("heldout_episodes", 40, "Expert episodes whose frames are held out.")
+    flags.DEFINE_integer("heldout_frames", 256, "Held-out frames scored (the first ones).")
+    flags.DEFINE_integer("steps", 3000, "Training steps.")
+    flags.DEFINE_integer("batch_size", 32, "Frames per step.")
+    flags.DEFINE_integer("log_every", 250, "Teacher-forced held-out metrics every N steps.")
+    flags.DEFINE_integer("eval_every", 1000, "Decoding + closed-loop evaluation every N steps.")
+    flags.DEFINE_integer("eval_episodes", 20, "Closed-loop episodes per task and evaluation.")
+    flags.DEFINE_integer("max_episode_steps", 60, "Closed-loop step limit.")
+    flags.DEFINE_string("camera", "fixed", "fixed | gripper.")
+    flags.DEFINE_integer("image_size", 0, "Rendered image side; 0 = the config's image_size.")
+    flags.DEFINE_float("move_quantum", 0.02, "Expert motion in multiples of this (0 = exact).")
+    flags.DEFINE_float("noise_std", 0.005, "Expert motion noise (executed, not labelled).")
+    flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
+    flags.DEFINE_integer("seed", 0, "Parameter initialization and batch order.")
+    flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
+
+
+def collect(env, expert, tasks, n: int, seed0: int):
+    """(images uint8 [T,S,S,3], instructions [T], intended actions float32 [T,8])."""
+    from rt2_jax.sim import expert as expert_lib
+
+    images, instructions, actions = [], [], []
+    for e in range(n):
+        ep = expert_lib.rollout(env, expert, seed=seed0 + e, task=tasks[e % len(tasks)])
+        images.append(ep.images)
+        instructions += [ep.task.instruction] * len(ep.images)
+        actions.append(ep.intended_actions)
+    return np.concatenate(images), instructions, np.concatenate(actions)
+
+
+def label_baselines(bins: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per reported dim: the majority bin's frequency and the label entropy (nats)."""
+    from rt2_jax import actions as actions_lib
+
+    out = {}
+    for d, name in enumerate(actions_lib.ACTION_DIMS):
+        if name in REPORTED_DIMS:
+            _, counts = np.unique(bins[:, d], return_counts=True)
+            p = counts / counts.sum()
+            out[name] = {"majority": round(float(p.max()), 3),
+                         "entropy": round(float(-(p * np.log(p)).sum()), 3)}
+    return out
+
+
+def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
+        log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
+        move_quantum, noise_std, objects, seed, emit) -> dict:
+    """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
+    `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
+    from rt2_jax import sim
+    from rt2_jax.sim import world
+
+    for task in tasks:
+        if task not in world.TASK_KINDS:
+            raise ValueError(f"task {task!r} is not one of {world.TASK_KINDS}")
+    scene_objects = world.OBJECTS_PER_SCENE
+    if objects:
+        low, high = (int(v) for v in objects)
+        if not 1 <= low <= high:
+            raise ValueError(f"objects must be min,max with 1 <= min <= max, got {objects}")
+        scene_objects = (low, high)
+    saved, world.OBJECTS_PER_SCENE = world.OBJECTS_PER_SCENE, scene_objects
+    try:
+        return _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps,
+                    batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
+                    image_size, move_quantum, noise_std, seed, emit)
+    finally:
+        world.OBJECTS_PER_SCENE = saved
+
+
+def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
+         log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
+         move_quantum, noise_std, seed, emit) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from rt2_jax import actions as actions_lib
+    from rt2_jax import tokenizer as tokenizer_lib
+    from rt2_jax import train_state
+    from rt2_jax.models.encoder_decoder import shift_right
+    from rt2_jax.policy import Policy
+    from rt2_jax.preprocessing import encode_robot_prompts, resize_image
+
+    size = int(config.image_size)
+    render_size = image_size or max(size, sim.render.MIN_IMAGE_SIZE)
+    env = sim.TabletopEnv(image_size=render_size, camera=camera)
+    expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum)
+    t0 = time.time()
+    images, instructions, acts = collect(env, expert, tasks, episodes, TRAIN_SEED0)
+    h_images, h_instr, h_acts = collect(env, expert, tasks, heldout_episodes, HELDOUT_SEED0)
+    h_images, h_instr, h_acts = (h_images[:heldout_frames], h_instr[:heldout_frames],
+                                 h_acts[:heldout_frames])
+    if render_size != size:
+        images = np.stack([resize_image(i, size) for i in images])
+        h_images = np.stack([resize_image(i, size) for i in h_images])
+
+    config = config.copy_and_resolve_references()
+    config.data.global_batch_size = batch_size
+    config.max_target_len = actions_lib.NUM_DIMS + 1
+    tok = tokenizer_lib.Tokenizer(config.tokenizer.get("model_path") or None)
+    bounds = actions_lib.ActionBounds(tuple(acts[:, 1:].min(0)), tuple(acts[:, 1:].max(0)))
+    atok = actions_lib.ActionTokenizer(bounds, tok, config.actions.mapping)
+    targets = atok.target_token_ids(acts)
+    h_targets = atok.target_token_ids(h_acts)
+    h_bins = atok.encode(h_acts)
+    low, high = bounds.limits()
+    span = high - low
+
+    def normalized(a):
+        return np.concatenate([a[:, :1], (np.clip(a[:, 1:], low, high) - low) / span * 2 - 1],
+                              1).astype(np.float32)
+
+    norm = normalized(acts)
+    prompts, prompt_index = np.unique(instructions, return_inverse=True)
+    p_tokens, p_mask = encode_robot_prompts(tok, list(prompts), config.max_prompt_len)
+    h_tokens, h_mask = encode_robot_prompts(tok, h_instr, config.max_prompt_len)
+    emit({"frames": len(images), "heldout_frames": len(h_images),
+          "collect_s": round(time.time() - t0, 1),
+          "labels": label_baselines(h_bins)})
+
+    setup = train_state.make_setup(config)
+    state = train_state.init_state(setup, seed)
+    tables = train_state.ActionTables.build(atok, int(config.model.vocab_size))
+    step_fn = train_state.make_train_step(setup, tables, 1)
+    model = setup.model
+    dims = [actions_lib.ACTION_DIMS.index(n) for n in REPORTED_DIMS]
+
+    @jax.jit
+    def teacher_forced(params, image, tokens, mask, target):
+        logits = model.apply({"params": params}, image, tokens, mask, shift_right(target))
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+            logits, target[..., None], -1)[..., 0]
+        return nll.mean(0), (jnp.argmax(logits, -1) == target).mean(0)
+
+    def held_out_report(params) -> dict:
+        ce, acc = jax.device_get(teacher_forced(params, h_images, h_tokens, h_mask, h_targets))
+        named = list(zip(REPORTED_DIMS, dims, strict=True))
+        return {"tf_ce": {n: round(float(ce[d]), 3) for n, d in named},
+                "tf_acc": {n: round(float(acc[d]), 3) for n, d in named}}
+
+    def evaluate(params) -> dict:
+        policy = Policy(params, config, atok)
+        decoded = policy.decode(h_images, h_tokens, h_mask)["bins"]
+        success = {}
+        for task in tasks:
+            envs = [sim.TabletopEnv(image_size=render_size, camera=camera,
+                                    max_episode_steps=max_episode_steps)
+                    for _ in range(eval_episodes)]
+            obs = [e.reset(seed=EVAL_SEED0 + i, options={"task": task})[0]
+                   for i, e in enumerate(envs)]
+            live, wins = list(range(eval_episodes)), 0
+            while live:
+                acts_now = policy.act_batch(np.stack([obs[i]["image"] for i in live]),
+                                            [obs[i]["instruction"] for i in live])
+                still = []
+                for k, i in enumerate(live):
+                    obs[i], reward, terminated, truncated, _ = envs[i].step(acts_now[k])
+                    wins += reward > 0
+                    if not (terminated or truncated):
+                        still.append(i)
+                live = still
+            success[task] = wins / eval_episodes
+        return {"decoded_acc": {n: round(float((decoded[:, d] == h_bins[:, d]).mean()), 3)
+                                for n, d in zip(REPORTED_DIMS, dims, strict=True)},
+                "success": success}
+
+    rng = np.random.default_rng(seed)
+    t0, last = time.time(), {}
+    for step in range(1, steps + 1):
+        idx = rng.integers(0, len(images), size=batch_size)
+        batch = {"image": images[idx], "encoder_tokens": p_tokens[prompt_index[idx]],
+                 "encoder_mask": p_mask[prompt_index[idx]], "decoder_tokens": targets[idx],
+                 "decoder_loss_mask": np.ones(targets[idx].shape, np.float32),
+                 "source": np.zeros(batch_size, np.int32),
+                 "is_robot": np.ones(batch_size, bool), "action": norm[idx]}
+        state, metrics = step_fn(state, batch)
+        report = {}
+        if step % log_every == 0 or step == steps:
+            m = jax.device_get(metrics)
+            report.update(loss=round(float(m["loss_sum"] / max(m["token_count"], 1)), 4),
+                          **held_out_report(state.params))
+        if step % eval_every == 0 or step == steps:
+            report.update(evaluate(state.params))
+            last = dict(step=step, **report)
+        if report:
+            emit(dict(step=step, seconds=round(time.time() - t0), **report))
+    return last
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+
+    def emit(record):
+        line = json.dumps(record)
+        print(line, flush=True)
+        if f.json:
+            with open(f.json, "a") as out:
+                out.write(line + "\n")
+
+    emit({"probe": {k: f[k].value for k in ("tasks", "episodes", "steps", "batch_size",
+                                             "camera", "move_quantum", "objects", "seed")},
+          "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
+          "learning_rate": f.config.train.learning_rate})
+    run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
+        heldout_frames=f.heldout_frames, steps=f.steps, batch_size=f.batch_size,
+        log_every=f.log_every, eval_every=f.eval_every, eval_episodes=f.eval_episodes,
+        max_episode_steps=f.max_episode_steps, camera=f.camera, image_size=f.image_size,
+        move_quantum=f.move_quantum, noise_std=f.noise_std, objects=f.objects, seed=f.seed,
+        emit=emit)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
