@@ -4,7 +4,8 @@
       [--split=val] [--image_grid=batch.png] [--config.data.sources.robot.weight=2]
 
 Shapes and dtypes, decoded prompts and targets (robot actions as integers and in robot units),
-per-source counts against the weights, the skip/clip counters, and a PNG grid of one batch.
+per-source counts against the weights, each robot dataset's bounds and the share of its actions
+clipped to them, the skip/clip counters, and a PNG grid of one batch.
 """
 import collections
 import contextlib
@@ -17,6 +18,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 from data_pipelines import mixture as mixture_lib
+from rt2_jax import actions as actions_lib
 
 
 def describe_example(mix, batch, row):
@@ -36,6 +38,21 @@ def describe_example(mix, batch, row):
         out["action_normalized"] = np.round(batch["action"][row].astype(np.float64), 4).tolist()
     else:
         out["target"] = tok.decode(batch["decoder_tokens"][row])
+    return out
+
+
+def dataset_clipping(mix) -> dict:
+    """Robot dataset -> actions binned so far (the pipeline reads ahead of the batches taken)
+    and, per continuous dim, the share of them clipped to its dataset's bounds."""
+    out = {}
+    for name, tok in mix.dataset_tokenizers.items():
+        if not name:
+            continue
+        n = tok.num_encoded
+        share = tok.num_clipped_per_dim / max(n, 1)
+        out[name] = {"actions": int(n), "clipped_values": int(tok.num_clipped),
+                     "clipped_share": {dim: round(float(v), 4) for dim, v in
+                                       zip(actions_lib.CONTINUOUS_DIMS, share, strict=True)}}
     return out
 
 
@@ -78,6 +95,7 @@ def inspect(config, split, num_batches, num_examples, grid_path):
         "counters": mix.counters(),
         "action_bounds": mix.action_bounds.to_json_dict(),
         "dataset_bounds": {name: b.to_json_dict() for name, b in mix.dataset_bounds.items()},
+        "dataset_clipping": dataset_clipping(mix),
         "action_stats": {k: v for k, v in (mix.action_stats or {}).items() if k != "mapping"},
         "image_grid": grid_path,
     }
@@ -103,6 +121,10 @@ def print_text(report):
         low = ", ".join(f"{v:.4g}" for v in b["low"])
         high = ", ".join(f"{v:.4g}" for v in b["high"])
         print(f"  {name:12s} [{low}] .. [{high}]")
+    print("clipped to those bounds (share of actions binned so far, per dim):")
+    for name, c in report["dataset_clipping"].items():
+        shares = ", ".join(f"{dim} {v:.3f}" for dim, v in c["clipped_share"].items())
+        print(f"  {name:12s} {c['actions']} actions: {shares}")
     print("counters:", json.dumps(report["counters"]))
     if report["image_grid"]:
         print("image grid:", report["image_grid"])

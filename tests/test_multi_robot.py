@@ -126,9 +126,21 @@ def test_inspect_shows_each_robots_bounds(two_robots, tmp_path, capsys):
             bounds = report["dataset_bounds"][example["source"]]
             assert np.all(np.array(example["action_robot_units"][1:7])
                           <= np.array(bounds["high"][:6]) + 1e-6)
+    # min_max bounds clip nothing; the small robot's range as fixed bounds for both clips
+    # nothing of the small robot and most of the large one (10x its range).
+    for name in ("small", "large"):
+        clipping = report["dataset_clipping"][name]
+        assert clipping["actions"] > 0 and clipping["clipped_values"] == 0
     inspect_lib.print_text(report)
     out = capsys.readouterr().out
     assert "action bounds per robot dataset" in out and "large" in out
+    assert "clipped to those bounds" in out
+    config = two_robot_config(two_robots, bounds="fixed")
+    small = report["dataset_bounds"]["small"]
+    config.actions.fixed_low, config.actions.fixed_high = small["low"], small["high"]
+    shared = inspect_lib.inspect(config, "train", 2, 6, str(tmp_path / "grid.png"))
+    assert shared["dataset_clipping"]["small"]["clipped_values"] == 0
+    assert shared["dataset_clipping"]["large"]["clipped_share"]["dx"] > 0.5
 
 
 def test_dims_a_dataset_does_not_record_get_the_neutral_bin_and_no_loss(two_robots):
