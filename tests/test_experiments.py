@@ -110,3 +110,15 @@ def test_imitation_probe_reports_learning_and_restores_the_world():
                             eval_episodes=1, max_episode_steps=1, camera="fixed", image_size=0,
                             move_quantum=0.0, noise_std=0.0, objects=[], seed=0,
                             emit=reports.append)
+
+
+def test_expert_robustness_check_sees_harmful_errors():
+    from rt2_jax.experiments import imitation_probe
+
+    kw = dict(episodes=4, quantum=0.02, max_episode_steps=40)
+    assert imitation_probe.expert_robustness("pick", 0, 0, 0, **kw) == 1.0
+    # The gripper flipped on most steps drops what it grasps: no pick succeeds.
+    assert imitation_probe.expert_robustness("pick", 0, 0, 0.9, **kw) == 0.0
+    with pytest.raises(ValueError, match="quantum > 0"):
+        imitation_probe.expert_robustness("pick", 0, 0, 0, episodes=1, quantum=0.0,
+                                          max_episode_steps=5)

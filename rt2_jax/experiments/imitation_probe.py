@@ -14,6 +14,10 @@ own train step, and reports every `--log_every` steps, on frames of held-out epi
     closed-loop success on `--eval_episodes` new episodes per task (seeds no training episode
     uses), through `rt2_jax.policy.Policy` like any export.
 Lines are JSON (stdout, and appended to `--json`). Nothing is written to disk otherwise.
+
+`--robustness` instead measures how precise a policy must be: the scripted expert's success
+when its actions are perturbed the way a learned policy errs (one quantum too much or too little
+on a share of its x, y, z steps; the gripper command flipped on a share of steps).
 """
 
 from __future__ import annotations
@@ -49,6 +53,42 @@ def define_flags() -> None:
     flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
     flags.DEFINE_integer("seed", 0, "Parameter initialization and batch order.")
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
+    flags.DEFINE_bool("robustness", False, "Measure the expert's success under action errors.")
+
+
+# (share of x and y steps off by one quantum, of z steps, of steps with the gripper flipped)
+ROBUSTNESS_CASES = ((0, 0, 0), (0.25, 0, 0), (0.4, 0, 0), (0, 0.25, 0), (0.25, 0.25, 0),
+                    (0, 0, 0.05), (0, 0, 0.1), (0.25, 0.25, 0.05))
+
+
+def expert_robustness(task: str, p_xy: float, p_z: float, p_gripper: float, *, episodes: int,
+                      quantum: float, max_episode_steps: int, seed: int = 0) -> float:
+    """Success rate of the scripted expert on `episodes` new episodes of `task` when each of
+    dx, dy (probability p_xy) and dz (p_z) is off by +-quantum and the gripper command is
+    flipped with probability p_gripper, independently per step."""
+    from rt2_jax import sim
+
+    if quantum <= 0:
+        raise ValueError(f"robustness needs a move quantum > 0 (the error size), got {quantum}")
+    env = sim.TabletopEnv(max_episode_steps=max_episode_steps)
+    expert = sim.ScriptedExpert(env, move_quantum=quantum)
+    rng = np.random.default_rng(seed)
+    wins = 0
+    for e in range(episodes):
+        env.reset(seed=EVAL_SEED0 + e, options={"task": task})
+        expert.reset(seed=e)
+        while True:
+            action = expert.act().copy()
+            for dim, p in ((1, p_xy), (2, p_xy), (3, p_z)):
+                if rng.random() < p:
+                    action[dim] += rng.choice((-quantum, quantum))
+            if rng.random() < p_gripper:
+                action[7] = 1.0 - action[7]
+            _, reward, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                wins += reward > 0
+                break
+    return wins / episodes
 
 
 def collect(env, expert, tasks, n: int, seed0: int):
@@ -234,6 +274,14 @@ def main(argv):
             with open(f.json, "a") as out:
                 out.write(line + "\n")
 
+    if f.robustness:
+        for task in f.tasks:
+            for p_xy, p_z, p_gripper in ROBUSTNESS_CASES:
+                emit({"task": task, "p_xy": p_xy, "p_z": p_z, "p_gripper": p_gripper,
+                      "expert_success": expert_robustness(
+                          task, p_xy, p_z, p_gripper, episodes=100, quantum=f.move_quantum,
+                          max_episode_steps=f.max_episode_steps)})
+        return
     emit({"probe": {k: f[k].value for k in ("tasks", "episodes", "steps", "batch_size",
                                              "camera", "move_quantum", "objects", "seed")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
