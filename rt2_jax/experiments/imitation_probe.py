@@ -155,7 +155,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     from rt2_jax import train_state
     from rt2_jax.models.encoder_decoder import shift_right
     from rt2_jax.policy import Policy
-    from rt2_jax.preprocessing import encode_robot_prompts, resize_image
+    from rt2_jax.preprocessing import encode_robot_prompts, normalize_actions, resize_image
 
     size = int(config.image_size)
     render_size = image_size or max(size, sim.render.MIN_IMAGE_SIZE)
@@ -179,14 +179,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     targets = atok.target_token_ids(acts)
     h_targets = atok.target_token_ids(h_acts)
     h_bins = atok.encode(h_acts)
-    low, high = bounds.limits()
-    span = high - low
-
-    def normalized(a):
-        return np.concatenate([a[:, :1], (np.clip(a[:, 1:], low, high) - low) / span * 2 - 1],
-                              1).astype(np.float32)
-
-    norm = normalized(acts)
+    norm = normalize_actions(acts, *bounds.limits())
     prompts, prompt_index = np.unique(instructions, return_inverse=True)
     p_tokens, p_mask = encode_robot_prompts(tok, list(prompts), config.max_prompt_len)
     h_tokens, h_mask = encode_robot_prompts(tok, h_instr, config.max_prompt_len)
