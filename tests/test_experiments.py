@@ -104,6 +104,12 @@ def test_imitation_probe_reports_learning_and_restores_the_world():
     assert all(second["tf_ce"][d] < first["tf_ce"][d] for d in ("dx", "dy", "gripper"))
     assert set(second["success"]) == {"pick"} and 0 <= second["success"]["pick"] <= 1
     assert all(0 <= v <= 1 for v in second["decoded_acc"].values())
+    assert second["solved_any_step"]["pick"] >= second["success"]["pick"]
+    # Closed-loop agreement: 2 episodes of at most 3 steps, each step under one expert phase.
+    agreement = second["closed_loop_agreement"]
+    assert 2 <= sum(p["steps"] for p in agreement.values()) <= 6
+    assert set(agreement) <= {"open", "rise", "above", "descend", "grasp", "lift", "done"}
+    assert all(0 <= p[d] <= 1 for p in agreement.values() for d in imitation_probe.REPORTED_DIMS)
     with pytest.raises(ValueError, match="task 'fly'"):
         imitation_probe.run(tiny.get_config(), tasks=["fly"], episodes=1, heldout_episodes=1,
                             heldout_frames=1, steps=1, batch_size=1, log_every=1, eval_every=1,

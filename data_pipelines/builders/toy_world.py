@@ -51,7 +51,7 @@ from rt2_jax.sim import render, vqa, world
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1.1.0"   # bump when the generated data changes for the same parameters
+FORMAT_VERSION = "1.2.0"   # bump when the generated data changes for the same parameters
 ROBOT_NAME, VQA_NAME, CAPTIONS_NAME = "toy_world_robot", "toy_world_vqa", "toy_world_captions"
 PARAMS_FILE = "toy_world.json"
 TERMINATE, CONTINUE = [1, 0, 0], [0, 1, 0]
@@ -61,6 +61,9 @@ LABEL_KINDS = ("intended", "executed")
 RELEASE_NOTES = {   # of all three datasets (they share FORMAT_VERSION)
     "1.0.0": "First release.",
     "1.1.0": "Robot steps record the expert's intended action; VQA adds pointing questions.",
+    "1.2.0": "Height is visible (the gripper's shadow falls 0.5 x its height beside it), the "
+             "gripper starts at 0.2 and hovers at 0.1, grasps reach 0.075 from an object's "
+             "centre; the expert may move in whole steps (move_quantum up to 0.1).",
 }
 
 

@@ -12,7 +12,9 @@ own train step, and reports every `--log_every` steps, on frames of held-out epi
     majority-bin accuracy and the label entropy (a model that ignores the image sits at those);
   - every `--eval_every` steps, greedy masked decoding accuracy per dim on the same frames and
     closed-loop success on `--eval_episodes` new episodes per task (seeds no training episode
-    uses), through `rt2_jax.policy.Policy` like any export.
+    uses), through `rt2_jax.policy.Policy` like any export; also the share of episodes solved
+    at some step (said "done" or not) and, per phase of the expert's plan in the states the
+    policy reached, how often the policy's bin equals the expert's (where closed loop breaks).
 Lines are JSON (stdout, and appended to `--json`). Nothing is written to disk otherwise.
 
 `--robustness` instead measures how precise a policy must be: the scripted expert's success
@@ -210,28 +212,50 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     def evaluate(params) -> dict:
         policy = Policy(params, config, atok)
         decoded = policy.decode(h_images, h_tokens, h_mask)["bins"]
-        success = {}
+        success, solved_any, agree, agree_steps = {}, {}, {}, {}
         for task in tasks:
             envs = [sim.TabletopEnv(image_size=render_size, camera=camera,
                                     max_episode_steps=max_episode_steps)
                     for _ in range(eval_episodes)]
             obs = [e.reset(seed=EVAL_SEED0 + i, options={"task": task})[0]
                    for i, e in enumerate(envs)]
-            live, wins = list(range(eval_episodes)), 0
+            # A noise-free expert beside each episode says what it would do in the state the
+            # policy reached (its phase machine follows the state, so it tracks the policy).
+            guides = [sim.ScriptedExpert(e, move_quantum=move_quantum) for e in envs]
+            for g in guides:
+                g.reset()
+            live, wins, solved = list(range(eval_episodes)), 0, set()
             while live:
                 acts_now = policy.act_batch(np.stack([obs[i]["image"] for i in live]),
                                             [obs[i]["instruction"] for i in live])
                 still = []
                 for k, i in enumerate(live):
-                    obs[i], reward, terminated, truncated, _ = envs[i].step(acts_now[k])
+                    guides[i].act()
+                    phase = guides[i].phase_name
+                    agree_steps[phase] = agree_steps.get(phase, 0) + 1
+                    hits = atok.encode(acts_now[k][None])[0] == atok.encode(
+                        guides[i].intended_action[None])[0]
+                    agree[phase] = agree.get(phase, 0) + hits
+                    obs[i], reward, terminated, truncated, info = envs[i].step(acts_now[k])
                     wins += reward > 0
+                    if info["success"]:
+                        solved.add(i)
                     if not (terminated or truncated):
                         still.append(i)
                 live = still
             success[task] = wins / eval_episodes
+            # Solved at some step, whether or not the policy then said it was done: tells a
+            # policy that cannot act from one that cannot tell when to stop.
+            solved_any[task] = len(solved) / eval_episodes
         return {"decoded_acc": {n: round(float((decoded[:, d] == h_bins[:, d]).mean()), 3)
                                 for n, d in zip(REPORTED_DIMS, dims, strict=True)},
-                "success": success}
+                "success": success, "solved_any_step": solved_any,
+                # Closed loop, per phase of the expert's plan in the state reached: steps spent
+                # there and the share on which the policy's bin equals the expert's, per dim.
+                "closed_loop_agreement": {
+                    phase: {"steps": n, **{name: round(float(agree[phase][d] / n), 2)
+                                          for name, d in zip(REPORTED_DIMS, dims, strict=True)}}
+                    for phase, n in sorted(agree_steps.items(), key=lambda kv: -kv[1])}}
 
     rng = np.random.default_rng(seed)
     t0, last = time.time(), {}

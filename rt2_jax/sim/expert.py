@@ -25,7 +25,7 @@ from rt2_jax.sim.env import TabletopEnv
 
 EXPERT_SPEED = 0.08      # per axis and step; below MAX_STEP_XY so noise rarely hits the bounds
 PUSH_SPEED = 0.04
-HOVER_Z = 0.15
+HOVER_Z = 0.1            # a multiple of every allowed move_quantum, like the start height
 CARRY_Z = 0.3
 RELEASE_Z = 0.06         # above PUSH_Z: releasing never shoves neighbours
 NEAR_GOAL = 0.12         # where move_near drops the object, from the target's centre
@@ -35,7 +35,10 @@ TOLERANCE = 0.01
 # a plan that insisted on it would teach hovering; the next phase keeps correcting x and y.
 ALIGN_TOLERANCE = 0.02
 MAX_ATTEMPTS = 3
-MAX_MOVE_QUANTUM = 2 * TOLERANCE   # coarser commanded steps could overshoot every target
+# Coarsest commanded motion: one full step. With a quantum q every phase's target counts as
+# reached within q / 2 per axis (a finer demand would make a quantized expert oscillate), and the
+# phase moves at least q per step.
+MAX_MOVE_QUANTUM = world.MAX_STEP_XY
 
 State = world.WorldState
 
@@ -62,28 +65,30 @@ def _reached(phase: Phase, s: State) -> bool:
     return bool(np.all(np.abs(phase.target(s) - s.ee) <= phase.tolerance))
 
 
-def _grasp_phases(i: int, lift_z: float) -> list[Phase]:
+def _grasp_phases(i: int, lift_z: float, slack: float = 0.0) -> list[Phase]:
     obj = lambda s: s.obj_xy[i]
+    tol, align = max(TOLERANCE, slack), max(ALIGN_TOLERANCE, slack)
     return [
         Phase("open", _here, 0.0, done=lambda s: not s.gripper_closed),
         Phase("rise", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0,
-              done=lambda s: s.ee[2] >= HOVER_Z - TOLERANCE),
-        Phase("above", _at(obj, HOVER_Z), 0.0, tolerance=ALIGN_TOLERANCE),
+              done=lambda s: s.ee[2] >= HOVER_Z - tol),
+        Phase("above", _at(obj, HOVER_Z), 0.0, tolerance=align),
         Phase("descend", _at(obj, 0.0), 0.0,
-              done=lambda s: s.ee[2] <= TOLERANCE and
-              bool(np.all(np.abs(s.obj_xy[i] - s.ee[:2]) <= ALIGN_TOLERANCE))),
+              done=lambda s: s.ee[2] <= tol and
+              bool(np.all(np.abs(s.obj_xy[i] - s.ee[:2]) <= align))),
         Phase("grasp", _here, 1.0, done=lambda s: s.gripper_closed),
-        Phase("lift", lambda s: np.array([*s.ee[:2], lift_z]), 1.0),
+        Phase("lift", lambda s: np.array([*s.ee[:2], lift_z]), 1.0, tolerance=tol),
     ]
 
 
-def _drop_phases(goal_xy: np.ndarray) -> list[Phase]:
+def _drop_phases(goal_xy: np.ndarray, slack: float = 0.0) -> list[Phase]:
     goal = lambda s: goal_xy
+    tol, align = max(TOLERANCE, slack), max(ALIGN_TOLERANCE, slack)
     return [
-        Phase("carry", _at(goal, CARRY_Z), 1.0, tolerance=ALIGN_TOLERANCE),
-        Phase("lower", _at(goal, RELEASE_Z), 1.0),
+        Phase("carry", _at(goal, CARRY_Z), 1.0, tolerance=align),
+        Phase("lower", _at(goal, RELEASE_Z), 1.0, tolerance=tol),
         Phase("release", _here, 0.0, done=lambda s: not s.gripper_closed),
-        Phase("retreat", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0),
+        Phase("retreat", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0, tolerance=tol),
     ]
 
 
@@ -107,8 +112,9 @@ def _near_goal(s: State, i: int, j: int) -> np.ndarray:
     return fallback
 
 
-def _push_phases(s: State, i: int, direction: str) -> list[Phase]:
+def _push_phases(s: State, i: int, direction: str, slack: float = 0.0) -> list[Phase]:
     u = world.DIRECTION_VECTORS[direction]
+    tol = max(TOLERANCE, slack)
     behind = lambda s: s.obj_xy[i] - u * (world.PUSH_CONTACT + 0.03)
     # Aim just past the contact point behind the object: moves it forward and steers sideways.
     shove = lambda s: np.array([*(s.obj_xy[i] - u * (world.PUSH_CONTACT - 0.05)), 0.0])
@@ -123,27 +129,28 @@ def _push_phases(s: State, i: int, direction: str) -> list[Phase]:
     return [
         Phase("open", _here, 0.0, done=lambda s: not s.gripper_closed or s.held < 0),
         Phase("rise", lambda s: np.array([*s.ee[:2], HOVER_Z]), 0.0,
-              done=lambda s: s.ee[2] >= HOVER_Z - TOLERANCE),
-        Phase("behind", _at(behind, HOVER_Z), 0.0),
+              done=lambda s: s.ee[2] >= HOVER_Z - tol),
+        Phase("behind", _at(behind, HOVER_Z), 0.0, tolerance=tol),
         Phase("close", _here, 1.0, done=lambda s: s.gripper_closed),
-        Phase("down", _at(behind, 0.0), 1.0),
+        Phase("down", _at(behind, 0.0), 1.0, tolerance=tol),
         Phase("push", shove, 1.0, done=pushed, speed=PUSH_SPEED),
-        Phase("retreat", lambda s: np.array([*s.ee[:2], HOVER_Z]), 1.0),
+        Phase("retreat", lambda s: np.array([*s.ee[:2], HOVER_Z]), 1.0, tolerance=tol),
     ]
 
 
-def plan_for(state: State, task: world.Task) -> list[Phase]:
-    """The phases that solve `task` from `state`."""
+def plan_for(state: State, task: world.Task, slack: float = 0.0) -> list[Phase]:
+    """The phases that solve `task` from `state`; a phase's target counts as reached within
+    max(its tolerance, `slack`) per axis."""
     i = state.index_of(task.obj)
     if task.kind == "pick":
-        return _grasp_phases(i, CARRY_Z)
+        return _grasp_phases(i, CARRY_Z, slack)
     if task.kind == "push":
-        return _push_phases(state, i, task.direction)
+        return _push_phases(state, i, task.direction, slack)
     if task.kind == "move_near":
         goal = _near_goal(state, i, state.index_of(task.target))
     else:
         goal = state.card_xy[state.card_index(task.symbol)].copy()
-    return _grasp_phases(i, CARRY_Z) + _drop_phases(goal)
+    return _grasp_phases(i, CARRY_Z, slack) + _drop_phases(goal, slack)
 
 
 class ScriptedExpert:
@@ -203,7 +210,7 @@ class ScriptedExpert:
         env = self.env.unwrapped
         if env.state is None:
             raise RuntimeError("reset the environment before the expert")
-        self._plan = plan_for(env.state, env.task)
+        self._plan = plan_for(env.state, env.task, self.move_quantum / 2)
         self._phase = 0
         self.attempts = 1
         self._holds = 0
@@ -235,12 +242,13 @@ class ScriptedExpert:
                     return self._action(self._noise(), gripper)
                 return self.intended_action.copy()
             self.attempts += 1
-            self._plan, self._phase = plan_for(state, task), 0
+            self._plan, self._phase = plan_for(state, task, self.move_quantum / 2), 0
             return self.act()
         delta = phase.target(state) - state.ee
         if self.move_quantum:
             delta = np.round(delta / self.move_quantum) * self.move_quantum
-        move = np.clip(delta, -phase.speed, phase.speed)
+        speed = max(phase.speed, self.move_quantum)
+        move = np.clip(delta, -speed, speed)
         self.intended_action = self._action(move, phase.gripper)
         gripper = phase.gripper
         if gripper < 0.5 and self.gripper_flip_prob and self._rng.random() < self.gripper_flip_prob:

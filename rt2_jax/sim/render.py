@@ -34,7 +34,7 @@ _GRIPPER_BODY = np.array((235, 30, 200))
 _GRIPPER_FINGER = np.array((30, 235, 235))
 _OUTLINE = np.array((30, 30, 30))
 _LIFT_SCALE = 0.8          # drawn size grows by 1 + 0.8 z
-_SHADOW_SHIFT = 0.12       # shadow offset per unit height (light from the top left)
+_SHADOW_SHIFT = 0.5        # shadow offset per unit height (light from the top left): shows height
 
 
 # ---------------------------------------------------------------- primitives
@@ -106,12 +106,12 @@ def _draw_object(img: np.ndarray, shape: str, color: str, xy, z: float) -> None:
         _paint(img, sl, (a / 0.55) ** 2 + (b / 0.22) ** 2 <= 1.0, (255, 255, 255), alpha=0.35)
 
 
-def _draw_shadow(img: np.ndarray, xy, z: float, radius: float) -> None:
+def _draw_shadow(img: np.ndarray, xy, z: float, radius: float, alpha: float = 0.35) -> None:
     size = img.shape[0]
     cx, cy = _to_px((xy[0] + _SHADOW_SHIFT * z, xy[1] - _SHADOW_SHIFT * z), size)
     r = radius * size
     sl, u, v = _window(size, cx, cy, r)
-    _paint(img, sl, u * u + v * v <= r * r, (0, 0, 0), alpha=0.35)
+    _paint(img, sl, u * u + v * v <= r * r, (0, 0, 0), alpha=alpha)
 
 
 def _draw_gripper(img: np.ndarray, ee, closed: bool) -> None:
@@ -234,7 +234,7 @@ def render_frame(static: np.ndarray, state: world.WorldState) -> np.ndarray:
         if state.obj_z[i] > 0.005:
             _draw_shadow(img, state.obj_xy[i], state.obj_z[i], world.OBJECT_RADIUS)
     if state.ee[2] > 0.005:
-        _draw_shadow(img, state.ee[:2], state.ee[2], 0.05)
+        _draw_shadow(img, state.ee[:2], state.ee[2], 0.035, alpha=0.6)
     for i in range(len(state.obj_xy)):
         if i not in lifted:
             _draw_object(img, state.shapes[i], state.colors[i], state.obj_xy[i], 0.0)

@@ -27,7 +27,9 @@ CARD_HALF = 0.07           # cards are squares of side 2 * CARD_HALF
 EE_RADIUS = 0.03           # footprint of the closed gripper when it pushes
 Z_MAX = 0.4
 GRASP_Z = 0.05             # closing at or below this height grasps an object ...
-GRASP_RADIUS = 0.035       # ... whose centre is this close to the gripper's centre
+GRASP_RADIUS = 0.075       # ... whose centre is this close to the gripper's centre (the gripper
+                           # is over the object's body: objects are >= 0.18 apart, so unambiguous)
+START_Z = 0.2              # the gripper's height at the start of an episode
 PUSH_Z = 0.05              # a closed, empty gripper at or below this height pushes objects
 PUSH_CONTACT = EE_RADIUS + OBJECT_RADIUS
 
@@ -311,7 +313,7 @@ def build_scene(rng: np.random.Generator, objects: list[str], symbols: list[str]
         obj_xy=obj_xy, obj_z=np.zeros(len(objects)),
         card_symbols=list(symbols),
         card_xy=np.array(layout[1], dtype=np.float64).reshape(-1, 2),
-        ee=np.array([*rng.uniform(0.15, 0.85, size=2), 0.25]),
+        ee=np.array([*rng.uniform(0.15, 0.85, size=2), START_Z]),
         obj_start_xy=obj_xy.copy(),
     )
 
