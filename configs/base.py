@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
         init_from="",                # an export dir whose params start a fresh run
         init_from_regex="",          # only params matching it are loaded ("" = all)
         z_loss=1e-4,
+        # Robot rows: chance that each earlier action token fed to the decoder is replaced by a
+        # random valid one (train_state.corrupt_action_inputs), so later dims are read off the
+        # image rather than off the true earlier tokens teacher forcing gives. 0 = off.
+        action_token_noise=0.0,
         log_every=10,
         eval_every=200,              # 0 = never
         checkpoint_every=200,

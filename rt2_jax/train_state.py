@@ -57,12 +57,31 @@ class ActionTables:
 
     id_to_bin: np.ndarray        # int32 [V]: bin of an action id, -1 elsewhere
     position_masks: np.ndarray   # bool [8, V]
+    bin_to_id: np.ndarray        # int32 [256]: the action id of each bin
 
     @classmethod
     def build(cls, action_tokenizer: actions_lib.ActionTokenizer, vocab_size: int):
         id_to_bin = np.full(vocab_size, -1, np.int32)
         id_to_bin[action_tokenizer.action_ids] = np.arange(actions_lib.NUM_BINS, dtype=np.int32)
-        return cls(id_to_bin, np.asarray(action_tokenizer.position_masks(vocab_size)))
+        return cls(id_to_bin, np.asarray(action_tokenizer.position_masks(vocab_size)),
+                   np.asarray(action_tokenizer.action_ids, np.int32))
+
+
+def corrupt_action_inputs(dec_in: jax.Array, is_robot: jax.Array, tables: ActionTables,
+                          rate: float, rng: jax.Array) -> jax.Array:
+    """Teacher forcing feeds the decoder the true earlier action tokens, so a later dim can be
+    read off them (dz off dx and dy, the gripper off dz) instead of off the image, and greedy
+    decoding then compounds the first token's mistakes. On robot rows this replaces each of the
+    earlier action tokens the decoder is fed (inputs 1..7, i.e. terminate..dyaw) with a random
+    valid one of its dim with probability `rate`; targets and loss are unchanged."""
+    b = dec_in.shape[0]
+    n = NUM_DIMS - 1
+    k_pick, k_bin = jax.random.split(rng)
+    replace = jax.random.bernoulli(k_pick, rate, (b, n)) & is_robot[:, None]
+    high = jnp.array([actions_lib.NUM_TERMINATE_VALUES] + [actions_lib.NUM_BINS] * (n - 1))
+    bins = jax.random.randint(k_bin, (b, n), 0, high[None])
+    noise = jnp.asarray(tables.bin_to_id)[bins].astype(dec_in.dtype)
+    return dec_in.at[:, 1:NUM_DIMS].set(jnp.where(replace, noise, dec_in[:, 1:NUM_DIMS]))
 
 
 def cross_entropy(logits, targets, mask, z_loss: float):
@@ -280,10 +299,17 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
     config, model, tx = setup.config, setup.model, setup.tx
     accum = int(config.train.grad_accum_steps)
     z_loss = float(config.train.z_loss)
+    token_noise = float(config.train.get("action_token_noise", 0.0))
+    if not 0 <= token_noise < 1:
+        raise ValueError(f"train.action_token_noise must be in [0, 1), got {token_noise}")
     start_id = 0  # T5 convention: the decoder start token is pad
 
     def loss_fn(params, batch, rng):
         dec_in = shift_right(batch["decoder_tokens"], start_id)
+        if token_noise > 0:
+            rng, noise_rng = jax.random.split(rng)
+            dec_in = corrupt_action_inputs(dec_in, batch["is_robot"], tables, token_noise,
+                                           noise_rng)
         logits = model.apply({"params": params}, batch["image"], batch["encoder_tokens"],
                              batch["encoder_mask"], dec_in, train=True, rngs={"dropout": rng})
         metrics = compute_metrics(logits, batch, num_sources, tables, z_loss)

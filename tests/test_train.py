@@ -400,7 +400,8 @@ def test_gradient_accumulation_matches_one_big_batch(toy_cache):
     params, grad_norms = [], []
     for c in (c1, c2):
         setup = train_state.make_setup(c)
-        tables = train_state.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool))
+        tables = train_state.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool),
+                                          np.arange(256, dtype=np.int32))
         step = train_state.make_train_step(setup, tables, num_sources=3)
         state, metrics = step(train_state.init_state(setup, 0), batch)
         params.append(jax.tree.map(np.asarray, state.params))
@@ -409,6 +410,39 @@ def test_gradient_accumulation_matches_one_big_batch(toy_cache):
     # gradient itself (its norm) as well as the updated parameters.
     np.testing.assert_allclose(grad_norms[1], grad_norms[0], rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4), *params)
+
+
+def test_action_token_noise_corrupts_only_earlier_action_inputs_of_robot_rows():
+    from rt2_jax import tokenizer as tokenizer_lib
+    from rt2_jax.models.encoder_decoder import shift_right
+
+    bounds = actions_lib.ActionBounds((-1.0,) * 7, (1.0,) * 7)
+    atok = actions_lib.ActionTokenizer(bounds, tokenizer_lib.Tokenizer(), "integers")
+    tables = train_state.ActionTables.build(atok, 1024)
+    rng = np.random.default_rng(0)
+    b = 4000
+    acts = rng.uniform(-1, 1, (b, 8)).astype(np.float32)
+    acts[:, 0] = rng.integers(0, 2, b)
+    targets = np.concatenate([atok.target_token_ids(acts), np.zeros((b, 3), np.int32)], 1)
+    dec_in = shift_right(jax.numpy.asarray(targets), 0)
+    robot = np.arange(b) % 4 != 0                            # every 4th row is web data
+    out = np.asarray(train_state.corrupt_action_inputs(
+        dec_in, jax.numpy.asarray(robot), tables, 0.5, jax.random.PRNGKey(0)))
+    dec_in = np.asarray(dec_in)
+    np.testing.assert_array_equal(out[~robot], dec_in[~robot])       # web rows untouched
+    np.testing.assert_array_equal(out[:, 0], dec_in[:, 0])           # the start token
+    np.testing.assert_array_equal(out[:, 8:], dec_in[:, 8:])         # the last dim, EOS, pad
+    changed = out[robot, 1:8] != dec_in[robot, 1:8]
+    # Replaced with probability 0.5; a random bin equals the true one 1/2 of the time for
+    # terminate and 1/256 for the rest.
+    assert abs(changed[:, 0].mean() - 0.25) < 0.03, changed[:, 0].mean()
+    assert abs(changed[:, 1:].mean() - 0.5 * 255 / 256) < 0.02, changed[:, 1:].mean()
+    # Every input is a valid id of its own dim (terminate ids for the first, bins for others).
+    for d in range(7):
+        assert np.asarray(atok.position_masks(1024))[d][out[robot, 1 + d]].all()
+    same = train_state.corrupt_action_inputs(
+        jax.numpy.asarray(dec_in), jax.numpy.asarray(robot), tables, 0.0, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(same), dec_in)
 
 
 def test_aligned_eval_batches_pad_until_every_process_is_done():
