@@ -247,6 +247,20 @@ def test_height_is_visible_as_the_grippers_shadow():
     assert np.diff(np.array(offsets), axis=0).min() >= 2.5, offsets
 
 
+def test_open_and_closed_gripper_differ_over_the_whole_body():
+    state = world.build_scene(np.random.default_rng(0), ["red block"], [], "gray")
+    state.obj_xy[0] = [0.15, 0.85]
+    state.ee = np.array([0.5, 0.5, 0.1])
+    counts = {}
+    for closed in (False, True):
+        state.gripper_closed = closed
+        image = render.render(state, 64).astype(int)
+        counts[closed] = [int(np.all(image == c, axis=-1).sum())
+                          for c in (render._GRIPPER_BODY, render._GRIPPER_BODY_CLOSED)]
+    assert counts[False][0] >= 8 and counts[True][0] == 0     # magenta only when open
+    assert counts[True][1] >= counts[False][1] + 8             # closed: the body turns cyan
+
+
 def test_expert_can_move_in_quanta_and_still_solves_its_tasks():
     env = sim.TabletopEnv()
     q = sim.expert.MAX_MOVE_QUANTUM

@@ -61,7 +61,8 @@ LABEL_KINDS = ("intended", "executed")
 RELEASE_NOTES = {   # of all three datasets (they share FORMAT_VERSION)
     "1.0.0": "First release.",
     "1.1.0": "Robot steps record the expert's intended action; VQA adds pointing questions.",
-    "1.2.0": "Height is visible (the gripper's shadow falls 0.5 x its height beside it), the "
+    "1.2.0": "Height is visible (the gripper's shadow falls 0.5 x its height beside it), a closed "
+             "gripper's body is cyan, the "
              "gripper starts at 0.2 and hovers at 0.1, grasps reach 0.075 from an object's "
              "centre; the expert may move in whole steps (move_quantum up to 0.1).",
 }

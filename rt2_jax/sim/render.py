@@ -32,6 +32,10 @@ COLOR_RGB = {
 # is about; objects, tables and card symbols are).
 _GRIPPER_BODY = np.array((235, 30, 200))
 _GRIPPER_FINGER = np.array((30, 235, 235))
+# Closed, the body takes the fingers' colour: open and closed then differ over the whole gripper,
+# not only by a few pixels of finger spread (which a small VLM did not pick up in 600 steps
+# while it read the table's colour in under 100).
+_GRIPPER_BODY_CLOSED = _GRIPPER_FINGER
 _OUTLINE = np.array((30, 30, 30))
 _LIFT_SCALE = 0.8          # drawn size grows by 1 + 0.8 z
 _SHADOW_SHIFT = 0.5        # shadow offset per unit height (light from the top left): shows height
@@ -122,7 +126,7 @@ def _draw_gripper(img: np.ndarray, ee, closed: bool) -> None:
     sl, u, v = _window(size, cx, cy, spread + 0.02 * scale)
     bar = (np.abs(u) <= spread) & (np.abs(v) <= 0.009 * scale)
     hub = u * u + v * v <= (0.026 * scale) ** 2
-    _paint(img, sl, bar | hub, _GRIPPER_BODY)
+    _paint(img, sl, bar | hub, _GRIPPER_BODY_CLOSED if closed else _GRIPPER_BODY)
     for side in (-1.0, 1.0):
         du, dv = np.abs(u - side * spread), np.abs(v)
         outline = (du <= 0.017 * scale) & (dv <= 0.04 * scale)
