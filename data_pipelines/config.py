@@ -41,6 +41,65 @@ def toy_world_sources(robot_weight=0.5):
     )
 
 
+# Open X-Embodiment datasets with a shipped mapping (data_pipelines/mappings.py): name ->
+# (mapping, relative weight). The weights are Octo's "OXE magic soup" ones for these datasets
+# (octo/data/oxe/oxe_dataset_mixes.py), which Octo multiplies by each dataset's size; set
+# config.data.weight_robots_by_size=True for that (oxe_data_config does).
+OXE_DATASETS = {
+    "fractal20220817_data": ("fractal20220817_data", 0.54087122203),
+    "bridge": ("bridge", 1.0),
+    "taco_play": ("taco_play", 2.0),
+    "berkeley_autolab_ur5": ("berkeley_autolab_ur5", 2.0),
+}
+
+
+def oxe_mixture(builder_dirs, *, robot_weight=1.0, weights=None, train_split="train[:95%]",
+                eval_split="train[95%:]"):
+    """Robot sources for Open X-Embodiment datasets: `builder_dirs` maps dataset names (keys
+    of OXE_DATASETS) to their RLDS version directories (local or gs://, e.g.
+    gs://bucket/taco_play/0.1.0); each gets its shipped mapping and its OXE_DATASETS weight
+    (or `weights[name]`), scaled so that the robot sources' weights sum to `robot_weight`.
+    Returns {name: robot_source}; add web sources next to them for co-fine-tuning."""
+    builder_dirs, weights = dict(builder_dirs), dict(weights or {})
+    known = sorted(OXE_DATASETS)
+    if not builder_dirs:
+        raise ValueError(f"oxe_mixture: no datasets given; name some of {known} with their "
+                         "builder directories.")
+    unknown = sorted((set(builder_dirs) | set(weights)) - set(OXE_DATASETS))
+    if unknown:
+        raise ValueError(f"oxe_mixture: no shipped mapping for {unknown}; known: {known}. Add "
+                         "another dataset as a robot_source() with its own mapping.")
+    unused = sorted(set(weights) - set(builder_dirs))
+    if unused:
+        raise ValueError(f"oxe_mixture: weights given for {unused}, which have no builder "
+                         "directory.")
+    empty = sorted(name for name, path in builder_dirs.items() if not path)
+    if empty:
+        raise ValueError(f"oxe_mixture: no builder directory for {empty}; pass each dataset's "
+                         "RLDS version directory (the one holding dataset_info.json).")
+    relative = {name: float(weights.get(name, OXE_DATASETS[name][1])) for name in builder_dirs}
+    total = sum(relative.values())
+    if total <= 0 or min(relative.values()) < 0:
+        raise ValueError(f"oxe_mixture: weights must be >= 0 with a positive sum, got "
+                         f"{relative}.")
+    return {name: robot_source(weight=robot_weight * relative[name] / total,
+                               builder_dir=str(path), mapping=OXE_DATASETS[name][0],
+                               train_split=train_split, eval_split=eval_split)
+            for name, path in builder_dirs.items()}
+
+
+def parse_builder_dirs(text):
+    """"name=dir,name=dir" (a config file's argument) -> {name: dir}."""
+    out = {}
+    for item in filter(None, (part.strip() for part in str(text or "").split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"Bad dataset entry {item!r}: write NAME=BUILDER_DIR (several "
+                             "separated by commas).")
+        out[name.strip()] = path.strip()
+    return out
+
+
 def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
                     shuffle_buffer=1000, image_aspect="squash", augment=True):
     """The config.data ConfigDict. `sources`: name -> robot_source()/web_source() (default: toy)."""

@@ -105,6 +105,15 @@ def validate_robot_mapping(builder, mapping, source_name):
                                 f"{_PART_SIZES[name]}")
         if name == "image" and not path.startswith("steps/"):
             problems.append(f"mapping.image={key!r} must be a step feature (steps/...)")
+    wrist = mapping.get("wrist_image", "")
+    if wrist:   # optional: a second (wrist) camera; "" = the robot has none
+        path, index = parse_key(wrist)
+        if index is not None or not path.startswith("steps/"):
+            problems.append(f"mapping.wrist_image={wrist!r} must be a step feature "
+                            "(steps/..., no index), or '' if the robot has no wrist camera")
+        elif path not in paths:
+            problems.append(f"mapping.wrist_image={wrist!r}: no feature {path!r} (write '' if "
+                            "the robot has no wrist camera)")
     kind = mapping.get("terminate_kind", "one_hot")
     if kind not in ("one_hot", "scalar"):
         problems.append(f"mapping.terminate_kind={kind!r}: use one_hot or scalar")

@@ -131,3 +131,118 @@ def data_config(robot_dir, vqa_dir, *, robot_weight=0.5, batch=8, image_size=32,
                                          shuffle_buffer=shuffle_buffer)
     c.data.cache_dir = os.path.join(robot_dir, "..", "..", "cache")
     return c
+
+
+# --- Open X-Embodiment schemas (as the TensorFlow Datasets catalog lists them) ---------------
+# Only the features the mappings read plus a few they ignore; images are small. Step t of
+# episode e has the RT-2 action `oxe_action(dataset, e, t, n)`; every dataset has its own scale,
+# so its bounds differ from the others'. Wrist cameras are flat grey (WRIST_GREY[dataset]).
+
+OXE_SCALES = {"bridge": 3.0, "taco_play": 10.0, "berkeley_autolab_ur5": 0.3}
+WRIST_GREY = {"taco_play": 90, "berkeley_autolab_ur5": 200}
+MAIN_RED = {"fractal20220817_data": 40, "bridge": 100, "taco_play": 160,
+            "berkeley_autolab_ur5": 220}
+
+
+def oxe_action(dataset, episode, t, length):
+    """The RT-2 action (terminate, translation, rotation, gripper) of a fake OXE step."""
+    if dataset == "fractal20220817_data":   # write_fake_fractal's steps
+        action = fake_step(episode, t, length, (1, 1, 3))["action"]
+        return np.concatenate([[action["terminate_episode"][0]], action["world_vector"],
+                               action["rotation_delta"], action["gripper_closedness_action"]]
+                              ).astype(np.float32)
+    scale = np.float32(OXE_SCALES[dataset])
+    translation = np.array([episode + 1, t + 1, -0.5], np.float32) / 100 * scale
+    rotation = np.array([0.02, -0.01 * t, 0.03 * (episode % 2)], np.float32) * scale
+    gripper = np.float32(1.0 if t % 2 else -1.0)
+    terminate = np.float32(t == length - 1)
+    return np.concatenate([[terminate], translation, rotation, [gripper]]).astype(np.float32)
+
+
+def _oxe_features(dataset, image_shape, wrist_shape):
+    flags = {"is_first": np.bool_, "is_last": np.bool_, "is_terminal": np.bool_,
+             "reward": F.Scalar(dtype=np.float32)}
+    if dataset == "bridge":   # flat action, step-level instruction, image_0..
+        return F.FeaturesDict({"steps": F.Dataset({
+            "action": F.Tensor(shape=(7,), dtype=np.float32),
+            "discount": F.Scalar(dtype=np.float32),
+            "language_instruction": F.Text(),
+            "observation": F.FeaturesDict({"image_0": F.Image(shape=image_shape),
+                                           "image_1": F.Image(shape=image_shape),
+                                           "state": F.Tensor(shape=(7,), dtype=np.float32)}),
+            **flags})})
+    if dataset == "taco_play":
+        return F.FeaturesDict({"steps": F.Dataset({
+            "action": F.FeaturesDict({
+                "actions": F.Tensor(shape=(7,), dtype=np.float32),
+                "rel_actions_gripper": F.Tensor(shape=(7,), dtype=np.float32),
+                "rel_actions_world": F.Tensor(shape=(7,), dtype=np.float32),
+                "terminate_episode": F.Scalar(dtype=np.float32)}),
+            "observation": F.FeaturesDict({
+                "rgb_static": F.Image(shape=image_shape), "rgb_gripper": F.Image(shape=wrist_shape),
+                "natural_language_instruction": F.Text(),
+                "robot_obs": F.Tensor(shape=(15,), dtype=np.float32)}),
+            **flags})})
+    if dataset == "berkeley_autolab_ur5":
+        return F.FeaturesDict({"steps": F.Dataset({
+            "action": F.FeaturesDict({
+                "gripper_closedness_action": F.Scalar(dtype=np.float32),
+                "rotation_delta": F.Tensor(shape=(3,), dtype=np.float32),
+                "terminate_episode": F.Scalar(dtype=np.float32),
+                "world_vector": F.Tensor(shape=(3,), dtype=np.float32)}),
+            "observation": F.FeaturesDict({
+                "image": F.Image(shape=image_shape), "hand_image": F.Image(shape=wrist_shape),
+                "natural_language_instruction": F.Text(),
+                "robot_state": F.Tensor(shape=(15,), dtype=np.float32)}),
+            **flags})})
+    raise ValueError(f"no fake schema for {dataset!r}")
+
+
+def _oxe_step(dataset, episode, t, length, image_shape, wrist_shape):
+    action = oxe_action(dataset, episode, t, length)
+    terminate, move, gripper = action[0], action[1:7], action[7]
+    last = t == length - 1
+    main = np.zeros(image_shape, np.uint8)
+    main[..., 0] = MAIN_RED[dataset]
+    main[..., 1] = (10 * t) % 256
+    wrist = np.full(wrist_shape, WRIST_GREY.get(dataset, 0), np.uint8)
+    instruction = INSTRUCTIONS[episode % len(INSTRUCTIONS)]
+    step = {"is_first": t == 0, "is_last": last, "is_terminal": last, "reward": float(last)}
+    if dataset == "bridge":
+        return {**step, "action": np.concatenate([move, [gripper]]).astype(np.float32),
+                "discount": 1.0, "language_instruction": instruction,
+                "observation": {"image_0": main, "image_1": main[::-1],
+                                "state": np.zeros(7, np.float32)}}
+    if dataset == "taco_play":
+        flat = np.concatenate([move, [gripper]]).astype(np.float32)
+        return {**step, "action": {"actions": flat + 5, "rel_actions_gripper": -flat,
+                                   "rel_actions_world": flat, "terminate_episode": terminate},
+                "observation": {"rgb_static": main, "rgb_gripper": wrist,
+                                "natural_language_instruction": instruction,
+                                "robot_obs": np.zeros(15, np.float32)}}
+    return {**step, "action": {"gripper_closedness_action": gripper,
+                               "rotation_delta": move[3:], "terminate_episode": terminate,
+                               "world_vector": move[:3]},
+            "observation": {"image": main, "hand_image": wrist,
+                            "natural_language_instruction": instruction,
+                            "robot_state": np.zeros(15, np.float32)}}
+
+
+def write_fake_oxe(data_dir, dataset, lengths=(3, 4, 2, 5), image_shape=(12, 16, 3),
+                   wrist_shape=(8, 8, 3)):
+    """Writes a small RLDS dataset in `dataset`'s OXE schema (fractal20220817_data, bridge,
+    taco_play or berkeley_autolab_ur5); returns its version directory."""
+    if dataset == "fractal20220817_data":
+        def images(episode, t):
+            image = np.zeros(image_shape, np.uint8)
+            image[..., 0] = MAIN_RED[dataset]
+            image[..., 1] = (10 * t) % 256
+            return image
+        return write_fake_fractal(data_dir, name=dataset, lengths=lengths,
+                                  image_shape=image_shape, images=images)
+    episodes = [(e, {"steps": [_oxe_step(dataset, e, t, n, image_shape, wrist_shape)
+                               for t in range(n)]}) for e, n in enumerate(lengths)]
+    builder = tfds.dataset_builders.store_as_tfds_dataset(
+        name=dataset, version="0.1.0", features=_oxe_features(dataset, image_shape, wrist_shape),
+        split_datasets={"train": episodes}, data_dir=str(data_dir), disable_shuffling=True)
+    return os.fspath(builder.data_dir)
