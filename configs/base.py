@@ -10,6 +10,7 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
     m.param_dtype = "float32"
     m.scan_layers = True
     m.remat_policy = "none"       # none | full | dots_saveable | nothing_saveable | ...
+    m.wrist_camera = ""           # "" (one camera) | side_by_side | tokens (rt2_jax/preprocessing)
     m.vit = ml_collections.ConfigDict(dict(
         posemb="learn", parallel_block=False, qk_norm=False, qkv_bias=True, dropout_rate=0.0,
         keypoints=0,             # > 0: spatial-softmax keypoint tokens (robot policies)

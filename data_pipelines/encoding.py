@@ -84,6 +84,9 @@ def tokenize_batches(ds, encoder, batch_size):
             "is_robot": batch["is_robot"],
             "action": tf.ensure_shape(norm, [batch_size, actions_lib.NUM_DIMS]),
         }
+        for key in ("wrist_image", "wrist_present"):   # with a wrist camera only
+            if key in batch:
+                out[key] = batch[key]
         if "answers" in batch:
             out.update(answers=batch["answers"], valid=batch["valid"],
                        action_raw=batch["action"])

@@ -19,19 +19,24 @@ def decode_image(image):
 
 
 def resize_image(image, size, aspect):
-    """uint8 [h, w, 3] → float32 [size, size, 3]: squash, pad (letterbox) or center_crop, in the
-    graph (`rt2_jax.preprocessing.resize_image` is the same rule outside TensorFlow)."""
+    """uint8 [h, w, 3] → float32 [size, size, 3] (or [height, width, 3] for size = (height,
+    width)): squash, pad (letterbox) or center_crop, in the graph
+    (`rt2_jax.preprocessing.resize_image` is the same rule outside TensorFlow)."""
     preprocessing.check_aspect(aspect)
+    height, width = preprocessing.target_shape(size)
     if aspect == "squash":
-        return tf.image.resize(image, [size, size], antialias=True)
+        return tf.image.resize(image, [height, width], antialias=True)
     if aspect == "pad":
-        return tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, antialias=True)
+        return tf.image.resize_with_pad(tf.cast(image, tf.float32), height, width,
+                                        antialias=True)
     if aspect == "center_crop":
+        # The largest centred region of the target's shape (preprocessing.crop_layout).
         shape = tf.shape(image)
-        side = tf.minimum(shape[0], shape[1])
-        image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2,
-                                              (shape[1] - side) // 2, side, side)
-        return tf.image.resize(image, [size, size], antialias=True)
+        crop_h = tf.minimum(shape[0], shape[1] * height // width)
+        crop_w = tf.minimum(shape[1], shape[0] * width // height)
+        image = tf.image.crop_to_bounding_box(image, (shape[0] - crop_h) // 2,
+                                              (shape[1] - crop_w) // 2, crop_h, crop_w)
+        return tf.image.resize(image, [height, width], antialias=True)
     raise AssertionError(aspect)  # check_aspect accepted a mode this function lacks
 
 
@@ -57,6 +62,8 @@ def augment_color(image, seed, augment):
 
 
 def prepare_image(image, seed, data, size, train):
+    """Encoded or uint8 image → uint8 [size, size, 3] (or [height, width, 3] for size =
+    (height, width)): decoded, augmented when training, resized by the config's aspect mode."""
     image = decode_image(image)
     if train and data.augment.enabled:
         image = augment_crop(image, seed, data.augment)
@@ -64,4 +71,23 @@ def prepare_image(image, seed, data, size, train):
     if train and data.augment.enabled:
         image = augment_color(image, seed + 2, data.augment)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-    return tf.ensure_shape(image, [size, size, 3])
+    return tf.ensure_shape(image, [*preprocessing.target_shape(size), 3])
+
+
+def camera_inputs(example, seed, data, size, wrist_mode, train):
+    """The image inputs of one example by the wrist-camera mode (rt2_jax.preprocessing):
+    {"image"} without a wrist camera; {"image", "wrist_present"} for side_by_side (both cameras
+    in one image, the wrist on the right); {"image", "wrist_image", "wrist_present"} for tokens.
+    An example without "wrist_image" (a robot without one, web data) gets a black wrist image
+    and wrist_present False. The wrist image is augmented with its own seed."""
+    if not wrist_mode:
+        return {"image": prepare_image(example["image"], seed, data, size, train)}
+    has_wrist = "wrist_image" in example
+    shape = preprocessing.half_size(size) if wrist_mode == preprocessing.SIDE_BY_SIDE else size
+    main = prepare_image(example["image"], seed, data, shape, train)
+    wrist = (prepare_image(example["wrist_image"], seed + 5, data, shape, train) if has_wrist
+             else tf.zeros([*preprocessing.target_shape(shape), 3], tf.uint8))
+    present = tf.constant(has_wrist)
+    if wrist_mode == preprocessing.SIDE_BY_SIDE:
+        return {"image": tf.concat([main, wrist], axis=1), "wrist_present": present}
+    return {"image": main, "wrist_image": wrist, "wrist_present": present}

@@ -15,6 +15,10 @@ prefetched. Host batch (numpy, fixed shapes; the contract the trainer and evalua
   action             float32 [B, 8]         normalized action: dims 1..7 clipped to the bounds
                                             and scaled to [-1, 1], terminate 0/1; zeros elsewhere
 
+With a wrist camera (`config.model.wrist_camera`, rt2_jax/preprocessing.py): `wrist_present` bool
+[B] (False for rows whose source has no wrist camera: their wrist image is black), and in
+`tokens` mode `wrist_image` uint8 [B, H, W, 3]; in `side_by_side` mode `image` holds both cameras.
+
 The eval variant (split="val") reads each source once, in order, without augmentation or
 shuffling, pads the last batch and adds `valid` bool [B], `answers` bytes [B, K] (the raw
 reference answers, "" padded) and `action_raw` float32 [B, 8] (robot units).

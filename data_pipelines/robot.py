@@ -171,11 +171,18 @@ def step_action(step, mapping):
 
 
 def _image_decoders(mapping):
-    """Keeps encoded images encoded until after filtering/shuffling (decoded in the mixture)."""
-    path, _ = parse_key(mapping["image"])
-    tree = tfds.decode.SkipDecoding()
-    for part in reversed(path.split("/")):
-        tree = {part: tree}
+    """Keeps encoded images (the camera and, if mapped, the wrist camera) encoded until after
+    filtering/shuffling (decoded in the mixture)."""
+    tree = {}
+    for key in ("image", "wrist_image"):
+        if not mapping.get(key, ""):
+            continue
+        path, _ = parse_key(mapping[key])
+        *parents, leaf = path.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = tfds.decode.SkipDecoding()
     return tree
 
 
@@ -206,14 +213,16 @@ def read_episodes(builder, mapping, split, *, shuffle_files, seed, skip_unreadab
     return ds
 
 
-def robot_steps(episodes, mapping, counters=None, with_images=True):
-    """Episodes → finite steps {image (encoded or uint8), instruction, action f32[8]}.
+def robot_steps(episodes, mapping, counters=None, with_images=True, wrist=False):
+    """Episodes → finite steps {image (encoded or uint8), instruction, action f32[8]}, plus
+    `wrist_image` when `wrist` is set and the mapping names one.
 
     Zero-length episodes produce nothing and steps with a NaN/inf action are dropped; both are
     counted in `counters` (data_pipelines.stats.Counters) when given.
     """
     instruction_key = mapping["instruction"]
     step_level_instruction = instruction_key.startswith("steps/")
+    wrist_key = mapping.get("wrist_image", "") if with_images and wrist else ""
 
     def to_steps(episode):
         steps = episode["steps"]
@@ -226,6 +235,8 @@ def robot_steps(episodes, mapping, counters=None, with_images=True):
                 out["image"] = _select(step, mapping["image"], "steps/")
                 out["instruction"] = (tf.reshape(_select(step, instruction_key, "steps/"), [])
                                       if step_level_instruction else episode_instruction)
+            if wrist_key:
+                out["wrist_image"] = _select(step, wrist_key, "steps/")
             return out
 
         steps = steps.map(one_step)

@@ -1,6 +1,7 @@
 """The mixture's sources: open each configured dataset (generating the toy world on first use),
 read this process's part of a split and turn its records into fixed-shape examples
-{image, prompt, answer, action, source, is_robot} (plus `answers` for evaluation).
+{image, prompt, answer, action, source, is_robot} (plus `answers` for evaluation, and
+`wrist_present` / `wrist_image` when the model takes a wrist camera).
 """
 import dataclasses
 
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from data_pipelines import images, robot, web
 from rt2_jax import actions as actions_lib
+from rt2_jax import preprocessing
 from rt2_jax import tokenizer as tokenizer_lib
 
 ROBOT = "robot"
@@ -74,13 +76,13 @@ class _Attrs(dict):
     __getattr__ = dict.__getitem__
 
 
-def _robot_examples(src, split, seed, train, counters, skip_unreadable):
+def _robot_examples(src, split, seed, train, counters, skip_unreadable, wrist):
     mapping = src.config.mapping
     episodes = robot.read_episodes(src.builder, mapping, split, shuffle_files=train, seed=seed,
                                    skip_unreadable=skip_unreadable)
     if train:
         episodes = episodes.repeat()
-    steps = robot.robot_steps(episodes, mapping, counters)
+    steps = robot.robot_steps(episodes, mapping, counters, wrist=wrist)
 
     def has_instruction(step):
         ok = tf.strings.length(tf.strings.strip(step["instruction"])) > 0
@@ -89,13 +91,17 @@ def _robot_examples(src, split, seed, train, counters, skip_unreadable):
 
     def to_example(step):
         prompt = web.template_join(tokenizer_lib.ROBOT_PROMPT, "instruction", step["instruction"])
-        return {"image": step["image"], "prompt": prompt, "answers": tf.constant([""]),
-                "action": step["action"]}
+        example = {"image": step["image"], "prompt": prompt, "answers": tf.constant([""]),
+                   "action": step["action"]}
+        if "wrist_image" in step:
+            example["wrist_image"] = step["wrist_image"]
+        return example
 
     return steps.filter(has_instruction).map(to_example)
 
 
-def _web_examples(src, split, seed, train, counters, skip_unreadable):
+def _web_examples(src, split, seed, train, counters, skip_unreadable, wrist):
+    del wrist   # web data has no wrist camera: the example gets a black one, flagged absent
     records = web.read_web(src.builder, src.config.mapping, split, shuffle_files=train, seed=seed,
                            skip_unreadable=skip_unreadable)
     if train:
@@ -107,8 +113,9 @@ def _web_examples(src, split, seed, train, counters, skip_unreadable):
 def source_dataset(src, config, *, train, split, seed, counters):
     data = config.data
     skip = bool(data.skip_unreadable)
+    wrist_mode = preprocessing.wrist_camera(config)
     make = _robot_examples if src.config.kind == ROBOT else _web_examples
-    ds = make(src, split, seed, train, counters, skip)
+    ds = make(src, split, seed, train, counters, skip, bool(wrist_mode))
     if train:
         ds = ds.shuffle(int(data.shuffle_buffer), seed=seed_for(seed, 1),
                         reshuffle_each_iteration=True)
@@ -119,8 +126,8 @@ def source_dataset(src, config, *, train, split, seed, counters):
     def finish(index, example_and_rng):
         example, rng = example_and_rng
         out = {
-            "image": images.prepare_image(example["image"], rng, data, int(config.image_size),
-                                          train),
+            **images.camera_inputs(example, rng, data, int(config.image_size), wrist_mode,
+                                   train),
             "prompt": example["prompt"],
             "answer": web.pick_answer(example["answers"], answer_choice, rng + 3),
             "action": tf.ensure_shape(example["action"], [actions_lib.NUM_DIMS]),

@@ -34,8 +34,10 @@ def assert_close_images(ours, ref, what):
 def test_resize_matches_tensorflow(aspect):
     rng = np.random.default_rng(1)
     for shape, size in (((128, 128), 64), ((100, 160), 64), ((150, 90), 48), ((40, 52), 64),
-                        ((480, 640), 64), ((256, 320), 224), ((7, 300), 32)):
-        if aspect == "pad" and min(shape) * size < max(shape):
+                        ((480, 640), 64), ((256, 320), 224), ((7, 300), 32),
+                        # [size, size / 2] halves of a side_by_side wrist-camera image
+                        ((150, 200), (64, 32)), ((84, 84), (224, 112)), ((480, 640), (48, 24))):
+        if aspect == "pad" and min(shape) * min(np.atleast_1d(size)) < max(shape):
             continue   # too thin to letterbox (refused, tested below)
         image = structured_image(rng, shape)
         ref = mixture.resize_image(tf.constant(image), size, aspect)
