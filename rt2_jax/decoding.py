@@ -106,9 +106,11 @@ class DecodeSpec:
 
 
 def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
-                 image: jax.Array, tokens: jax.Array, mask: jax.Array, rng: jax.Array):
+                 image: jax.Array, tokens: jax.Array, mask: jax.Array, rng: jax.Array,
+                 wrist: dict | None = None):
     """The decode loop as a traceable function (call it under `jax.jit`): `Decoder` wraps it
     (and lowers it for the AOT check); the evaluator jits it together with its metrics.
+    `wrist`: the wrist-camera inputs of a model that takes them (`VLM`'s docstring).
 
     Each step first `choose`s every row's token (sampled within its phase's mask, or forced),
     then `advance`s the rows' `RowState`."""
@@ -129,7 +131,7 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
 
     start = jnp.full((batch, 1), spec.start_id, jnp.int32)
     logits, cache = model.apply(params, image, tokens, mask, start, steps + 1, out_ids,
-                                method=VLM.prefill)
+                                wrist, method=VLM.prefill)
 
     def choose(t, logits, rows: RowState, rng):
         """The token each row writes at step t: sampled within its phase's mask, or forced."""
@@ -279,22 +281,25 @@ class Decoder:
         return self._compiled[key]
 
     def lower(self, mode: str, params, image, tokens, mask, rng,
-              sampling: Sampling = Sampling()):
+              sampling: Sampling = Sampling(), wrist: dict | None = None):
         """The loop `run` would compile for these (possibly abstract, sharded) arguments,
         lowered: for ahead-of-time fit checks of the program that runs."""
         params = params if "params" in params else {"params": params}
-        return jax.jit(self._traced(mode, sampling)).lower(params, image, tokens, mask, rng)
+        return jax.jit(self._traced(mode, sampling)).lower(params, image, tokens, mask, rng,
+                                                           wrist)
 
     def run(self, mode: str, params, image, tokens, mask, *, rng=None,
-            sampling: Sampling = Sampling()) -> dict[str, np.ndarray]:
+            sampling: Sampling = Sampling(), wrist: dict | None = None) -> dict[str, np.ndarray]:
         """Raw decode: {'tokens' [B,steps], 'action_ids' [B,8], 'num_steps', 'forced_marker' [B]
-        (chain-of-thought: the loop wrote the marker because the plan hit its length limit)}."""
+        (chain-of-thought: the loop wrote the marker because the plan hit its length limit)}.
+        `wrist`: the wrist-camera inputs of a model that takes them."""
         if sampling.temperature > 0 and rng is None:
             raise ValueError("Sampling with temperature > 0 needs an explicit PRNG key `rng`.")
         rng = jax.random.PRNGKey(0) if rng is None else rng
         params = params if "params" in params else {"params": params}
+        wrist = None if wrist is None else {k: jnp.asarray(v) for k, v in wrist.items()}
         out = self._fn(mode, sampling)(params, jnp.asarray(image), jnp.asarray(tokens),
-                                       jnp.asarray(mask, bool), rng)
+                                       jnp.asarray(mask, bool), rng, wrist)
         return jax.tree.map(np.asarray, out)
 
     def actions(self, params, image, tokens, mask, **kw) -> dict[str, np.ndarray]:

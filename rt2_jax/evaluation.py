@@ -21,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from rt2_jax import decoding, sharding, train_state
+from rt2_jax.models import vlm
 
 
 def aligned_host_batches(batches: Iterable[dict], padding: dict, limit: int = 0,
@@ -92,7 +93,8 @@ class Evaluator:
         model = self.setup.model
         rng = jax.random.PRNGKey(0)
         greedy = decoding.Sampling()
-        args = (params, batch["image"], batch["encoder_tokens"], batch["encoder_mask"], rng)
+        args = (params, batch["image"], batch["encoder_tokens"], batch["encoder_mask"], rng,
+                vlm.wrist_inputs(batch))
         act = decoding.decode_loop(model, self._action_spec, greedy, *args)["action_ids"]
         txt = decoding.decode_loop(model, self._text_spec, greedy, *args)["tokens"]
         valid = batch["valid"]
@@ -127,6 +129,7 @@ class Evaluator:
         arrays = {k: host[k] for k in ("image", "encoder_tokens", "encoder_mask",
                                        "decoder_tokens", "decoder_loss_mask", "is_robot",
                                        "action", "valid")}
+        arrays.update({k: host[k] for k in vlm.WRIST_KEYS if k in host})
         arrays["is_vqa"] = is_vqa
         arrays["answer_ids"] = self._answer_ids(host["answers"], self._text_spec.max_steps)
         out = {}

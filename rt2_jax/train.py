@@ -312,7 +312,7 @@ def _train(config, workdir: str) -> dict[str, float]:
             wait_s += time.perf_counter() - t0
         batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding[k],
                                                            host_batch[k])
-                 for k in train_state.MODEL_KEYS}
+                 for k in setup.batch_sharding}   # MODEL_KEYS (+ wrist-camera keys)
         state, metrics = step_fn(state, batch)
         # Summed on device (jnp, not np) so the host never waits for a step between log lines.
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)

@@ -17,13 +17,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rt2_jax import actions as actions_lib
-from rt2_jax import optim, sharding
+from rt2_jax import optim, preprocessing, sharding
 from rt2_jax.actions import NUM_DIMS
 from rt2_jax.models import params as params_lib
 from rt2_jax.models.encoder_decoder import shift_right
-from rt2_jax.models.vlm import VLM
+from rt2_jax.models.vlm import VLM, wrist_inputs, wrist_keys
 
-# Host batch keys the train step consumes (see the host-batch contract).
+# Host batch keys the train step consumes (see the host-batch contract); a model with a wrist
+# camera also takes its `vlm.wrist_keys` (`batch_spec` lists all of them).
 MODEL_KEYS = ("image", "encoder_tokens", "encoder_mask", "decoder_tokens", "decoder_loss_mask",
               "source", "is_robot", "action")
 
@@ -48,7 +49,24 @@ def batch_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         "source": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
         "is_robot": jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
         "action": jax.ShapeDtypeStruct((batch_size, NUM_DIMS), jnp.float32),
+        **_wrist_spec(config, batch_size),
     }
+
+
+def _wrist_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The wrist-camera keys of a batch (none without a wrist camera)."""
+    size = config.image_size
+    specs = {"wrist_image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+             "wrist_present": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
+    return {k: specs[k] for k in wrist_keys(preprocessing.wrist_camera(config))}
+
+
+def init_inputs(config, batch_size: int = 1) -> tuple[list, dict]:
+    """(args, kwargs) of `VLM.init` / `VLM.__call__` for a batch of the config's shapes
+    (abstract: ShapeDtypeStructs)."""
+    spec = batch_spec(config, batch_size)
+    args = [spec[k] for k in ("image", "encoder_tokens", "encoder_mask", "decoder_tokens")]
+    return args, {"wrist": wrist_inputs(spec)}
 
 
 @dataclasses.dataclass
@@ -183,9 +201,9 @@ class TrainSetup:
 
 
 def _abstract_boxed_params(model: VLM, config):
-    spec = batch_spec(config, 1)
-    args = [spec[k] for k in ("image", "encoder_tokens", "encoder_mask", "decoder_tokens")]
-    return jax.eval_shape(lambda *a: model.init(jax.random.PRNGKey(0), *a), *args)["params"]
+    args, kwargs = init_inputs(config)
+    return jax.eval_shape(lambda a, k: model.init(jax.random.PRNGKey(0), *a, **k),
+                          args, kwargs)["params"]
 
 
 def _sharding_like_param(leaf, param, mesh: Mesh) -> NamedSharding:
@@ -274,11 +292,9 @@ def make_setup(config, mesh: Mesh | None = None) -> TrainSetup:
 def initial_params(model: VLM, config, rng: jax.Array):
     """The parameters a training run initializes from `rng` = PRNGKey(config.seed) (traceable).
     The weight import uses it too, so a target it leaves at initialization gets these values."""
-    spec = batch_spec(config, 1)
-    dummy = [jnp.zeros(spec[k].shape, spec[k].dtype)
-             for k in ("image", "encoder_tokens", "encoder_mask", "decoder_tokens")]
+    args, kwargs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), init_inputs(config))
     init_rng, _ = jax.random.split(rng)
-    return params_lib.unbox(model.init(init_rng, *dummy)["params"])
+    return params_lib.unbox(model.init(init_rng, *args, **kwargs)["params"])
 
 
 def init_state(setup: TrainSetup, seed: int) -> TrainState:
@@ -311,7 +327,8 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
             dec_in = corrupt_action_inputs(dec_in, batch["is_robot"], tables, token_noise,
                                            noise_rng)
         logits = model.apply({"params": params}, batch["image"], batch["encoder_tokens"],
-                             batch["encoder_mask"], dec_in, train=True, rngs={"dropout": rng})
+                             batch["encoder_mask"], dec_in, train=True,
+                             wrist=wrist_inputs(batch), rngs={"dropout": rng})
         metrics = compute_metrics(logits, batch, num_sources, tables, z_loss)
         if accum == 1:
             return metrics["loss_sum"] / jnp.maximum(metrics["token_count"], 1.0), metrics

@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import tiny
 from rt2_jax import actions as actions_lib
-from rt2_jax import checkpoints, decoding, sim
+from rt2_jax import checkpoints, decoding, sim, train_state
 from rt2_jax import policy as policy_lib
 from rt2_jax import tokenizer as tokenizer_lib
 from rt2_jax.models import params as params_lib
@@ -27,10 +27,9 @@ def random_params(config, seed=0):
     """Parameters of the config's model drawn with numpy from the shapes jax.eval_shape gives
     (no XLA compile: quicker than model.init on a busy CPU). Norm scales are 1."""
     model = VLM.from_config(config)
-    size, length = config.image_size, config.max_prompt_len
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                            np.zeros((1, size, size, 3), np.uint8), np.zeros((1, length), np.int32),
-                            np.ones((1, length), bool), np.zeros((1, 4), np.int32))
+    args, kwargs = train_state.init_inputs(config)   # a wrist camera's inputs too, if any
+    shapes = jax.eval_shape(lambda a, k: model.init(jax.random.PRNGKey(0), *a, **k),
+                            args, kwargs)
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):

@@ -1,15 +1,22 @@
 """The optional wrist camera (`config.model.wrist_camera`): a mixture of a robot with a wrist
 camera (berkeley_autolab_ur5's schema), one without (fractal's) and web data yields the right
-batches in both modes."""
+batches in both modes; the model's encoder input grows by the wrist tokens and a flag, and a
+training step learns the wrist parameters."""
 
 import data_fixtures as fx
+import jax
 import numpy as np
 import pytest
+from test_policy import random_params
 
 from configs import tiny
 from data_pipelines import config as data_config
 from data_pipelines import mixture
-from rt2_jax import train_state
+from rt2_jax import actions as actions_lib
+from rt2_jax import checkpoints, train_state
+from rt2_jax import tokenizer as tokenizer_lib
+from rt2_jax.models import vit
+from rt2_jax.models.vlm import VLM
 
 UR5, FRACTAL = "berkeley_autolab_ur5", "fractal20220817_data"
 SIZE = 16
@@ -93,3 +100,89 @@ def test_without_the_option_batches_are_as_before(dirs):
     assert set(batch) == set(train_state.MODEL_KEYS) == set(train_state.batch_spec(config, 16))
     assert batch["image"].shape == (16, SIZE, SIZE, 3)
     assert tiny.get_config().model.wrist_camera == ""   # off by default, settable by flag
+
+
+@pytest.mark.parametrize("mode", ["", "side_by_side", "tokens"])
+def test_encoder_input_holds_the_wrist_tokens_and_the_flag(mode):
+    config = tiny.get_config()
+    config.model.wrist_camera = mode
+    model = VLM.from_config(config)
+    params = random_params(config)
+    n = vit.num_tokens(config.model.vit, config.image_size)   # 64 at 64 px / patch 8
+    extra = {"": 0, "side_by_side": 1, "tokens": n + 1}[mode]
+    assert {k for k in params if k.startswith("wrist_")} == {
+        "": set(), "side_by_side": {"wrist_flag"},
+        "tokens": {"wrist_flag", "wrist_embedding"}}[mode]
+    rng = np.random.default_rng(0)
+    size, length = config.image_size, config.max_prompt_len
+    image = rng.integers(0, 256, (2, size, size, 3), np.uint8)
+    tokens = np.ones((2, length), np.int32)
+    mask = np.ones((2, length), bool)
+    present = np.array([True, False])
+    wrist = {"tokens": {"wrist_image": image[::-1], "wrist_present": present},
+             "side_by_side": {"wrist_present": present}, "": None}[mode]
+    encoded, enc_mask = model.apply({"params": params}, image, tokens, mask, wrist=wrist,
+                                    method=VLM.encode)
+    assert encoded.shape == (2, n + extra + length, config.model.encdec.d_model)
+    assert enc_mask.shape == encoded.shape[:2]
+    if mode == "tokens":   # an absent wrist camera's tokens are not read; the flag always is
+        np.testing.assert_array_equal(enc_mask[:, n:2 * n], [[True] * n, [False] * n])
+        assert enc_mask[:, 2 * n].all()
+    if mode:
+        # The flag token is the row's flag embedding: present and absent differ.
+        flags = np.asarray(params["wrist_flag"])
+        assert not np.allclose(flags[0], flags[1])
+        with pytest.raises(ValueError, match=r"wrist_camera=.*needs wrist inputs.*missing"):
+            model.apply({"params": params}, image, tokens, mask, method=VLM.encode)
+    else:
+        with pytest.raises(ValueError, match="has no wrist camera"):
+            model.apply({"params": params}, image, tokens, mask,
+                        wrist={"wrist_present": present}, method=VLM.encode)
+
+
+def test_a_training_step_learns_the_wrist_parameters():
+    """The train step (train_state) takes the wrist keys of the batch; the flag, the wrist
+    marker and the ViT move. The setup's batch keys include them (what rt2_jax.train feeds)."""
+    config = tiny.get_config()
+    config.model.wrist_camera = "tokens"
+    config.data.global_batch_size = 2
+    config.train.optimizer, config.train.warmup_steps = "adamw", 0
+    setup = train_state.make_setup(config)
+    assert set(setup.batch_sharding) == {*train_state.MODEL_KEYS, "wrist_image", "wrist_present"}
+    rng = np.random.default_rng(0)
+    batch = {k: np.zeros(s.shape, s.dtype) for k, s in train_state.batch_spec(config, 2).items()}
+    batch.update(image=rng.integers(0, 256, batch["image"].shape, np.uint8),
+                 wrist_image=rng.integers(0, 256, batch["wrist_image"].shape, np.uint8),
+                 wrist_present=np.array([True, False]),
+                 decoder_tokens=rng.integers(3, 500, batch["decoder_tokens"].shape, np.int32),
+                 decoder_loss_mask=np.ones(batch["decoder_loss_mask"].shape, np.float32))
+    tables = train_state.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool))
+    step = train_state.make_train_step(setup, tables, num_sources=1)
+    state = train_state.init_state(setup, 0)
+    before = jax.tree.map(np.array, state.params)   # copies: the step donates the state
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["grad_norm"]))
+    for key in ("wrist_flag", "wrist_embedding"):
+        assert not np.allclose(np.asarray(state.params[key]), before[key]), key
+    # Both flag rows were used (one row present, one absent).
+    assert not np.allclose(np.asarray(state.params["wrist_flag"])[0], before["wrist_flag"][0])
+    assert not np.allclose(np.asarray(state.params["wrist_flag"])[1], before["wrist_flag"][1])
+
+
+def test_a_single_camera_export_starts_a_wrist_camera_model(tmp_path):
+    """init_from a single-camera export: with init_from_regex the ViT and encoder-decoder load
+    and the wrist parameters keep their initial values; without it the load names them."""
+    plain = tiny.get_config()
+    bounds = actions_lib.ActionBounds(tuple([-0.1] * 7), tuple([0.1] * 7))
+    out = str(tmp_path / "plain")
+    exported = random_params(plain, seed=7)
+    checkpoints.export(out, exported, plain, tokenizer_lib.default_model_path(), None, bounds)
+    wrist_config = tiny.get_config()
+    wrist_config.model.wrist_camera = "tokens"
+    fresh = jax.tree.map(jax.numpy.asarray, random_params(wrist_config, seed=8))
+    with pytest.raises(ValueError, match=r"wrist_embedding: missing; wrist_flag: missing"):
+        checkpoints.load_params_like(out, fresh)
+    loaded = checkpoints.load_params_like(out, fresh, "^(img|encdec)/")
+    np.testing.assert_array_equal(loaded["wrist_flag"], fresh["wrist_flag"])
+    np.testing.assert_allclose(loaded["img"]["embedding"]["kernel"],
+                               exported["img"]["embedding"]["kernel"], rtol=1e-2, atol=1e-2)

@@ -2,6 +2,17 @@
 the prompt's token embeddings and fed to the encoder; the decoder produces the answer or action.
 
 Parameter tree: `img/...` (the ViT, with `img/head` the projection to d_model) and `encdec/...`.
+
+Optional wrist camera (`config.model.wrist_camera`; see rt2_jax/preprocessing.py for the images).
+The model then takes `wrist`, a dict of batch arrays: `wrist_present` bool [B] (does this row's
+robot have a wrist camera) and, in `tokens` mode, `wrist_image` uint8 [B, H, W, 3]. The encoder
+input is [image tokens, wrist tokens (tokens mode), flag token, prompt]: the wrist image goes
+through the same ViT, plus a learned `wrist_embedding` that marks its tokens as the wrist
+camera's, and is left out of attention (masked) where absent; the flag token is a learned
+embedding `wrist_flag` [2, d_model] of wrist_present, so the model can tell a robot without a
+wrist camera (a black wrist image) from one whose wrist camera sees something dark. In
+`side_by_side` mode both cameras are in `image` and only the flag token is added. Without the
+option nothing is added and the parameters are as before.
 """
 
 from __future__ import annotations
@@ -11,10 +22,35 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from rt2_jax.models import encoder_decoder, vit
+from rt2_jax import preprocessing
+from rt2_jax.models import encoder_decoder, layers, vit
 from rt2_jax.models.encoder_decoder import DecodeState
 
 Array = jax.Array
+
+# Batch keys of the wrist-camera inputs (the `wrist` argument takes those of them a mode needs).
+WRIST_KEYS = ("wrist_image", "wrist_present")
+
+
+def wrist_keys(mode: str) -> tuple[str, ...]:
+    """The `wrist` keys the model needs in wrist-camera mode `mode` ("" = none)."""
+    if mode == preprocessing.TOKENS:
+        return WRIST_KEYS
+    return ("wrist_present",) if mode else ()
+
+
+def wrist_inputs(batch) -> dict | None:
+    """The wrist-camera inputs of a batch dict (the model's `wrist` argument); None if none."""
+    out = {k: batch[k] for k in WRIST_KEYS if k in batch}
+    return out or None
+
+
+def num_encoder_image_tokens(config) -> int:
+    """Encoder positions before the prompt: the ViT's tokens per image, twice in `tokens` mode,
+    plus the wrist flag token with a wrist camera (`config` = the experiment config)."""
+    mode = preprocessing.wrist_camera(config)
+    per_image = vit.num_tokens(config.model.vit, int(config.image_size))
+    return per_image * (2 if mode == preprocessing.TOKENS else 1) + int(bool(mode))
 
 
 class VLM(nn.Module):
@@ -31,38 +67,97 @@ class VLM(nn.Module):
         cfg = self.model_config
         self.img = vit.from_config(cfg, out_dim=cfg.encdec.d_model)
         self.encdec = encoder_decoder.from_config(cfg)
+        mode = self.wrist_mode
+        if mode:
+            d_model, dtype = cfg.encdec.d_model, layers.dtype_from_name(cfg.param_dtype)
+            init = layers.logical_init(nn.initializers.normal(stddev=d_model ** -0.5),
+                                       (None, layers.EMBED))
+            self.wrist_flag = self.param("wrist_flag", init, (2, d_model), dtype)
+            if mode == preprocessing.TOKENS:
+                self.wrist_embedding = self.param("wrist_embedding", init, (1, d_model), dtype)
+
+    @property
+    def wrist_mode(self) -> str:
+        """"" (no wrist camera), "side_by_side" or "tokens" (config.model.wrist_camera)."""
+        return preprocessing.check_wrist_camera(self.model_config.get("wrist_camera", ""))
+
+    def _check_wrist(self, wrist, batch: int) -> dict | None:
+        mode, given = self.wrist_mode, dict(wrist or {})
+        needed = wrist_keys(mode)
+        missing = [k for k in needed if k not in given]
+        extra = sorted(set(given) - set(needed))
+        if not mode and given:
+            raise ValueError(f"This model has no wrist camera (config.model.wrist_camera is "
+                             f"empty) but got wrist inputs {sorted(given)}; leave them out.")
+        if missing or extra:
+            raise ValueError(
+                f"config.model.wrist_camera={mode!r}: the model needs wrist inputs "
+                f"{list(needed)}" + (f", missing {missing}" if missing else "")
+                + (f", unexpected {extra}" if extra else "") + ".")
+        for key, value in given.items():
+            if value.shape[0] != batch:
+                raise ValueError(f"wrist input {key} has batch {value.shape[0]}, the image "
+                                 f"batch is {batch}.")
+        return given or None
 
     def encode(self, image: Array, encoder_tokens: Array, encoder_mask: Array,
-               train: bool = False) -> tuple[Array, Array]:
-        """Returns the encoder output [B, N_img + Le, D] and its mask [B, N_img + Le]."""
+               train: bool = False, wrist: dict | None = None) -> tuple[Array, Array]:
+        """Returns the encoder output [B, N_img + Le, D] and its mask [B, N_img + Le] (N_img:
+        `num_encoder_image_tokens`; `wrist`: see the module docstring)."""
         if encoder_tokens.shape != encoder_mask.shape:
             raise ValueError(f"encoder_tokens {encoder_tokens.shape} and encoder_mask "
                              f"{encoder_mask.shape} must have the same shape.")
+        wrist = self._check_wrist(wrist, image.shape[0])
         txt_tokens = self.encdec.embed(encoder_tokens)
         query = None
         if self.model_config.vit.get("keypoint_query", False):
             # The prompt as a bag of words: its mean token embedding (pad excluded).
             weights = encoder_mask.astype(txt_tokens.dtype)[..., None]
             query = (txt_tokens * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-        img_tokens = self.img(image, train=train, query=query)
+        img_tokens, img_mask = self._image_tokens(image, train, query, wrist)
         x = jnp.concatenate([img_tokens.astype(txt_tokens.dtype), txt_tokens], axis=1)
-        mask = jnp.concatenate(
-            [jnp.ones(img_tokens.shape[:2], bool), encoder_mask.astype(bool)], axis=1)
+        mask = jnp.concatenate([img_mask, encoder_mask.astype(bool)], axis=1)
         return self.encdec.encode(x, mask, train), mask
 
+    def _image_tokens(self, image, train, query, wrist) -> tuple[Array, Array]:
+        """(tokens [B, N_img, D], mask [B, N_img]) of the camera(s), before the prompt."""
+        mode = self.wrist_mode
+        if mode != preprocessing.TOKENS:
+            tokens = self.img(image, train=train, query=query)
+        else:   # one ViT call on both cameras (shared weights), then split
+            both = jnp.concatenate([image, wrist["wrist_image"].astype(image.dtype)], axis=0)
+            queries = None if query is None else jnp.concatenate([query, query], axis=0)
+            main, wrist_tokens = jnp.split(self.img(both, train=train, query=queries), 2, axis=0)
+            tokens = jnp.concatenate(
+                [main, wrist_tokens + self.wrist_embedding.astype(wrist_tokens.dtype)], axis=1)
+        cameras = 2 if mode == preprocessing.TOKENS else 1
+        batch, n_main = image.shape[0], tokens.shape[1] // cameras
+        mask = jnp.ones((batch, n_main), bool)
+        if not mode:
+            return tokens, mask
+        present = wrist["wrist_present"].astype(bool)
+        if mode == preprocessing.TOKENS:   # an absent wrist camera's black image is not read
+            mask = jnp.concatenate(
+                [mask, jnp.broadcast_to(present[:, None], (batch, n_main))], axis=1)
+        flag = self.wrist_flag[present.astype(jnp.int32)][:, None].astype(tokens.dtype)
+        tokens = jnp.concatenate([tokens, flag], axis=1)
+        return tokens, jnp.concatenate([mask, jnp.ones((batch, 1), bool)], axis=1)
+
     def __call__(self, image: Array, encoder_tokens: Array, encoder_mask: Array,
-                 decoder_input_tokens: Array, train: bool = False) -> Array:
+                 decoder_input_tokens: Array, train: bool = False,
+                 wrist: dict | None = None) -> Array:
         """Teacher-forced logits [B, Ld, V] (float32)."""
-        encoded, mask = self.encode(image, encoder_tokens, encoder_mask, train)
+        encoded, mask = self.encode(image, encoder_tokens, encoder_mask, train, wrist)
         return self.encdec.decode(encoded, mask, decoder_input_tokens, train)
 
     def prefill(self, image: Array, encoder_tokens: Array, encoder_mask: Array,
                 decoder_tokens: Array, max_decode_len: int,
-                output_ids: Array | None = None) -> tuple[Array, DecodeState]:
+                output_ids: Array | None = None,
+                wrist: dict | None = None) -> tuple[Array, DecodeState]:
         """Runs the ViT and encoder once and the decoder on `decoder_tokens` [B,S] (usually the
         start token). Returns (logits [B,S,V], DecodeState) for `decode_step`; with
         `output_ids` [K] only those vocabulary ids are scored ([B,S,K])."""
-        encoded, mask = self.encode(image, encoder_tokens, encoder_mask)
+        encoded, mask = self.encode(image, encoder_tokens, encoder_mask, wrist=wrist)
         return self.encdec.prefill(encoded, mask, decoder_tokens, max_decode_len, output_ids)
 
     def decode_step(self, state: DecodeState, tokens: Array,

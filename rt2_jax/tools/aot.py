@@ -35,9 +35,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rt2_jax import actions as actions_lib
-from rt2_jax import decoding, sharding, train_state
+from rt2_jax import decoding, preprocessing, sharding, train_state
 from rt2_jax.models import params as params_lib
 from rt2_jax.models import vit as vit_lib
+from rt2_jax.models import vlm as vlm_lib
 from rt2_jax.tools import param_count
 
 GIB = 1024**3
@@ -124,10 +125,12 @@ def device_budget(devices: list[jax.Device], hbm_gib: float) -> tuple[int, float
 
 def token_counts(config, decode_steps: int = 0) -> dict[str, int]:
     """Tokens per example through each component."""
-    patches = vit_lib.num_tokens(config.model.vit, config.image_size)
+    cameras = 2 if preprocessing.wrist_camera(config) == preprocessing.TOKENS else 1
+    patches = cameras * vit_lib.num_tokens(config.model.vit, config.image_size)
     decoder = decode_steps or config.max_target_len
     return {"vit": patches, "projection": patches,
-            "encoder": patches + config.max_prompt_len, "decoder": decoder, "logits": decoder}
+            "encoder": vlm_lib.num_encoder_image_tokens(config) + config.max_prompt_len,
+            "decoder": decoder, "logits": decoder}
 
 
 def analytic_flops(config, counts: dict[str, int], batch: int, factor: int,
@@ -202,10 +205,11 @@ def lower_decode(config, mesh, batch_size: int) -> tuple[Any, int, int]:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
     inputs = [shard(spec[k]) for k in ("image", "encoder_tokens", "encoder_mask")]
+    wrist = vlm_lib.wrist_inputs({k: shard(v) for k, v in spec.items()})
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
     decoder = decoding.Decoder(model, action_tokenizer(config), int(config.model.vocab_size),
                                mesh=mesh, rules=rules)
-    lowered = decoder.lower("action", params, *inputs, rng)
+    lowered = decoder.lower("action", params, *inputs, rng, wrist=wrist)
     return lowered, params_lib.count(params), batch_size
 
 

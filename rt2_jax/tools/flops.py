@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rt2_jax import preprocessing
 from rt2_jax.models import vit as vit_lib
+from rt2_jax.models import vlm as vlm_lib
 
 TRAIN_FACTOR = 3  # forward + backward (gradients w.r.t. activations and weights)
 
@@ -79,10 +81,12 @@ def forward_flops(config: Any, batch_size: int, *, include_vit: bool = True,
     m = config.model
     prompt_len = config.max_prompt_len if prompt_len is None else prompt_len
     target_len = config.max_target_len if target_len is None else target_len
-    image_tokens = vit_lib.num_tokens(m.vit, config.image_size)
+    image_tokens = vlm_lib.num_encoder_image_tokens(config)   # incl. a wrist camera's
+    cameras = 2 if preprocessing.wrist_camera(config) == preprocessing.TOKENS else 1
     parts: dict[str, int] = {}
     if include_vit:
-        parts.update(vit_forward_flops(m.vit, config.image_size, m.encdec.d_model))
+        parts.update({k: cameras * v for k, v in
+                      vit_forward_flops(m.vit, config.image_size, m.encdec.d_model).items()})
     parts.update(encdec_forward_flops(m.encdec, m.vocab_size, image_tokens + prompt_len,
                                       target_len))
     parts = {k: batch_size * v for k, v in parts.items()}

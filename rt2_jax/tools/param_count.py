@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,7 +19,8 @@ COMPONENTS = (
     ("projection", lambda k: k.startswith("img/head/")),
     ("vit", lambda k: k.startswith("img/")),
     ("embeddings", lambda k: k.startswith(("encdec/token_embedder/",
-                                             "encdec/decoder/logits_dense/"))),
+                                             "encdec/decoder/logits_dense/",
+                                             "wrist_"))),   # the wrist camera's flag, marker
     ("encoder", lambda k: k.startswith("encdec/encoder/")),
     ("decoder", lambda k: k.startswith("encdec/decoder/")),
 )
@@ -28,15 +28,12 @@ COMPONENTS = (
 
 def abstract_params(config) -> dict:
     """Parameter shapes of the config's model via jax.eval_shape (nothing is allocated)."""
+    from rt2_jax import train_state  # the model's inputs for the config's shapes
+
     model = VLM.from_config(config)
-    b, size = 1, config.image_size
-    args = (
-        jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8),
-        jax.ShapeDtypeStruct((b, config.max_prompt_len), jnp.int32),
-        jax.ShapeDtypeStruct((b, config.max_prompt_len), jnp.bool_),
-        jax.ShapeDtypeStruct((b, config.max_target_len), jnp.int32),
-    )
-    variables = jax.eval_shape(lambda *a: model.init(jax.random.PRNGKey(0), *a), *args)
+    args, kwargs = train_state.init_inputs(config)
+    variables = jax.eval_shape(lambda a, k: model.init(jax.random.PRNGKey(0), *a, **k),
+                               args, kwargs)
     return variables["params"]
 
 
