@@ -16,6 +16,8 @@ vqa=gs://b/vqa/1.0.0
 - `model=palix_5b` (default), `palix_55b` or `tiny` (a CPU-sized check of the data and the
   training loop; it keeps tiny's 64 px images and small vocabulary).
 
+The wrist camera of taco_play (`rgb_gripper`) and berkeley_autolab_ur5 (`hand_image`) is read
+only with `--config.model.wrist_camera=tokens` (or `side_by_side`); it is off here, as in RT-2.
 Override any field as usual, e.g. `--config.data.sources.taco_play.weight=0.5`.
 """
 

@@ -10,6 +10,13 @@ rules in `rt2_jax.preprocessing` that the training pipeline shares: the image is
 center_crop) and rounded to uint8, and the prompt is `tokenizer.robot_prompt(...)` encoded to
 `config.max_prompt_len` ids followed by EOS. No TensorFlow is needed.
 
+An export trained with a wrist camera (`config.model.wrist_camera`) needs the wrist image too:
+`act(image, instruction, wrist_image=...)`, `act_batch(images, instructions, wrist_images=[...])`;
+a robot without a wrist camera passes `wrist_image=ABSENT` (the model then sees a black wrist image
+flagged absent, as training showed it robots without one; an export without a wrist camera
+accepts ABSENT too). Leaving it out for a wrist-camera export, or passing a wrist image to an
+export without a wrist camera, is an error that says so.
+
 Actions come from the jitted masked decode loop (`decoding.Decoder`): only action-bin tokens can
 be produced, so every action is valid (terminate 0 or 1, continuous dims at bin centres inside
 the export's bounds). Batches are padded up to a power of two so a changing number of
@@ -40,6 +47,9 @@ from rt2_jax.preprocessing import (  # noqa: F401  (re-exported: the policy's in
 # Policy
 # ---------------------------------------------------------------------------------------------
 
+# `wrist_image=ABSENT`: this robot has no wrist camera (for an export trained with one).
+ABSENT = "absent"
+
 
 def _bucket(batch: int) -> int:
     """The padded batch size: the next power of two."""
@@ -54,6 +64,23 @@ def _pad_to_bucket(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     if not extra:
         return arrays
     return tuple(np.concatenate([x, np.repeat(x[:1], extra, axis=0)]) for x in arrays)
+
+
+def _pad_inputs(pixels, tokens, mask, wrist):
+    """`_pad_to_bucket` of the model inputs: (pixels, tokens, mask, wrist dict or None)."""
+    names = sorted(wrist or {})
+    padded = _pad_to_bucket(pixels, tokens, mask, *(np.asarray(wrist[k]) for k in names))
+    return (*padded[:3], dict(zip(names, padded[3:], strict=True)) or None)
+
+
+def _is_absent(wrist_image) -> bool:
+    """True for ABSENT; False for an image (checked later); ValueError for anything else."""
+    if isinstance(wrist_image, str) and wrist_image == ABSENT:
+        return True
+    if wrist_image is None or isinstance(wrist_image, str):
+        raise ValueError(f"wrist image {wrist_image!r}: pass a uint8 [H, W, 3] image, or "
+                         f"{ABSENT!r} (rt2_jax.policy.ABSENT) for a robot without one.")
+    return False
 
 
 class Policy:
@@ -73,6 +100,7 @@ class Policy:
         self.image_size = int(config.image_size)
         data = config.get("data") or {}
         self.image_aspect = preprocessing.check_aspect(str(data.get("image_aspect", "squash")))
+        self.wrist_camera = preprocessing.wrist_camera(config)   # "" = none
         self.max_prompt_len = int(config.max_prompt_len)
         self.action_tokenizer = action_tokenizer
         self.tokenizer = action_tokenizer.tokenizer
@@ -132,26 +160,77 @@ class Policy:
         return preprocessing.encode_robot_prompts(self.tokenizer, instructions,
                                                   self.max_prompt_len)
 
+    def prepare_cameras(self, images: list, wrist_images) -> tuple[np.ndarray, dict | None]:
+        """Camera images -> (pixels uint8 [B, S, S, 3], the model's wrist inputs or None), by
+        the export's wrist-camera mode. `wrist_images`: None (an export without a wrist
+        camera), else one uint8 [H, W, 3] image or ABSENT per observation."""
+        mode = self.wrist_camera
+        if not mode:
+            all_absent = isinstance(wrist_images, list | tuple) and all(
+                isinstance(w, str) and w == ABSENT for w in wrist_images)
+            if wrist_images is not None and not all_absent:
+                raise ValueError("A wrist image was given, but this export was trained without "
+                                 "a wrist camera (config.model.wrist_camera is empty); call "
+                                 "act / act_batch without wrist_image(s).")
+            return np.stack([self.preprocess_image(check_image(i)) for i in images]), None
+        if wrist_images is None:
+            raise ValueError(
+                f"This export was trained with a wrist camera (config.model.wrist_camera="
+                f"{mode!r}) and the wrist image is missing: pass wrist_image=uint8 [H, W, 3] "
+                "to act (wrist_images=[...] to act_batch, one per observation), or "
+                "wrist_image=rt2_jax.policy.ABSENT if this robot has no wrist camera.")
+        if isinstance(wrist_images, np.ndarray | jax.Array) and np.ndim(wrist_images) == 4:
+            wrist_images = list(np.asarray(wrist_images))
+        if isinstance(wrist_images, str | np.ndarray | jax.Array):
+            raise TypeError("wrist_images must be a list with one uint8 [H, W, 3] image or "
+                            "ABSENT per observation (use act's wrist_image for one).")
+        wrist_images = list(wrist_images)
+        if len(wrist_images) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(wrist_images)} wrist images.")
+        present = np.array([not _is_absent(w) for w in wrist_images])
+        wrist_images = [None if _is_absent(w) else check_image(w) for w in wrist_images]
+        if mode == preprocessing.SIDE_BY_SIDE:
+            pixels = np.stack([preprocessing.side_by_side(check_image(i), w, self.image_size,
+                                                          self.image_aspect)
+                               for i, w in zip(images, wrist_images, strict=True)])
+            return pixels, {"wrist_present": present}
+        black = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        pixels = np.stack([self.preprocess_image(check_image(i)) for i in images])
+        wrist = np.stack([black if w is None else self.preprocess_image(w)
+                          for w in wrist_images])
+        return pixels, {"wrist_image": wrist, "wrist_present": present}
+
     def prepare(self, image, instruction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One observation as model inputs with a batch dim of 1: (pixels uint8 [1, S, S, 3],
         tokens int32 [1, max_prompt_len], mask bool [1, max_prompt_len]); stack several along
-        axis 0 and pass them to `decode` (what the server's batching does)."""
+        axis 0 and pass them to `decode` (what the server's batching does). Single-camera
+        exports only: with a wrist camera use `predict` / `act`."""
+        if self.wrist_camera:
+            raise ValueError(f"This export was trained with a wrist camera (config.model."
+                             f"wrist_camera={self.wrist_camera!r}); prepare() builds single-"
+                             "camera inputs. Use act / act_batch / predict with the wrist "
+                             "image(s).")
         pixels = self.preprocess_image(check_image(image))[None]
         tokens, mask = self.encode_prompts([check_instruction(instruction)])
         return pixels, tokens, mask
 
     # --- acting ---
 
-    def act(self, image, instruction: str) -> np.ndarray:
-        """One observation -> float32[8] (terminate, dx, dy, dz, droll, dpitch, dyaw, gripper)."""
-        return self.predict([check_image(image)], [check_instruction(instruction)])["action"][0]
+    def act(self, image, instruction: str, wrist_image=None) -> np.ndarray:
+        """One observation -> float32[8] (terminate, dx, dy, dz, droll, dpitch, dyaw, gripper).
+        `wrist_image`: uint8 [H, W, 3] or ABSENT, for an export trained with a wrist camera."""
+        wrist_images = None if wrist_image is None else [wrist_image]
+        return self.predict([check_image(image)], [check_instruction(instruction)],
+                            wrist_images)["action"][0]
 
-    def act_batch(self, images, instructions: Sequence[str]) -> np.ndarray:
+    def act_batch(self, images, instructions: Sequence[str], wrist_images=None) -> np.ndarray:
         """uint8 [B, H, W, 3] (or a list of [H, W, 3] images of any sizes) and B instructions
-        -> float32 [B, 8]."""
-        return self.predict(images, instructions)["action"]
+        -> float32 [B, 8]. `wrist_images`: B wrist images (each uint8 [H, W, 3] or ABSENT), for
+        an export trained with a wrist camera."""
+        return self.predict(images, instructions, wrist_images)["action"]
 
-    def predict(self, images, instructions: Sequence[str]) -> dict[str, np.ndarray]:
+    def predict(self, images, instructions: Sequence[str],
+                wrist_images=None) -> dict[str, np.ndarray]:
         """Like act_batch, with the decoded bins and token ids: {'action' float32 [B, 8],
         'bins' int32 [B, 8], 'ids' int32 [B, 8]}."""
         if isinstance(images, np.ndarray | jax.Array):
@@ -167,15 +246,18 @@ class Policy:
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions.")
         if not images:
             raise ValueError("act_batch needs at least one observation.")
-        pixels = np.stack([self.preprocess_image(i) for i in images])
+        pixels, wrist = self.prepare_cameras(images, wrist_images)
         tokens, mask = self.encode_prompts(instructions)
-        return self.decode(pixels, tokens, mask)
+        return self.decode(pixels, tokens, mask, wrist)
 
-    def decode(self, pixels: np.ndarray, tokens: np.ndarray, mask: np.ndarray):
-        """Preprocessed batch -> {'action', 'bins', 'ids'}; pads the batch to a power of two."""
+    def decode(self, pixels: np.ndarray, tokens: np.ndarray, mask: np.ndarray,
+               wrist: dict | None = None):
+        """Preprocessed batch -> {'action', 'bins', 'ids'}; pads the batch to a power of two.
+        `wrist`: the wrist-camera inputs (`prepare_cameras`) of a wrist-camera export."""
         batch = pixels.shape[0]
-        out = self.decoder.actions(self.params, *_pad_to_bucket(pixels, tokens, mask),
-                                   rng=self._next_rng(), sampling=self.sampling)
+        *inputs, wrist = _pad_inputs(pixels, tokens, mask, wrist)
+        out = self.decoder.actions(self.params, *inputs, rng=self._next_rng(),
+                                   sampling=self.sampling, wrist=wrist)
         return {k: np.asarray(v[:batch]) for k, v in out.items()}
 
     def answer(self, images, questions: Sequence[str]) -> list[str]:
@@ -185,11 +267,14 @@ class Policy:
         if len(images) != len(questions) or not images:
             raise ValueError(f"need as many questions as images (>= 1), got {len(images)} "
                              f"images and {len(questions)} questions.")
-        pixels = np.stack([self.preprocess_image(check_image(i)) for i in images])
+        # Web data has no wrist camera: a wrist-camera export saw it flagged absent.
+        pixels, wrist = self.prepare_cameras(
+            images, [ABSENT] * len(images) if self.wrist_camera else None)
         prompts = [tokenizer_lib.vqa_prompt(check_instruction(q)) for q in questions]
         tokens, mask = preprocessing.encode_prompts(self.tokenizer, prompts, self.max_prompt_len)
-        return self.decoder.text(self.params, *_pad_to_bucket(pixels, tokens, mask),
-                                 rng=self._next_rng(), sampling=self.sampling)[:len(images)]
+        *inputs, wrist = _pad_inputs(pixels, tokens, mask, wrist)
+        return self.decoder.text(self.params, *inputs, rng=self._next_rng(),
+                                 sampling=self.sampling, wrist=wrist)[:len(images)]
 
     def _next_rng(self):
         """A fresh PRNG key per call when sampling; None for greedy decoding."""

@@ -152,6 +152,12 @@ class PolicyServer:
     def __init__(self, policy, *, host: str = "127.0.0.1", port: int = 8000,
                  max_batch: int = 8, batch_wait_ms: float = 5.0,
                  limits: wire.Limits | None = None, request_timeout_s: float = 120.0):
+        if getattr(policy, "wrist_camera", ""):
+            raise ValueError(
+                f"This export was trained with a wrist camera (config.model.wrist_camera="
+                f"{policy.wrist_camera!r}); the server's wire format carries one image per "
+                "observation, so it cannot serve it yet. Run it in-process with "
+                "rt2_jax.policy.Policy.act(image, instruction, wrist_image=...).")
         self.policy, self.host, self.port = policy, host, port
         self.limits = limits or wire.Limits()
         self.request_timeout_s = request_timeout_s

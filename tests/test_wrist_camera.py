@@ -1,7 +1,7 @@
 """The optional wrist camera (`config.model.wrist_camera`): a mixture of a robot with a wrist
 camera (berkeley_autolab_ur5's schema), one without (fractal's) and web data yields the right
-batches in both modes; the model's encoder input grows by the wrist tokens and a flag, and a
-training step learns the wrist parameters."""
+batches in both modes; the model's encoder input grows by the wrist tokens and a flag; the
+policy of an export trained with a wrist camera needs the wrist image."""
 
 import data_fixtures as fx
 import jax
@@ -13,7 +13,8 @@ from configs import tiny
 from data_pipelines import config as data_config
 from data_pipelines import mixture
 from rt2_jax import actions as actions_lib
-from rt2_jax import checkpoints, train_state
+from rt2_jax import checkpoints, preprocessing, serve, train_state
+from rt2_jax import policy as policy_lib
 from rt2_jax import tokenizer as tokenizer_lib
 from rt2_jax.models import vit
 from rt2_jax.models.vlm import VLM
@@ -102,6 +103,30 @@ def test_without_the_option_batches_are_as_before(dirs):
     assert tiny.get_config().model.wrist_camera == ""   # off by default, settable by flag
 
 
+def test_the_policy_prepares_cameras_as_the_pipeline_does(dirs):
+    """Raw ur5 / fractal observations through the pipeline and through Policy.prepare_cameras
+    (the robot side) give the same model inputs, in both modes."""
+    raw_main = {name: np.zeros((12, 16, 3), np.uint8) for name in (UR5, FRACTAL)}
+    for name in raw_main:
+        raw_main[name][..., 0] = fx.MAIN_RED[name]   # step 0: green channel 0
+    raw_wrist = {UR5: np.full((8, 8, 3), fx.WRIST_GREY[UR5], np.uint8), FRACTAL: policy_lib.ABSENT}
+    for mode in preprocessing.WRIST_MODES:
+        config = wrist_config(dirs, mode, aspect="pad")
+        rows = val_rows(config)
+        tok = tokenizer_lib.Tokenizer(None)
+        bounds = actions_lib.ActionBounds(tuple([-1.0] * 7), tuple([1.0] * 7))
+        policy = policy_lib.Policy(None, config, actions_lib.ActionTokenizer(bounds, tok))
+        for name in (UR5, FRACTAL):
+            pixels, wrist = policy.prepare_cameras([raw_main[name]], [raw_wrist[name]])
+            image, wrist_image, present = rows[name][0]     # episode 0, step 0
+            assert np.abs(pixels[0].astype(int) - image).max() <= 1, (mode, name)
+            assert bool(wrist["wrist_present"][0]) == present == (name == UR5)
+            if mode == "tokens":
+                assert np.abs(wrist["wrist_image"][0].astype(int) - wrist_image).max() <= 1
+            else:
+                assert set(wrist) == {"wrist_present"}
+
+
 @pytest.mark.parametrize("mode", ["", "side_by_side", "tokens"])
 def test_encoder_input_holds_the_wrist_tokens_and_the_flag(mode):
     config = tiny.get_config()
@@ -167,6 +192,55 @@ def test_a_training_step_learns_the_wrist_parameters():
     # Both flag rows were used (one row present, one absent).
     assert not np.allclose(np.asarray(state.params["wrist_flag"])[0], before["wrist_flag"][0])
     assert not np.allclose(np.asarray(state.params["wrist_flag"])[1], before["wrist_flag"][1])
+
+
+@pytest.fixture(scope="module")
+def wrist_export(tmp_path_factory):
+    config = tiny.get_config()
+    config.model.wrist_camera = "tokens"
+    bounds = actions_lib.ActionBounds(tuple([-0.1] * 6 + [-1.0]), tuple([0.1] * 6 + [1.0]))
+    out = str(tmp_path_factory.mktemp("wrist_export") / "export")
+    checkpoints.export(out, random_params(config, seed=3), config,
+                       tokenizer_lib.default_model_path(), None, bounds)
+    return out
+
+
+def test_policy_of_a_wrist_camera_export_needs_the_wrist_image(wrist_export):
+    policy = policy_lib.Policy.from_export(wrist_export)
+    assert policy.wrist_camera == "tokens"
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 60, 3), np.uint8)
+    wrist = rng.integers(0, 256, (30, 30, 3), np.uint8)
+    action = policy.act(image, "pick up the red block", wrist_image=wrist)
+    assert action.shape == (8,) and action.dtype == np.float32 and action[0] in (0.0, 1.0)
+    assert np.all(np.abs(action[1:7]) <= 0.1 + 1e-6)
+    batch = policy.act_batch([image, image], ["pick", "place"], wrist_images=[wrist, "absent"])
+    assert batch.shape == (2, 8)
+    with pytest.raises(ValueError, match=r"trained with a wrist camera.*wrist_image="):
+        policy.act(image, "pick up the red block")
+    with pytest.raises(ValueError, match=r"got 2 images but 1 wrist images"):
+        policy.act_batch([image, image], ["a", "b"], wrist_images=[wrist])
+    with pytest.raises(ValueError, match=r"wrist image None.*ABSENT"):
+        policy.act_batch([image], ["a"], wrist_images=[None])
+    with pytest.raises(ValueError, match=r"prepare\(\) builds single-camera inputs"):
+        policy.prepare(image, "pick")
+    assert len(policy.answer([image], ["what is on the table?"])) == 1   # web rows: absent
+    with pytest.raises(ValueError, match=r"cannot serve it yet.*wrist_image="):
+        serve.PolicyServer(policy)
+
+
+def test_policy_without_a_wrist_camera_refuses_one(tmp_path):
+    config = tiny.get_config()
+    bounds = actions_lib.ActionBounds(tuple([-0.1] * 7), tuple([0.1] * 7))
+    out = str(tmp_path / "export")
+    checkpoints.export(out, random_params(config), config, tokenizer_lib.default_model_path(),
+                       None, bounds)
+    policy = policy_lib.Policy.from_export(out)
+    image = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(ValueError, match="trained without a wrist camera"):
+        policy.act(image, "pick", wrist_image=image)
+    np.testing.assert_array_equal(policy.act(image, "pick"),
+                                  policy.act(image, "pick", wrist_image=policy_lib.ABSENT))
 
 
 def test_a_single_camera_export_starts_a_wrist_camera_model(tmp_path):
