@@ -13,7 +13,7 @@ from configs import tiny
 from data_pipelines import config as data_config
 from data_pipelines import mixture
 from rt2_jax import actions as actions_lib
-from rt2_jax import checkpoints, preprocessing, serve, train_state
+from rt2_jax import checkpoints, evaluation, preprocessing, serve, train_state
 from rt2_jax import policy as policy_lib
 from rt2_jax import tokenizer as tokenizer_lib
 from rt2_jax.models import vit
@@ -241,6 +241,18 @@ def test_policy_without_a_wrist_camera_refuses_one(tmp_path):
         policy.act(image, "pick", wrist_image=image)
     np.testing.assert_array_equal(policy.act(image, "pick"),
                                   policy.act(image, "pick", wrist_image=policy_lib.ABSENT))
+
+
+def test_the_evaluator_decodes_with_the_wrist_camera(dirs):
+    """The periodic evaluation feeds the eval batches' wrist inputs to the jitted decode loop:
+    every robot row (both robots) and every VQA row is scored."""
+    config = wrist_config(dirs, "tokens")
+    config.eval.num_batches, config.eval.max_text_len = 0, 4
+    setup = train_state.make_setup(config)
+    evaluator = evaluation.Evaluator(config, setup, mixture.build_mixture(config, progress=False))
+    results = evaluator.run(train_state.init_state(setup, 0).params)
+    assert results["robot_examples"] == 7 + 5 and results["vqa_examples"] == 4
+    assert 0.0 <= results["action_acc"] <= 1.0
 
 
 def test_a_single_camera_export_starts_a_wrist_camera_model(tmp_path):
