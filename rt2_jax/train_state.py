@@ -75,7 +75,14 @@ class ActionTables:
 
     id_to_bin: np.ndarray        # int32 [V]: bin of an action id, -1 elsewhere
     position_masks: np.ndarray   # bool [8, V]
-    bin_to_id: np.ndarray        # int32 [256]: the action id of each bin
+    bin_to_id: np.ndarray | None = None   # int32 [256]: each bin's id (None: from id_to_bin)
+
+    def __post_init__(self):
+        if self.bin_to_id is None:
+            ids = np.flatnonzero(np.asarray(self.id_to_bin) >= 0)
+            table = np.zeros(actions_lib.NUM_BINS, np.int32)
+            table[np.asarray(self.id_to_bin)[ids]] = ids
+            self.bin_to_id = table
 
     @classmethod
     def build(cls, action_tokenizer: actions_lib.ActionTokenizer, vocab_size: int):
