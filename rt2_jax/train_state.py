@@ -75,21 +75,20 @@ class ActionTables:
 
     id_to_bin: np.ndarray        # int32 [V]: bin of an action id, -1 elsewhere
     position_masks: np.ndarray   # bool [8, V]
-    bin_to_id: np.ndarray | None = None   # int32 [256]: each bin's id (None: from id_to_bin)
 
-    def __post_init__(self):
-        if self.bin_to_id is None:
-            ids = np.flatnonzero(np.asarray(self.id_to_bin) >= 0)
-            table = np.zeros(actions_lib.NUM_BINS, np.int32)
-            table[np.asarray(self.id_to_bin)[ids]] = ids
-            self.bin_to_id = table
+    @property
+    def bin_to_id(self) -> np.ndarray:
+        """int32 [256]: each bin's action id (the inverse of id_to_bin)."""
+        ids = np.flatnonzero(np.asarray(self.id_to_bin) >= 0)
+        table = np.zeros(actions_lib.NUM_BINS, np.int32)
+        table[np.asarray(self.id_to_bin)[ids]] = ids
+        return table
 
     @classmethod
     def build(cls, action_tokenizer: actions_lib.ActionTokenizer, vocab_size: int):
         id_to_bin = np.full(vocab_size, -1, np.int32)
         id_to_bin[action_tokenizer.action_ids] = np.arange(actions_lib.NUM_BINS, dtype=np.int32)
-        return cls(id_to_bin, np.asarray(action_tokenizer.position_masks(vocab_size)),
-                   np.asarray(action_tokenizer.action_ids, np.int32))
+        return cls(id_to_bin, np.asarray(action_tokenizer.position_masks(vocab_size)))
 
 
 def corrupt_action_inputs(dec_in: jax.Array, is_robot: jax.Array, tables: ActionTables,

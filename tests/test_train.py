@@ -400,8 +400,7 @@ def test_gradient_accumulation_matches_one_big_batch(toy_cache):
     params, grad_norms = [], []
     for c in (c1, c2):
         setup = train_state.make_setup(c)
-        tables = train_state.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool),
-                                          np.arange(256, dtype=np.int32))
+        tables = train_state.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool))
         step = train_state.make_train_step(setup, tables, num_sources=3)
         state, metrics = step(train_state.init_state(setup, 0), batch)
         params.append(jax.tree.map(np.asarray, state.params))

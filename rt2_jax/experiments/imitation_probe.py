@@ -228,14 +228,15 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
             while live:
                 acts_now = policy.act_batch(np.stack([obs[i]["image"] for i in live]),
                                             [obs[i]["instruction"] for i in live])
+                for i in live:
+                    guides[i].act()
+                hits = atok.encode(acts_now) == atok.encode(
+                    np.stack([guides[i].intended_action for i in live]))
                 still = []
                 for k, i in enumerate(live):
-                    guides[i].act()
                     phase = guides[i].phase_name
                     agree_steps[phase] = agree_steps.get(phase, 0) + 1
-                    hits = atok.encode(acts_now[k][None])[0] == atok.encode(
-                        guides[i].intended_action[None])[0]
-                    agree[phase] = agree.get(phase, 0) + hits
+                    agree[phase] = agree.get(phase, 0) + hits[k]
                     obs[i], reward, terminated, truncated, info = envs[i].step(acts_now[k])
                     wins += reward > 0
                     if info["success"]:
