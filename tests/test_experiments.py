@@ -89,7 +89,7 @@ def test_imitation_probe_reports_learning_and_restores_the_world():
         tiny.get_config(), tasks=["pick"], episodes=4, heldout_episodes=2, heldout_frames=16,
         steps=12, batch_size=8, log_every=6, eval_every=12, eval_episodes=2,
         max_episode_steps=3, camera="fixed", image_size=0, move_quantum=0.02, noise_std=0.0,
-        objects=["1", "1"], seed=0, emit=reports.append)
+        objects=["1", "1"], seed=0, emit=reports.append, point_fraction=0.25)
     assert world.OBJECTS_PER_SCENE == before
     header, first, second = reports
     assert header["heldout_frames"] == 16
@@ -100,6 +100,9 @@ def test_imitation_probe_reports_learning_and_restores_the_world():
     assert header["labels"]["terminate"]["majority"] < 1   # every episode ends with terminate
     assert (first["step"], second["step"]) == (6, 12)
     assert "success" not in first and last == {k: v for k, v in second.items() if k != "seconds"}
+    # Pointing rows (2 of 8): held-out distance of the greedy point, in table units.
+    assert set(second["point_dist"]) == {"gripper", "object"}
+    assert all(0 <= v <= 2**0.5 for v in second["point_dist"].values())
     # Twelve steps of Adafactor at 3e-3 already move the held-out loss of every token down.
     assert all(second["tf_ce"][d] < first["tf_ce"][d] for d in ("dx", "dy", "gripper"))
     assert set(second["success"]) == {"pick"} and 0 <= second["success"]["pick"] <= 1
@@ -116,6 +119,29 @@ def test_imitation_probe_reports_learning_and_restores_the_world():
                             eval_episodes=1, max_episode_steps=1, camera="fixed", image_size=0,
                             move_quantum=0.0, noise_std=0.0, objects=[], seed=0,
                             emit=reports.append)
+
+
+def test_pointing_examples_ask_for_the_gripper_and_the_task_object():
+    from rt2_jax import tokenizer as tokenizer_lib
+    from rt2_jax.experiments import imitation_probe
+    from rt2_jax.sim import vqa
+
+    tok = tokenizer_lib.Tokenizer()
+    points = [(np.array([0.1, 0.9]), np.array([0.5, 0.25]), "red block"),
+              (np.array([0.999, 0.0]), np.array([0.0, 1.0]), "blue ball")]
+    tokens, mask, targets = imitation_probe.pointing_examples(tok, points, 16, 9)
+    assert tokens.shape == mask.shape == (4, 16) and targets.shape == (4, 9)
+    prompts = [tok.decode([int(i) for i in row if i]) for row in tokens]
+    assert prompts == ["point to the gripper", "point to the red block",
+                       "point to the gripper", "point to the blue ball"]
+    answers = [tok.decode([int(i) for i in row if i > 1]) for row in targets]
+    assert answers == ["25 25", "128 192", "255 255", "0 0"]
+    # Every answer is "x y" then EOS, and each parses back to within a grid cell of the point.
+    assert all(list(row[2:4]) == [tok.eos_id, 0] for row in targets)
+    pairs = zip(answers[0::2], answers[1::2], strict=True)
+    for (gripper, obj, _), (g, o) in zip(points, pairs, strict=True):
+        assert np.abs(vqa.parse_location(g) - gripper).max() <= 1 / 256
+        assert np.abs(vqa.parse_location(o) - obj).max() <= 1 / 256
 
 
 def test_expert_robustness_check_sees_harmful_errors():

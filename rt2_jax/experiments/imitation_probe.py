@@ -52,9 +52,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_size", 0, "Rendered image side; 0 = the config's image_size.")
     flags.DEFINE_float("move_quantum", 0.02, "Expert motion in multiples of this (0 = exact).")
     flags.DEFINE_float("noise_std", 0.005, "Expert motion noise (executed, not labelled).")
+    flags.DEFINE_float("gripper_flip_prob", 0.0,
+                       "Expert slips: the executed open command is a close with this probability "
+                       "per step (label kept), so the data shows recovering from a wrong close.")
     flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
     flags.DEFINE_integer("seed", 0, "Parameter initialization and batch order.")
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
+    flags.DEFINE_float("point_fraction", 0.0,
+                       "Share of each batch that is pointing questions about the same training "
+                       "frames (\"point to the gripper\", \"point to the <object>\"; answers "
+                       "are location tokens), as web data with location answers would teach.")
     flags.DEFINE_bool("robustness", False, "Measure the expert's success under action errors.")
 
 
@@ -93,8 +100,9 @@ def expert_robustness(task: str, p_xy: float, p_z: float, p_gripper: float, *, e
     return wins / episodes
 
 
-def collect(env, expert, tasks, n: int, seed0: int):
-    """(images uint8 [T,S,S,3], instructions [T], intended actions float32 [T,8])."""
+def collect(env, expert, tasks, n: int, seed0: int, points: list | None = None):
+    """(images uint8 [T,S,S,3], instructions [T], intended actions float32 [T,8]). With a
+    `points` list, appends per frame (gripper xy, task object xy, task object name)."""
     from rt2_jax.sim import expert as expert_lib
 
     images, instructions, actions = [], [], []
@@ -103,7 +111,29 @@ def collect(env, expert, tasks, n: int, seed0: int):
         images.append(ep.images)
         instructions += [ep.task.instruction] * len(ep.images)
         actions.append(ep.intended_actions)
+        if points is not None:
+            k = ep.objects.index(ep.task.obj)
+            points += [(ep.ee[t, :2], ep.obj_xy[t, k], ep.task.obj)
+                       for t in range(len(ep.images))]
     return np.concatenate(images), instructions, np.concatenate(actions)
+
+
+def pointing_examples(tokenizer, points, max_prompt_len: int, max_target_len: int):
+    """Per frame, two pointing questions: about the gripper (row 2t) and the task's object
+    (row 2t+1). Returns (prompt ids, prompt mask, target ids [2T, max_target_len])."""
+    from rt2_jax.preprocessing import encode_prompts
+    from rt2_jax.sim import vqa
+
+    questions, answers = [], []
+    for gripper_xy, object_xy, name in points:
+        questions += ["point to the gripper", f"point to the {name}"]
+        answers += [vqa.location_answer(gripper_xy), vqa.location_answer(object_xy)]
+    tokens, mask = encode_prompts(tokenizer, questions, max_prompt_len)
+    targets = np.zeros((len(answers), max_target_len), np.int32)
+    for row, answer in enumerate(answers):
+        ids = [*tokenizer.encode(answer), tokenizer.eos_id]
+        targets[row, :len(ids)] = ids
+    return tokens, mask, targets
 
 
 def label_baselines(bins: np.ndarray) -> dict[str, dict[str, float]]:
@@ -122,7 +152,8 @@ def label_baselines(bins: np.ndarray) -> dict[str, dict[str, float]]:
 
 def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
         log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
-        move_quantum, noise_std, objects, seed, emit) -> dict:
+        move_quantum, noise_std, objects, seed, emit, point_fraction: float = 0.0,
+        gripper_flip_prob: float = 0.0) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -141,14 +172,15 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
     try:
         return _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps,
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
-                    image_size, move_quantum, noise_std, seed, emit)
+                    image_size, move_quantum, noise_std, seed, emit, point_fraction,
+                    gripper_flip_prob)
     finally:
         world.OBJECTS_PER_SCENE = saved
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
-         move_quantum, noise_std, seed, emit) -> dict:
+         move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -162,10 +194,16 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     size = int(config.image_size)
     render_size = image_size or max(size, sim.render.MIN_IMAGE_SIZE)
     env = sim.TabletopEnv(image_size=render_size, camera=camera)
-    expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum)
+    expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum,
+                                gripper_flip_prob=gripper_flip_prob)
     t0 = time.time()
-    images, instructions, acts = collect(env, expert, tasks, episodes, TRAIN_SEED0)
-    h_images, h_instr, h_acts = collect(env, expert, tasks, heldout_episodes, HELDOUT_SEED0)
+    if not 0.0 <= point_fraction < 1.0:
+        raise ValueError(f"point_fraction must be in [0, 1), got {point_fraction}")
+    points, h_points = [], []
+    images, instructions, acts = collect(env, expert, tasks, episodes, TRAIN_SEED0, points)
+    h_images, h_instr, h_acts = collect(env, expert, tasks, heldout_episodes, HELDOUT_SEED0,
+                                        h_points)
+    h_points = h_points[:heldout_frames]
     h_images, h_instr, h_acts = (h_images[:heldout_frames], h_instr[:heldout_frames],
                                  h_acts[:heldout_frames])
     if render_size != size:
@@ -185,6 +223,13 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     prompts, prompt_index = np.unique(instructions, return_inverse=True)
     p_tokens, p_mask = encode_robot_prompts(tok, list(prompts), config.max_prompt_len)
     h_tokens, h_mask = encode_robot_prompts(tok, h_instr, config.max_prompt_len)
+    n_point = round(point_fraction * batch_size)
+    if n_point:
+        pt_tokens, pt_mask, pt_targets = pointing_examples(
+            tok, points, config.max_prompt_len, config.max_target_len)
+        hp_tokens, hp_mask, hp_targets = pointing_examples(
+            tok, h_points, config.max_prompt_len, config.max_target_len)
+        hp_images = np.repeat(h_images, 2, axis=0)
     emit({"frames": len(images), "heldout_frames": len(h_images),
           "collect_s": round(time.time() - t0, 1),
           "labels": label_baselines(h_bins)})
@@ -208,6 +253,29 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         named = list(zip(REPORTED_DIMS, dims, strict=True))
         return {"tf_ce": {n: round(float(ce[d]), 3) for n, d in named},
                 "tf_acc": {n: round(float(acc[d]), 3) for n, d in named}}
+
+    number_ids = np.array([tok.piece_to_id(f"\u2581{i}") for i in range(256)], np.int32)
+
+    @jax.jit
+    def point_greedy(params, image, tokens, mask):
+        """Greedy "x y" answers restricted to the number tokens: [B, 2] ints 0..255."""
+        out = jnp.zeros((image.shape[0], config.max_target_len), jnp.int32)
+        picks = []
+        for pos in range(2):
+            logits = model.apply({"params": params}, image, tokens, mask, shift_right(out))
+            pick = jnp.argmax(logits[:, pos][:, number_ids], -1)
+            out = out.at[:, pos].set(jnp.asarray(number_ids)[pick])
+            picks.append(pick)
+        return jnp.stack(picks, 1)
+
+    def pointing_report(params) -> dict:
+        """Held-out pointing: mean distance (table units) of the greedy answer, per subject."""
+        got = np.asarray(point_greedy(params, hp_images, hp_tokens, hp_mask), np.float64)
+        want = np.array([[int(tok.id_to_piece(int(i)).lstrip("\u2581")) for i in row[:2]]
+                         for row in hp_targets], np.float64)
+        dist = np.linalg.norm(got - want, axis=1) / 256
+        return {"point_dist": {"gripper": round(float(dist[0::2].mean()), 3),
+                               "object": round(float(dist[1::2].mean()), 3)}}
 
     def evaluate(params) -> dict:
         policy = Policy(params, config, atok)
@@ -261,18 +329,31 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     rng = np.random.default_rng(seed)
     t0, last = time.time(), {}
     for step in range(1, steps + 1):
-        idx = rng.integers(0, len(images), size=batch_size)
+        idx = rng.integers(0, len(images), size=batch_size - n_point)
         batch = {"image": images[idx], "encoder_tokens": p_tokens[prompt_index[idx]],
                  "encoder_mask": p_mask[prompt_index[idx]], "decoder_tokens": targets[idx],
                  "decoder_loss_mask": np.ones(targets[idx].shape, np.float32),
                  "source": np.zeros(batch_size, np.int32),
-                 "is_robot": np.ones(batch_size, bool), "action": norm[idx]}
+                 "is_robot": np.ones(batch_size, bool), "action": np.zeros((batch_size, 8),
+                                                                            np.float32)}
+        batch["action"][:len(idx)] = norm[idx]
+        if n_point:
+            rows = rng.integers(0, len(pt_targets), size=n_point)
+            frames = rows // 2
+            batch["is_robot"][len(idx):] = False
+            for key, extra in (("image", images[frames]), ("encoder_tokens", pt_tokens[rows]),
+                               ("encoder_mask", pt_mask[rows]),
+                               ("decoder_tokens", pt_targets[rows]),
+                               ("decoder_loss_mask", (pt_targets[rows] > 0).astype(np.float32))):
+                batch[key] = np.concatenate([batch[key], extra])
         state, metrics = step_fn(state, batch)
         report = {}
         if step % log_every == 0 or step == steps:
             m = jax.device_get(metrics)
             report.update(loss=round(float(m["loss_sum"] / max(m["token_count"], 1)), 4),
                           **held_out_report(state.params))
+            if n_point:
+                report.update(pointing_report(state.params))
         if step % eval_every == 0 or step == steps:
             report.update(evaluate(state.params))
             last = dict(step=step, **report)
@@ -301,7 +382,8 @@ def main(argv):
                           max_episode_steps=f.max_episode_steps)})
         return
     emit({"probe": {k: f[k].value for k in ("tasks", "episodes", "steps", "batch_size",
-                                             "camera", "move_quantum", "objects", "seed")},
+                                             "camera", "move_quantum", "objects", "seed",
+                                             "point_fraction", "gripper_flip_prob")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -309,7 +391,7 @@ def main(argv):
         log_every=f.log_every, eval_every=f.eval_every, eval_episodes=f.eval_episodes,
         max_episode_steps=f.max_episode_steps, camera=f.camera, image_size=f.image_size,
         move_quantum=f.move_quantum, noise_std=f.noise_std, objects=f.objects, seed=f.seed,
-        emit=emit)
+        emit=emit, point_fraction=f.point_fraction, gripper_flip_prob=f.gripper_flip_prob)
 
 
 if __name__ == "__main__":

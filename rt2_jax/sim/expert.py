@@ -286,6 +286,8 @@ class Episode:
     terminated: bool
     intended_actions: np.ndarray | None = None   # (T, 8): the plan's actions without noise/pauses
     cards: tuple[str, ...] = ()                  # the symbols on the scene's cards
+    ee: np.ndarray | None = None                 # (T, 3): end effector x, y, z before action t
+    obj_xy: np.ndarray | None = None             # (T, N, 2): each object's table position
 
 
 def rollout(env: TabletopEnv, expert: ScriptedExpert, seed: int,
@@ -296,11 +298,14 @@ def rollout(env: TabletopEnv, expert: ScriptedExpert, seed: int,
     expert.reset(seed=seed)
     state = env.unwrapped.state
     objects, background = list(state.names), state.background
-    images, actions, intended, rewards = [], [], [], []
+    images, actions, intended, rewards, ee, obj_xy = [], [], [], [], [], []
     terminated = truncated = False
     while not (terminated or truncated):
         action = expert.act(obs)
         images.append(obs["image"])
+        state = env.unwrapped.state
+        ee.append(state.ee.copy())
+        obj_xy.append(state.obj_xy.copy())
         actions.append(action)
         intended.append(expert.intended_action)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -310,4 +315,5 @@ def rollout(env: TabletopEnv, expert: ScriptedExpert, seed: int,
                    rewards=np.asarray(rewards, np.float32), success=bool(info["success"]),
                    terminated=terminated,
                    intended_actions=np.stack(intended).astype(np.float32),
-                   cards=tuple(state.card_symbols))
+                   cards=tuple(state.card_symbols),
+                   ee=np.stack(ee).astype(np.float32), obj_xy=np.stack(obj_xy).astype(np.float32))
