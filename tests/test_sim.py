@@ -340,6 +340,24 @@ def test_intended_actions_are_the_noise_free_plan():
     np.testing.assert_array_equal(clean.intended_actions, clean.actions)
 
 
+def test_rollout_records_where_the_gripper_and_objects_were_before_each_action():
+    env = sim.TabletopEnv()
+    ep = sim.rollout(env, sim.ScriptedExpert(env), seed=3, task="pick")
+    steps, objects = len(ep.images), len(ep.objects)
+    assert ep.ee.shape == (steps, 3) and ep.obj_xy.shape == (steps, objects, 2)
+    env.reset(seed=3, options={"task": "pick"})
+    start = env.unwrapped.state
+    np.testing.assert_allclose(ep.ee[0], start.ee, atol=1e-6)
+    np.testing.assert_allclose(ep.obj_xy[0], start.obj_xy, atol=1e-6)
+    # Frame t was taken before action t: the executed motion is the next frame's offset.
+    np.testing.assert_allclose(ep.ee[1:] - ep.ee[:-1], ep.actions[:-1, 1:4], atol=1e-5)
+    # Once lifted, the picked object rides with the gripper.
+    k = ep.objects.index(ep.task.obj)
+    lifted = ep.ee[:, 2] > 0.05
+    held = np.flatnonzero(lifted & (np.linalg.norm(ep.obj_xy[:, k] - ep.ee[:, :2], axis=1) < 1e-3))
+    assert ep.success and held.size > 0
+
+
 def test_slips_and_terminate_holds_keep_labels_right_and_the_expert_successful():
     env = sim.TabletopEnv()
     expert = sim.ScriptedExpert(env, noise_std=0.01, pause_prob=0.05, gripper_flip_prob=0.05,
@@ -441,7 +459,7 @@ def test_location_scoring():
 def test_locate_questions_point_at_their_subject():
     rng = np.random.default_rng(0)
     held = world.DEFAULT_HELD_OUT
-    asked_held = 0
+    asked_held = asked_gripper = 0
     for _ in range(50):
         state = vqa.sample_vqa_scene(rng)
         qas = vqa.locate_questions(state, rng, 2)
@@ -453,9 +471,12 @@ def test_locate_questions_point_at_their_subject():
                      if " ".join(words[-2:]) == state.names[k]]
             named += [xy for k, xy in enumerate(state.card_xy)
                       if state.card_symbols[k] in words]
+            if words[-1] == "gripper":
+                named.append(state.ee[:2])
+                asked_gripper += 1
             assert len(named) == 1, qa.question
             assert qa.answers[0] == vqa.location_answer(named[0])
         present = set(state.names) & set(held.objects)
         if present:   # a held-out object present is always among the first asked
             asked_held += any(p in qa.question for qa in qas for p in present)
-    assert asked_held > 0
+    assert asked_held > 0 and asked_gripper > 0

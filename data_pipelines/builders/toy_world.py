@@ -51,7 +51,7 @@ from rt2_jax.sim import render, vqa, world
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1.2.0"   # bump when the generated data changes for the same parameters
+FORMAT_VERSION = "1.3.0"   # bump when the generated data changes for the same parameters
 ROBOT_NAME, VQA_NAME, CAPTIONS_NAME = "toy_world_robot", "toy_world_vqa", "toy_world_captions"
 PARAMS_FILE = "toy_world.json"
 TERMINATE, CONTINUE = [1, 0, 0], [0, 1, 0]
@@ -65,6 +65,7 @@ RELEASE_NOTES = {   # of all three datasets (they share FORMAT_VERSION)
              "gripper's body is cyan, the "
              "gripper starts at 0.2 and hovers at 0.1, grasps reach 0.075 from an object's "
              "centre; the expert may move in whole steps (move_quantum up to 0.1).",
+    "1.3.0": "Pointing questions also ask where the gripper is (\"point to the gripper\").",
 }
 
 

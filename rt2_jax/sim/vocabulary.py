@@ -90,4 +90,5 @@ CAPTION_CARDS_TEMPLATES = (" the cards show {cards}.", " there are cards showing
 LOCATE_TEMPLATES = {
     "object": ("point to the {obj}", "where exactly is the {obj}?"),
     "card": ("point to the card showing {symbol}", "where exactly is the {symbol} card?"),
+    "gripper": ("point to the gripper", "where exactly is the gripper?"),
 }

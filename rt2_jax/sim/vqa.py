@@ -243,12 +243,15 @@ def location_correct(text: str, answer: str, tolerance: float = POINT_TOLERANCE)
 
 def locate_questions(state: world.WorldState, rng: np.random.Generator, n: int,
                      held_out: world.HeldOut = world.DEFAULT_HELD_OUT) -> list[QA]:
-    """Up to n pointing questions about distinct objects and cards of the scene; held-out
-    objects and symbols present are asked first, so web data grounds what robot data lacks."""
+    """Up to n pointing questions about distinct objects, cards and the gripper of the scene;
+    held-out objects and symbols present are asked first, so web data grounds what robot data
+    lacks. The gripper (its x, y; the answer ignores its height) is what every action is
+    relative to."""
     t = vocabulary.LOCATE_TEMPLATES
     subjects = [("object", name, state.obj_xy[k]) for k, name in enumerate(state.names)]
     subjects += [("card", symbol, state.card_xy[k])
                  for k, symbol in enumerate(state.card_symbols)]
+    subjects.append(("gripper", "gripper", state.ee[:2]))
     order = list(rng.permutation(len(subjects)))
     held = set(held_out.objects) | set(held_out.symbols)
     order.sort(key=lambda k: subjects[k][1] not in held)   # stable: held-out first
@@ -256,6 +259,6 @@ def locate_questions(state: world.WorldState, rng: np.random.Generator, n: int,
     for k in order[:n]:
         kind, name, xy = subjects[k]
         template = _pick(rng, t[kind])
-        question = template.format(obj=name) if kind == "object" else template.format(symbol=name)
+        question = template.format(obj=name, symbol=name)
         out.append(QA(question, (location_answer(xy),), "locate"))
     return out
