@@ -22,6 +22,19 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
     return m
 
 
+def decoder_only_model_config(*, vocab_size: int, vit: dict,
+                              llm: dict) -> ml_collections.ConfigDict:
+    """`config.model` of the decoder-only (PaLM-E / PaliGemma) backbone: `llm` takes width,
+    depth, num_heads, num_kv_heads (1 = multi-query), head_dim, mlp_dim and optionally
+    mlp_activation (gelu = GeGLU as Gemma, silu = SwiGLU as PaLM) and rope_max_wavelength."""
+    m = model_config(vocab_size=vocab_size, vit=vit, encdec={})
+    del m.encdec
+    m.backbone = "decoder_only"   # rt2_jax/models/vlm.py; unset = encoder_decoder
+    m.llm = ml_collections.ConfigDict(dict(mlp_activation="gelu", rope_max_wavelength=10_000.0))
+    m.llm.update(llm)
+    return m
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0

@@ -64,9 +64,12 @@ class RMSNorm(nn.Module):
     Kept instead of flax's `nn.RMSNorm` (and `LayerNorm` below instead of `nn.LayerNorm`): flax
     multiplies x by (rsqrt(var) * scale) where T5X computes (x * rsqrt(var)) * scale. With both
     swapped, a 200-step tiny run's loss moved by up to 0.011 (identical at step 10; the same run
-    with these norms is bit-identical from run to run), so the swap would change results."""
+    with these norms is bit-identical from run to run), so the swap would change results.
+
+    `zero_centered` is Gemma's variant: the scale starts at 0 and multiplies as (1 + scale)."""
 
     epsilon: float = 1e-6
+    zero_centered: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -75,9 +78,12 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + self.epsilon)
+        init = nn.initializers.zeros if self.zero_centered else nn.initializers.ones
         scale = self.param(
-            "scale", logical_init(nn.initializers.ones, (EMBED,)), (x.shape[-1],), self.param_dtype
+            "scale", logical_init(init, (EMBED,)), (x.shape[-1],), self.param_dtype
         )
+        if self.zero_centered:
+            return (y * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 

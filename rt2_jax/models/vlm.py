@@ -1,7 +1,16 @@
-"""PaLI-X-style composition: ViT patch tokens, projected to d_model, are concatenated in front of
-the prompt's token embeddings and fed to the encoder; the decoder produces the answer or action.
+"""The VLM: ViT patch tokens, projected to the language model's width, are concatenated in front
+of the prompt's token embeddings; the language model produces the answer or action.
 
-Parameter tree: `img/...` (the ViT, with `img/head` the projection to d_model) and `encdec/...`.
+Two backbones (`config.model.backbone`, default "encoder_decoder"):
+- "encoder_decoder" (PaLI-X): image tokens + prompt are the encoder's input, the decoder
+  produces the target. Parameter tree: `img/...` (the ViT, with `img/head` the projection to
+  d_model) and `encdec/...`.
+- "decoder_only" (PaLM-E / PaliGemma): image tokens + prompt are the prefix of one decoder-only
+  sequence [prefix, target] with full attention inside the prefix and causal attention in the
+  target (rt2_jax/models/decoder_only.py). Parameter tree: `img/...` and `llm/...`
+  (big_vision's PaliGemma names). The target starts with the same decoder start token, so
+  teacher forcing, the loss and the decode loop are the same for both; only the decode state
+  differs (`DecodeState` or `PrefixDecodeState`, opaque to the decode loop).
 
 Optional wrist camera (`config.model.wrist_camera`; see rt2_jax/preprocessing.py for the images).
 The model then takes `wrist`, a dict of batch arrays: `wrist_present` bool [B] (does this row's
@@ -23,10 +32,14 @@ import ml_collections
 from flax import linen as nn
 
 from rt2_jax import preprocessing
-from rt2_jax.models import encoder_decoder, layers, vit
+from rt2_jax.models import decoder_only, encoder_decoder, layers, vit
+from rt2_jax.models.decoder_only import PrefixDecodeState
 from rt2_jax.models.encoder_decoder import DecodeState
 
 Array = jax.Array
+
+ENCODER_DECODER, DECODER_ONLY = "encoder_decoder", "decoder_only"
+BACKBONES = (ENCODER_DECODER, DECODER_ONLY)
 
 # Batch keys of the wrist-camera inputs (the `wrist` argument takes those of them a mode needs).
 WRIST_KEYS = ("wrist_image", "wrist_present")
@@ -43,6 +56,22 @@ def wrist_inputs(batch) -> dict | None:
     """The wrist-camera inputs of a batch dict (the model's `wrist` argument); None if none."""
     out = {k: batch[k] for k in WRIST_KEYS if k in batch}
     return out or None
+
+
+def backbone(model_config) -> str:
+    """`config.model.backbone` ("encoder_decoder" when unset, as in configs written before the
+    decoder-only backbone existed), checked."""
+    name = model_config.get("backbone", ENCODER_DECODER)
+    if name not in BACKBONES:
+        raise ValueError(f"config.model.backbone={name!r}; use one of {list(BACKBONES)}.")
+    return name
+
+
+def model_width(model_config) -> int:
+    """The language model's width (what image tokens are projected to)."""
+    if backbone(model_config) == DECODER_ONLY:
+        return int(model_config.llm.width)
+    return int(model_config.encdec.d_model)
 
 
 def num_encoder_image_tokens(config) -> int:
@@ -65,16 +94,23 @@ class VLM(nn.Module):
 
     def setup(self):
         cfg = self.model_config
-        self.img = vit.from_config(cfg, out_dim=cfg.encdec.d_model)
-        self.encdec = encoder_decoder.from_config(cfg)
+        self.img = vit.from_config(cfg, out_dim=model_width(cfg))
+        if self.decoder_only:
+            self.llm = decoder_only.from_config(cfg)
+        else:
+            self.encdec = encoder_decoder.from_config(cfg)
         mode = self.wrist_mode
         if mode:
-            d_model, dtype = cfg.encdec.d_model, layers.dtype_from_name(cfg.param_dtype)
+            d_model, dtype = model_width(cfg), layers.dtype_from_name(cfg.param_dtype)
             init = layers.logical_init(nn.initializers.normal(stddev=d_model ** -0.5),
                                        (None, layers.EMBED))
             self.wrist_flag = self.param("wrist_flag", init, (2, d_model), dtype)
             if mode == preprocessing.TOKENS:
                 self.wrist_embedding = self.param("wrist_embedding", init, (1, d_model), dtype)
+
+    @property
+    def decoder_only(self) -> bool:
+        return backbone(self.model_config) == DECODER_ONLY
 
     @property
     def wrist_mode(self) -> str:
@@ -103,12 +139,21 @@ class VLM(nn.Module):
     def encode(self, image: Array, encoder_tokens: Array, encoder_mask: Array,
                train: bool = False, wrist: dict | None = None) -> tuple[Array, Array]:
         """Returns the encoder output [B, N_img + Le, D] and its mask [B, N_img + Le] (N_img:
-        `num_encoder_image_tokens`; `wrist`: see the module docstring)."""
+        `num_encoder_image_tokens`; `wrist`: see the module docstring). Decoder-only: the
+        embedded prefix (image tokens, then prompt embeddings) and its mask, i.e. what the
+        language model reads before the target."""
+        x, mask = self._inputs(image, encoder_tokens, encoder_mask, train, wrist)
+        if self.decoder_only:
+            return x, mask
+        return self.encdec.encode(x, mask, train), mask
+
+    def _inputs(self, image, encoder_tokens, encoder_mask, train, wrist) -> tuple[Array, Array]:
+        """Image tokens then prompt embeddings [B, N_img + Le, D], and their mask."""
         if encoder_tokens.shape != encoder_mask.shape:
             raise ValueError(f"encoder_tokens {encoder_tokens.shape} and encoder_mask "
                              f"{encoder_mask.shape} must have the same shape.")
         wrist = self._check_wrist(wrist, image.shape[0])
-        txt_tokens = self.encdec.embed(encoder_tokens)
+        txt_tokens = (self.llm if self.decoder_only else self.encdec).embed(encoder_tokens)
         query = None
         if self.model_config.vit.get("keypoint_query", False):
             # The prompt as a bag of words: its mean token embedding (pad excluded).
@@ -117,7 +162,7 @@ class VLM(nn.Module):
         img_tokens, img_mask = self._image_tokens(image, train, query, wrist)
         x = jnp.concatenate([img_tokens.astype(txt_tokens.dtype), txt_tokens], axis=1)
         mask = jnp.concatenate([img_mask, encoder_mask.astype(bool)], axis=1)
-        return self.encdec.encode(x, mask, train), mask
+        return x, mask
 
     def _image_tokens(self, image, train, query, wrist) -> tuple[Array, Array]:
         """(tokens [B, N_img, D], mask [B, N_img]) of the camera(s), before the prompt."""
@@ -148,19 +193,24 @@ class VLM(nn.Module):
                  wrist: dict | None = None) -> Array:
         """Teacher-forced logits [B, Ld, V] (float32)."""
         encoded, mask = self.encode(image, encoder_tokens, encoder_mask, train, wrist)
+        if self.decoder_only:
+            return self.llm.forward(encoded, mask, decoder_input_tokens)
         return self.encdec.decode(encoded, mask, decoder_input_tokens, train)
 
     def prefill(self, image: Array, encoder_tokens: Array, encoder_mask: Array,
                 decoder_tokens: Array, max_decode_len: int,
                 output_ids: Array | None = None,
-                wrist: dict | None = None) -> tuple[Array, DecodeState]:
-        """Runs the ViT and encoder once and the decoder on `decoder_tokens` [B,S] (usually the
-        start token). Returns (logits [B,S,V], DecodeState) for `decode_step`; with
-        `output_ids` [K] only those vocabulary ids are scored ([B,S,K])."""
+                wrist: dict | None = None) -> tuple[Array, DecodeState | PrefixDecodeState]:
+        """Runs the ViT and encoder (decoder-only: the prefix) once and the decoder on
+        `decoder_tokens` [B,S] (usually the start token). Returns (logits [B,S,V], the decode
+        state) for `decode_step`; with `output_ids` [K] only those vocabulary ids are scored
+        ([B,S,K])."""
         encoded, mask = self.encode(image, encoder_tokens, encoder_mask, wrist=wrist)
-        return self.encdec.prefill(encoded, mask, decoder_tokens, max_decode_len, output_ids)
+        lm = self.llm if self.decoder_only else self.encdec
+        return lm.prefill(encoded, mask, decoder_tokens, max_decode_len, output_ids)
 
-    def decode_step(self, state: DecodeState, tokens: Array,
+    def decode_step(self, state: DecodeState | PrefixDecodeState, tokens: Array,
                     output_ids: Array | None = None) -> tuple[Array, DecodeState]:
         """One cached decoder step for tokens [B] -> (logits [B,V] or [B,K], next state)."""
-        return self.encdec.decode_step(state, tokens, output_ids)
+        lm = self.llm if self.decoder_only else self.encdec
+        return lm.decode_step(state, tokens, output_ids)
