@@ -385,7 +385,7 @@ def apply_stack(stack, in_axes: tuple, carry, *args):
 
     Returns (carry, per-layer outputs stacked on a leading axis, or None).
     """
-    if not isinstance(stack, list):
+    if not isinstance(stack, list | tuple):   # a list assigned in `setup` becomes a tuple
         return stack(carry, *args)
     outputs = []
     for i, layer in enumerate(stack):

@@ -128,8 +128,11 @@ def token_counts(config, decode_steps: int = 0) -> dict[str, int]:
     cameras = 2 if preprocessing.wrist_camera(config) == preprocessing.TOKENS else 1
     patches = cameras * vit_lib.num_tokens(config.model.vit, config.image_size)
     decoder = decode_steps or config.max_target_len
-    return {"vit": patches, "projection": patches,
-            "encoder": vlm_lib.num_encoder_image_tokens(config) + config.max_prompt_len,
+    prefix = vlm_lib.num_encoder_image_tokens(config) + config.max_prompt_len
+    if vlm_lib.backbone(config.model) == vlm_lib.DECODER_ONLY:   # one sequence [prefix, target]
+        return {"vit": patches, "projection": patches, "decoder": prefix + decoder,
+                "logits": decoder}
+    return {"vit": patches, "projection": patches, "encoder": prefix,
             "decoder": decoder, "logits": decoder}
 
 
@@ -142,18 +145,21 @@ def analytic_flops(config, counts: dict[str, int], batch: int, factor: int,
     """
     tokens = token_counts(config, decode_steps)
     m = config.model
-    logits_params = m.encdec.d_model * m.vocab_size
+    logits_params = vlm_lib.model_width(m) * m.vocab_size
     weights = {"vit": counts["vit"], "projection": counts["projection"],
-               "encoder": counts["encoder"], "decoder": counts["decoder"],
-               "logits": logits_params}
+               "decoder": counts["decoder"], "logits": logits_params}
+    if "encoder" in tokens:
+        weights["encoder"] = counts["encoder"]
     dense = sum(weights[k] * tokens[k] for k in weights)
     # Attention: QK^T and AV, 2 matmuls of 2*q*k*(heads*head_dim) FLOPs each per layer.
-    vit_inner = m.vit.width
-    ed_inner = m.encdec.num_heads * m.encdec.head_dim
-    enc, dec = tokens["encoder"], tokens["decoder"]
-    attention = (m.vit.depth * tokens["vit"] ** 2 * vit_inner
-                 + m.encdec.num_encoder_layers * enc * enc * ed_inner
-                 + m.encdec.num_decoder_layers * (dec * dec + dec * enc) * ed_inner)
+    attention = m.vit.depth * tokens["vit"] ** 2 * m.vit.width
+    if "encoder" in tokens:
+        ed_inner = m.encdec.num_heads * m.encdec.head_dim
+        enc, dec = tokens["encoder"], tokens["decoder"]
+        attention += (m.encdec.num_encoder_layers * enc * enc * ed_inner
+                      + m.encdec.num_decoder_layers * (dec * dec + dec * enc) * ed_inner)
+    else:   # prefix + target, all pairs computed (the mask hides some)
+        attention += m.llm.depth * tokens["decoder"] ** 2 * m.llm.num_heads * m.llm.head_dim
     return float(batch) * (factor * dense + factor * attention)
 
 

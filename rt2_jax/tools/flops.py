@@ -7,6 +7,8 @@ Only matrix multiplications count, at 2 FLOPs per multiply-add:
     self- and cross-attention query/out projections and MLP over target tokens, the
     cross-attention key/value projections over the encoder's tokens (once per decoder layer),
     and the logits matmul over target tokens;
+  - a decoder-only model (`llm`): its projections and gated MLP over image + prompt + target
+    tokens and its tied logits over target tokens;
   - attention scores (q k^T) and context (weights v): 2 * q_len * k_len * heads * head_dim each,
     with the actual lengths. Causal self-attention is counted in full (the masked half is
     computed, as XLA does; MaxText's newer reports halve it).
@@ -70,6 +72,22 @@ def encdec_forward_flops(encdec: Any, vocab_size: int, encoder_len: int,
     }
 
 
+def llm_forward_flops(llm: Any, vocab_size: int, prefix_len: int,
+                      target_len: int) -> dict[str, int]:
+    """Forward FLOPs of the decoder-only LM for one example (`llm` = config.model.llm): every
+    projection and the gated MLP over prefix + target, attention over all pairs of the
+    sequence, tied logits over the target only."""
+    d, heads, kv_heads, hd, ff = (llm.width, llm.num_heads, llm.num_kv_heads, llm.head_dim,
+                                  llm.mlp_dim)
+    length = prefix_len + target_len
+    per_token = 2 * d * heads * hd + 2 * d * kv_heads * hd + 3 * d * ff   # q, out, k, v, MLP
+    return {
+        "decoder_matmul": 2 * llm.depth * length * per_token,
+        "decoder_attention": llm.depth * _attention(length, length, heads, hd),
+        "logits": 2 * target_len * d * vocab_size,
+    }
+
+
 def forward_flops(config: Any, batch_size: int, *, include_vit: bool = True,
                   prompt_len: int | None = None, target_len: int | None = None) -> dict[str, int]:
     """Forward FLOPs of one batch, by component, plus `total`.
@@ -85,10 +103,14 @@ def forward_flops(config: Any, batch_size: int, *, include_vit: bool = True,
     cameras = 2 if preprocessing.wrist_camera(config) == preprocessing.TOKENS else 1
     parts: dict[str, int] = {}
     if include_vit:
-        parts.update({k: cameras * v for k, v in
-                      vit_forward_flops(m.vit, config.image_size, m.encdec.d_model).items()})
-    parts.update(encdec_forward_flops(m.encdec, m.vocab_size, image_tokens + prompt_len,
-                                      target_len))
+        parts.update({k: cameras * v for k, v in vit_forward_flops(
+            m.vit, config.image_size, vlm_lib.model_width(m)).items()})
+    if vlm_lib.backbone(m) == vlm_lib.DECODER_ONLY:
+        parts.update(llm_forward_flops(m.llm, m.vocab_size, image_tokens + prompt_len,
+                                       target_len))
+    else:
+        parts.update(encdec_forward_flops(m.encdec, m.vocab_size, image_tokens + prompt_len,
+                                          target_len))
     parts = {k: batch_size * v for k, v in parts.items()}
     parts["total"] = sum(parts.values())
     return parts

@@ -15,14 +15,16 @@ from rt2_jax.models import params as params_lib
 from rt2_jax.models.vlm import VLM
 
 # Component -> predicate on the flattened parameter name. Order matters: first match wins.
+# A decoder-only model (`llm/...`) has no encoder; its tied embedding counts once.
 COMPONENTS = (
     ("projection", lambda k: k.startswith("img/head/")),
     ("vit", lambda k: k.startswith("img/")),
     ("embeddings", lambda k: k.startswith(("encdec/token_embedder/",
                                              "encdec/decoder/logits_dense/",
+                                             "llm/embedder/",
                                              "wrist_"))),   # the wrist camera's flag, marker
     ("encoder", lambda k: k.startswith("encdec/encoder/")),
-    ("decoder", lambda k: k.startswith("encdec/decoder/")),
+    ("decoder", lambda k: k.startswith(("encdec/decoder/", "llm/"))),
 )
 
 
@@ -44,6 +46,8 @@ def count_by_component(params) -> dict[str, int]:
         if name is None:
             raise ValueError(f"Parameter {key!r} belongs to no known component.")
         counts[name] += params_lib.count(leaf)
+    if not any(k.startswith("encdec/") for k in params_lib.flatten(params)):
+        del counts["encoder"]   # decoder-only
     counts["total"] = sum(counts.values())
     return counts
 
