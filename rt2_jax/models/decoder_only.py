@@ -278,15 +278,18 @@ class PrefixLM(nn.Module):
         logits = layers.constrain(self.embedder.decode(x, output_ids), layers.ACT_LOGITS)
         return logits, cache
 
-    def forward(self, prefix: Array, prefix_mask: Array, target_tokens: Array) -> Array:
+    def forward(self, prefix: Array, prefix_mask: Array, target_tokens: Array,
+                all_positions: bool = False) -> Array:
         """Teacher-forced logits [B, Lt, V] (float32) of the target inputs [B, Lt] after the
-        embedded prefix [B, P, D] (mask [B, P])."""
+        embedded prefix [B, P, D] (mask [B, P]); with `all_positions` the logits of every
+        position of [prefix, target] ([B, P + Lt, V]; for inspecting attention in tests)."""
         p = prefix.shape[1]
         x = jnp.concatenate([prefix.astype(self.dtype), self.embed(target_tokens)], axis=1)
         mask = jnp.concatenate([prefix_mask.astype(bool),
                                 jnp.ones(target_tokens.shape, bool)], axis=1)
         bias = prefix_lm_bias(mask, jnp.arange(x.shape[1]), p)
-        logits, _ = self._run(x, prefix_positions(mask), bias, None, None, p, None)
+        logits, _ = self._run(x, prefix_positions(mask), bias, None, None,
+                              0 if all_positions else p, None)
         return logits
 
     def prefill(self, prefix: Array, prefix_mask: Array, tokens: Array, max_len: int,
