@@ -19,8 +19,10 @@ fine-tuning adapts to it. Actions use the `least_frequent` mapping (Gemma splits
 digits, so `integers` has no single token per bin). The tokenizer must be supplied
 (`tokenizer.model_path`; Gemma's model has pad 0 / EOS 1 as rt2_jax needs).
 
-Pod shape: as the other large configs (bf16, remat nothing_saveable, Adafactor, batch 256,
-FSDP over all devices); checked ahead of time for v5p-128 and v5e-256 (README).
+Pod shape: as the other large configs (bf16, remat nothing_saveable, Adafactor, batch 256) but
+with two data-parallel replicas of FSDP (data=2, fsdp=-1): SigLIP's width 1152 = 9 x 128 cannot
+be split 256 ways, so on a 256-chip slice weights are sharded 128 ways (2048 and 1152 both
+divide). Checked ahead of time for v5p-128 and v5e-256 (README).
 """
 
 from configs import base
@@ -34,5 +36,6 @@ def get_config():
     c = base.base_config()
     c.model = base.decoder_only_model_config(vocab_size=257_152, vit=SIGLIP_SO400M, llm=GEMMA_2B)
     base.pod_setup(c, model_parallel=1)
+    c.mesh.data = 2   # see the docstring: 1152 does not divide 256 ways
     c.actions.mapping = "least_frequent"
     return c
