@@ -6,7 +6,13 @@
 `--vit`: a big_vision `.npz` (SigLIP, ViT; flattened `a/b/c` keys, blocks stacked or not) or a
 Hugging Face `SiglipVisionModel` / `SiglipModel` directory. `--encdec`: a Hugging Face T5 v1.1 /
 mT5 / UL2 / Flan-T5 directory (safetensors, one file or shards with an index). Either may be
-left out. The output directory holds `params/` (orbax, the layout exports use, scanned or not
+left out. `--paligemma`: a big_vision PaliGemma `.npz` (`img/...` SigLIP and its projection,
+`llm/...` Gemma) into a decoder-only config (configs/paligemma_3b.py), alone:
+
+    python -m rt2_jax.tools.import_weights --config=configs/paligemma_3b.py \
+        --paligemma=paligemma-3b-pt-224.npz --tokenizer=paligemma_tokenizer.model \
+        --out=imports/paligemma_3b
+ The output directory holds `params/` (orbax, the layout exports use, scanned or not
 as the config says), the checkpoint's sentencepiece model as `tokenizer.model` when the
 encoder-decoder directory has one, and `import_report.json`. Train from it with
 `--config.train.init_from=OUT` (and `init_from_regex` to take only part of it).
@@ -114,6 +120,15 @@ def _encdec_part(path: str, model_config) -> Part:
     source = weight_sources.open_source(path, "encdec")
     rules = weight_maps.t5_rules(source.infos(), model_config, hf)
     return Part(f"encoder-decoder {path}", source, f"Hugging Face {hf['model_type']}", rules)
+
+
+def _paligemma_part(path: str, model_config, targets: dict[str, tuple]) -> Part:
+    source = weight_sources.open_source(path, "paligemma")
+    if not isinstance(source, weight_sources.NpzSource):
+        raise ValueError(f"--paligemma={path}: expected big_vision's PaliGemma .npz file.")
+    weight_maps.check_paligemma_config(model_config, path)
+    rules = weight_maps.paligemma_rules(source.infos(), targets, path)
+    return Part(f"PaliGemma {path}", source, "big_vision PaliGemma .npz", rules)
 
 
 def _is_floating(dtype) -> bool:
@@ -258,14 +273,23 @@ def find_tokenizer(encdec: str | None) -> str | None:
 
 def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None = None,
                    encdec: str | None = None, tokenizer: str | None = None,
-                   dtype: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Imports `vit` and/or `encdec` into `config`'s model and writes `out` (see the module
-    docstring). Returns the report (also written to `out/import_report.json`)."""
+                   dtype: str | None = None, log: Callable[[str], None] = print,
+                   paligemma: str | None = None) -> dict:
+    """Imports `vit` and/or `encdec` (or `paligemma`) into `config`'s model and writes `out`
+    (see the module docstring). Returns the report (also written to
+    `out/import_report.json`)."""
     from rt2_jax import checkpoints
+    from rt2_jax.models import vlm
     from rt2_jax.tools import param_count
 
-    if not vit and not encdec:
-        raise ValueError("nothing to import: give --vit and/or --encdec.")
+    if not vit and not encdec and not paligemma:
+        raise ValueError("nothing to import: give --vit and/or --encdec, or --paligemma.")
+    if paligemma and (vit or encdec):
+        raise ValueError("--paligemma holds the image tower and the language model; give it "
+                         "alone, without --vit or --encdec.")
+    if encdec and vlm.backbone(config.model) != vlm.ENCODER_DECODER:
+        raise ValueError("--encdec imports an encoder-decoder, but config.model.backbone is "
+                         f"{vlm.backbone(config.model)!r}.")
     if os.path.exists(os.path.join(out, "params")):
         raise FileExistsError(f"{out} already holds params/; choose a new --out directory.")
     out_dtype = np.dtype(layers.dtype_from_name(dtype or config.model.param_dtype))
@@ -277,6 +301,9 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
         parts.append(_vit_part(vit, config.model, {n: s.shape for n, s in slots.items()}))
     if encdec:
         parts.append(_encdec_part(encdec, config.model))
+    if paligemma:
+        parts.append(_paligemma_part(paligemma, config.model,
+                                     {n: s.shape for n, s in slots.items()}))
     check_plan(parts, slots, out_dtype)
 
     report: dict = {"config_model": json.loads(config.model.to_json()), "dtype": out_dtype.name,
@@ -448,7 +475,7 @@ def main(argv):
     if not f["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.ERROR)   # orbax's INFO/WARNING lines; -v 0 shows
     import_weights(f.config, f.out, vit=f.vit, encdec=f.encdec, tokenizer=f.tokenizer,
-                   dtype=f.dtype)
+                   dtype=f.dtype, paligemma=f.paligemma)
 
 
 if __name__ == "__main__":
@@ -458,6 +485,8 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Experiment config file.")
     flags.DEFINE_string("vit", None, "Image tower: big_vision .npz or Hugging Face SigLIP dir.")
     flags.DEFINE_string("encdec", None, "Encoder-decoder: Hugging Face T5 / mT5 / UL2 dir.")
+    flags.DEFINE_string("paligemma", None, "big_vision PaliGemma .npz (img/ + llm/) for a "
+                        "decoder-only config; alone.")
     flags.DEFINE_string("out", None, "Output directory (train with config.train.init_from=it).")
     flags.DEFINE_string("tokenizer", None, "Sentencepiece model to check and copy (default: "
                         "the encoder-decoder directory's spiece.model).")

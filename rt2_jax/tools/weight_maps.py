@@ -10,7 +10,9 @@ the importer places them into scanned stacks when the config scans. Three source
 - Hugging Face SigLIP (`SiglipVisionModel`, or the vision half of a `SiglipModel`) and ViT
   (`ViTModel`: class token, exact GELU, LayerNorm eps 1e-12 — our ViT's options for them);
 - big_vision `.npz` ViT / SigLIP: our ViT uses big_vision's names, so a target's source is the
-  same path under the checkpoint's prefix (e.g. `params/img/`); stacked or per-layer blocks.
+  same path under the checkpoint's prefix (e.g. `params/img/`); stacked or per-layer blocks;
+- big_vision PaliGemma `.npz` (`img/...` SigLIP + projection `img/head`, `llm/...` Gemma) into
+  the decoder-only backbone, whose names are big_vision's: every target is the same path.
 
 Config checks compare a Hugging Face config.json with `config.model` field by field (head
 counts and activations cannot be read from tensor shapes), naming both sides.
@@ -453,6 +455,47 @@ def big_vision_rules(infos: dict[str, TensorInfo], targets: dict[str, Shape],
             continue
         convert = PosEmb() if relative == "pos_embedding" else Same()
         rules.append(Rule(prefix + relative, (target,), convert))
+    for key, layers in stacked.items():
+        rules.append(Rule(key, tuple(t for _, t in sorted(layers)), Same()))
+    return rules
+
+
+_LLM_LAYER = re.compile(r"/layers_(\d+)/")
+
+
+def check_paligemma_config(model_config, where: str) -> None:
+    """What a PaliGemma checkpoint needs of `config.model` beyond tensor shapes: the
+    decoder-only backbone with Gemma's GeGLU MLP, and a ViT with SigLIP's options."""
+    backbone = model_config.get("backbone", "encoder_decoder")
+    if backbone != "decoder_only":
+        raise ValueError(f"{where}: a PaliGemma checkpoint needs config.model.backbone="
+                         f"'decoder_only' (the config has {backbone!r}); use "
+                         "configs/paligemma_3b.py or a config like it.")
+    _check_fields(where, [("Gemma MLP activation", "gelu", "config.model.llm.mlp_activation",
+                           model_config.llm.get("mlp_activation", "gelu"))])
+    check_vit_config(model_config, where)
+
+
+def paligemma_rules(infos: dict[str, TensorInfo], targets: dict[str, Shape],
+                    where: str) -> list[Rule]:
+    """A big_vision PaliGemma `.npz`: every `img/` target (the projection `img/head` included)
+    and every `llm/` target has the same path under the checkpoint's prefix (`` or `params/`);
+    the language model's layers are stacked on a leading axis (`llm/layers/...`) or not
+    (`llm/layers_{i}/...`)."""
+    rules = big_vision_rules(infos, targets, where)
+    img_prefix = _find_prefix(infos, "embedding/kernel", 4, where, prefer="img/")
+    root = img_prefix[: -len("img/")] if img_prefix.endswith("img/") else img_prefix
+    rules.append(Rule(img_prefix + "head/kernel", ("img/head/kernel",), Same()))
+    if "img/head/bias" in targets:
+        rules.append(Rule(img_prefix + "head/bias", ("img/head/bias",), Same()))
+    stacked: dict[str, list[tuple[int, str]]] = {}
+    for target in sorted(t for t in targets if t.startswith("llm/")):
+        layer = _LLM_LAYER.search(target)
+        stacked_key = root + _LLM_LAYER.sub("/layers/", target, count=1)
+        if layer and (root + target) not in infos and stacked_key in infos:
+            stacked.setdefault(stacked_key, []).append((int(layer.group(1)), target))
+            continue
+        rules.append(Rule(root + target, (target,), Same()))
     for key, layers in stacked.items():
         rules.append(Rule(key, tuple(t for _, t in sorted(layers)), Same()))
     return rules
