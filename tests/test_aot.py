@@ -14,17 +14,20 @@ TOOL = [sys.executable, "-m", "rt2_jax.tools.aot", "--config=configs/tiny.py",
         "--topology=v5e:2x2"]
 
 
-def _start(*args):
+def _start(*args, tool=TOOL):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.Popen([*TOOL, *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([*tool, *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
 def runs():
-    """Both compiles at once (each is mostly single-threaded XLA work)."""
+    """The compiles at once (each is mostly single-threaded XLA work)."""
+    decoder_only = [sys.executable, "-m", "rt2_jax.tools.aot",
+                    "--config=configs/tiny_decoder.py", "--topology=v5e:2x2"]
     procs = {"fits": _start("--json"),
-             "tiny_hbm": _start("--json", "--hbm_gib=0.001", "--count_flops=false")}
+             "tiny_hbm": _start("--json", "--hbm_gib=0.001", "--count_flops=false"),
+             "decoder_only": _start("--json", "--count_flops=false", tool=decoder_only)}
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=600)
@@ -47,6 +50,14 @@ def test_tiny_compiles_and_reports(runs):
     # Unrolled XLA FLOPs agree with the 6 * params * tokens estimate within a small factor.
     assert 0.5 < report["flops_vs_analytic"] < 2.0
     assert report["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
+
+
+def test_decoder_only_backbone_compiles_for_a_topology(runs):
+    rc, stdout, stderr = runs["decoder_only"]
+    assert rc == 0, stderr[-3000:]
+    report = json.loads(stdout)
+    assert report["fits"] is True and report["config_name"] == "tiny_decoder"
+    assert report["params"] == 293_056 and report["analytic_flops_per_step"] > 0
 
 
 def test_impossible_budget_is_reported_not_crashed(runs):
