@@ -148,8 +148,9 @@ def test_logits_match_transformers_paligemma(imported):
     image = rng.integers(0, 256, (B, IMAGE, IMAGE, 3)).astype(np.uint8)
     prompt = rng.integers(2, VOCAB, (B, PROMPT)).astype(np.int32)
     target = rng.integers(2, VOCAB, (B, TARGET)).astype(np.int32)
-    ours = np.asarray(VLM.from_config(s["config"]).apply(
-        {"params": s["params"]}, image, prompt, np.ones_like(prompt, bool), target))
+    model = VLM.from_config(s["config"])
+    ours = np.asarray(jax.jit(lambda p, *a: model.apply({"params": p}, *a))(
+        s["params"], image, prompt, np.ones_like(prompt, bool), target))
     ids = np.concatenate([np.full((B, N_IMG), VOCAB), prompt, target], axis=1)
     token_types = np.concatenate([np.zeros((B, N_IMG + PROMPT)), np.ones((B, TARGET))], axis=1)
     pixels = torch.from_numpy(image.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
