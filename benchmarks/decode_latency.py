@@ -43,6 +43,7 @@ from ml_collections import config_flags
 
 from rt2_jax import actions, decoding, tokenizer
 from rt2_jax.models import params as params_lib
+from rt2_jax.models import vlm
 from rt2_jax.models.vlm import VLM
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_small.py", "Model config.")
@@ -286,6 +287,10 @@ def summarize(result: dict, per_batch: dict[str, dict]) -> dict:
 def main(argv):
     del argv
     config = _CONFIG.value
+    if vlm.backbone(config.model) != vlm.ENCODER_DECODER:
+        raise SystemExit("This benchmark measures the encoder-decoder backbone (it times the "
+                         "encoder-decoder alone and against Hugging Face T5); "
+                         f"config.model.backbone is {vlm.backbone(config.model)!r}.")
     use_hf = {"on": True, "off": False, "auto": None}[_HF.value]
     if use_hf is None:
         use_hf = hf_available()

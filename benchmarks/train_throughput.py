@@ -44,7 +44,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rt2_jax import actions, optim, tokenizer, train_state
-from rt2_jax.models import encoder_decoder
+from rt2_jax.models import encoder_decoder, vlm
 from rt2_jax.models import params as params_lib
 from rt2_jax.tools import flops
 
@@ -284,6 +284,10 @@ def main(argv):
     del argv
     batch, reps, warmup = _BATCH.value, _REPS.value, _WARMUP.value
     config = bench_config(_CONFIG.value, batch, _OPTIMIZER.value)
+    if vlm.backbone(config.model) != vlm.ENCODER_DECODER:
+        raise SystemExit("This benchmark measures the encoder-decoder backbone (it times the "
+                         "encoder-decoder alone and against Hugging Face T5); "
+                         f"config.model.backbone is {vlm.backbone(config.model)!r}.")
     use_torch = {"on": True, "off": False, "auto": None}[_TORCH.value]
     if use_torch is None:
         use_torch = torch_available()
