@@ -268,7 +268,7 @@ def test_train_steps_then_closed_loop_evaluation_of_the_export(tiny, tmp_path):
     out = str(tmp_path / "export")
     checkpoints.export(out, state.params, c, tok.model_path, None, bounds)
     policy = policy_lib.Policy.from_export(out)
-    assert policy.model.decoder_only
+    assert policy.model.is_decoder_only
     result = eval_sim.evaluate(policy, episodes=2, seed=0, batch_size=2, max_episode_steps=2,
                                log=None)
     assert result["num_episodes"] == 2

@@ -95,7 +95,7 @@ class VLM(nn.Module):
     def setup(self):
         cfg = self.model_config
         self.img = vit.from_config(cfg, out_dim=model_width(cfg))
-        if self.decoder_only:
+        if self.is_decoder_only:
             self.llm = decoder_only.from_config(cfg)
         else:
             self.encdec = encoder_decoder.from_config(cfg)
@@ -109,7 +109,7 @@ class VLM(nn.Module):
                 self.wrist_embedding = self.param("wrist_embedding", init, (1, d_model), dtype)
 
     @property
-    def decoder_only(self) -> bool:
+    def is_decoder_only(self) -> bool:
         return backbone(self.model_config) == DECODER_ONLY
 
     @property
@@ -143,7 +143,7 @@ class VLM(nn.Module):
         embedded prefix (image tokens, then prompt embeddings) and its mask, i.e. what the
         language model reads before the target."""
         x, mask = self._inputs(image, encoder_tokens, encoder_mask, train, wrist)
-        if self.decoder_only:
+        if self.is_decoder_only:
             return x, mask
         return self.encdec.encode(x, mask, train), mask
 
@@ -153,7 +153,7 @@ class VLM(nn.Module):
             raise ValueError(f"encoder_tokens {encoder_tokens.shape} and encoder_mask "
                              f"{encoder_mask.shape} must have the same shape.")
         wrist = self._check_wrist(wrist, image.shape[0])
-        txt_tokens = (self.llm if self.decoder_only else self.encdec).embed(encoder_tokens)
+        txt_tokens = (self.llm if self.is_decoder_only else self.encdec).embed(encoder_tokens)
         query = None
         if self.model_config.vit.get("keypoint_query", False):
             # The prompt as a bag of words: its mean token embedding (pad excluded).
@@ -193,7 +193,7 @@ class VLM(nn.Module):
                  wrist: dict | None = None) -> Array:
         """Teacher-forced logits [B, Ld, V] (float32)."""
         encoded, mask = self.encode(image, encoder_tokens, encoder_mask, train, wrist)
-        if self.decoder_only:
+        if self.is_decoder_only:
             return self.llm.forward(encoded, mask, decoder_input_tokens)
         return self.encdec.decode(encoded, mask, decoder_input_tokens, train)
 
@@ -206,11 +206,12 @@ class VLM(nn.Module):
         state) for `decode_step`; with `output_ids` [K] only those vocabulary ids are scored
         ([B,S,K])."""
         encoded, mask = self.encode(image, encoder_tokens, encoder_mask, wrist=wrist)
-        lm = self.llm if self.decoder_only else self.encdec
+        lm = self.llm if self.is_decoder_only else self.encdec
         return lm.prefill(encoded, mask, decoder_tokens, max_decode_len, output_ids)
 
     def decode_step(self, state: DecodeState | PrefixDecodeState, tokens: Array,
-                    output_ids: Array | None = None) -> tuple[Array, DecodeState]:
+                    output_ids: Array | None = None
+                    ) -> tuple[Array, DecodeState | PrefixDecodeState]:
         """One cached decoder step for tokens [B] -> (logits [B,V] or [B,K], next state)."""
-        lm = self.llm if self.decoder_only else self.encdec
+        lm = self.llm if self.is_decoder_only else self.encdec
         return lm.decode_step(state, tokens, output_ids)
