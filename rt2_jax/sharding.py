@@ -1,7 +1,8 @@
 """Mesh from the config and logical-axis rules -> NamedSharding.
 
-Parameters carry logical axis names (embed, heads, kv, mlp, vocab, layers) and activations their
-own (act_batch, act_length, act_embed, act_heads, act_kv, act_mlp, act_vocab), MaxText-style;
+Parameters carry logical axis names (embed, heads, kv_heads, kv, mlp, vocab, layers) and
+activations their own (act_batch, act_length, act_embed, act_heads, act_kv, act_mlp, act_vocab),
+MaxText-style;
 `config.sharding_rules` maps each to mesh axes of the ('data', 'fsdp', 'model') mesh. The
 defaults give FSDP for weights (`embed -> fsdp`) and data parallelism over data x fsdp for
 activations (`act_batch -> (data, fsdp)`, `act_embed` replicated). A config's own rules that
@@ -23,10 +24,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "model")
 
-# Weights: FSDP over `fsdp` on the embedding axis, tensor parallelism over `model`.
+# Weights: FSDP over `fsdp` on the embedding axis, tensor parallelism over `model`. The
+# decoder-only backbone's key/value heads (`kv_heads`, often just one) stay replicated.
 PARAM_RULES = (
     ("embed", "fsdp"),
     ("heads", "model"),
+    ("kv_heads", None),
     ("kv", None),
     ("mlp", "model"),
     ("vocab", "model"),
