@@ -8,10 +8,11 @@ RMSNorm, RoPE, embeddings scaled by sqrt(width) and tied to the logits, vocabula
 target causally. Parameter names are big_vision's, so PaliGemma's `.npz` imports directly:
 
     python -m rt2_jax.tools.import_weights --config=configs/paligemma_3b.py \\
-        --paligemma=paligemma-3b-pt-224.npz --out=imports/paligemma_3b
+        --paligemma=paligemma-3b-pt-224.npz --tokenizer=paligemma_tokenizer.model \\
+        --out=imports/paligemma_3b
     python -m rt2_jax.train --config=configs/paligemma_3b.py \\
         --config.train.init_from=imports/paligemma_3b \\
-        --config.tokenizer.model_path=paligemma_tokenizer.model --workdir=...
+        --config.tokenizer.model_path=imports/paligemma_3b/tokenizer.model --workdir=...
 
 Differences from PaliGemma itself: the target starts with the decoder start token (id 0, pad in
 Gemma's vocabulary) where PaliGemma ends the prefix with "\\n" and starts the suffix directly;
