@@ -36,7 +36,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
 test: lint $(ROBOT_STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q tests
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # Train (resumes if interrupted), export, then run the policy in closed loop on 100 seen-task
 # episodes next to the scripted expert and write a GIF of the first episodes.

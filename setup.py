@@ -30,6 +30,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "hypothesis==6.170.17",
         "pytest==9.2.0",
+        "pytest-xdist==3.8.0",   # two workers: one test process leaves a core idle while compiling
         "ruff==0.17.6",
     ],
     # Ahead-of-time compilation for TPU topologies on a CPU host (libtpu).
