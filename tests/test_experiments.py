@@ -89,9 +89,11 @@ def test_imitation_probe_reports_learning_and_restores_the_world():
         tiny.get_config(), tasks=["pick"], episodes=4, heldout_episodes=2, heldout_frames=16,
         steps=12, batch_size=8, log_every=6, eval_every=12, eval_episodes=2,
         max_episode_steps=3, camera="fixed", image_size=0, move_quantum=0.02, noise_std=0.0,
-        objects=["1", "1"], seed=0, emit=reports.append, point_fraction=0.25)
+        objects=["1", "1"], seed=0, emit=reports.append, point_fraction=0.25,
+        point_pretrain_steps=2)
     assert world.OBJECTS_PER_SCENE == before
-    header, first, second = reports
+    header, pretrain, first, second = reports
+    assert pretrain["pretrain_step"] == 2 and set(pretrain["point_dist"]) == {"gripper", "object"}
     assert header["heldout_frames"] == 16
     # Label baselines of the held-out labels (what an image-blind model scores).
     for stats in header["labels"].values():
@@ -103,8 +105,8 @@ def test_imitation_probe_reports_learning_and_restores_the_world():
     # Pointing rows (2 of 8): held-out distance of the greedy point, in table units.
     assert set(second["point_dist"]) == {"gripper", "object"}
     assert all(0 <= v <= 2**0.5 for v in second["point_dist"].values())
-    # Twelve steps of Adafactor at 3e-3 already move the held-out loss of every token down.
-    assert all(second["tf_ce"][d] < first["tf_ce"][d] for d in ("dx", "dy", "gripper"))
+    # Twelve steps of Adafactor at 3e-3 already move the held-out action loss down.
+    assert sum(second["tf_ce"].values()) < sum(first["tf_ce"].values()) - 1.0
     assert set(second["success"]) == {"pick"} and 0 <= second["success"]["pick"] <= 1
     assert all(0 <= v <= 1 for v in second["decoded_acc"].values())
     assert second["solved_any_step"]["pick"] >= second["success"]["pick"]

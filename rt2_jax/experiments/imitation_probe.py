@@ -52,6 +52,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_size", 0, "Rendered image side; 0 = the config's image_size.")
     flags.DEFINE_float("move_quantum", 0.02, "Expert motion in multiples of this (0 = exact).")
     flags.DEFINE_float("noise_std", 0.005, "Expert motion noise (executed, not labelled).")
+    flags.DEFINE_integer("point_pretrain_steps", 0,
+                         "First train this many steps on pointing questions only (the web "
+                         "pretraining stage in miniature), then `--steps` on the mixture.")
     flags.DEFINE_float("gripper_flip_prob", 0.0,
                        "Expert slips: the executed open command is a close with this probability "
                        "per step (label kept), so the data shows recovering from a wrong close.")
@@ -153,7 +156,7 @@ def label_baselines(bins: np.ndarray) -> dict[str, dict[str, float]]:
 def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
         log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
         move_quantum, noise_std, objects, seed, emit, point_fraction: float = 0.0,
-        gripper_flip_prob: float = 0.0) -> dict:
+        gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -173,14 +176,15 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         return _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps,
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
-                    gripper_flip_prob)
+                    gripper_flip_prob, point_pretrain_steps)
     finally:
         world.OBJECTS_PER_SCENE = saved
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
-         move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob) -> dict:
+         move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
+         point_pretrain_steps) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -199,6 +203,8 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     t0 = time.time()
     if not 0.0 <= point_fraction < 1.0:
         raise ValueError(f"point_fraction must be in [0, 1), got {point_fraction}")
+    if point_pretrain_steps < 0:
+        raise ValueError(f"point_pretrain_steps must be >= 0, got {point_pretrain_steps}")
     points, h_points = [], []
     images, instructions, acts = collect(env, expert, tasks, episodes, TRAIN_SEED0, points)
     h_images, h_instr, h_acts = collect(env, expert, tasks, heldout_episodes, HELDOUT_SEED0,
@@ -224,7 +230,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     p_tokens, p_mask = encode_robot_prompts(tok, list(prompts), config.max_prompt_len)
     h_tokens, h_mask = encode_robot_prompts(tok, h_instr, config.max_prompt_len)
     n_point = round(point_fraction * batch_size)
-    if n_point:
+    if n_point or point_pretrain_steps:
         pt_tokens, pt_mask, pt_targets = pointing_examples(
             tok, points, config.max_prompt_len, config.max_target_len)
         hp_tokens, hp_mask, hp_targets = pointing_examples(
@@ -328,6 +334,17 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
 
     rng = np.random.default_rng(seed)
     t0, last = time.time(), {}
+    for pre in range(1, point_pretrain_steps + 1):
+        rows = rng.integers(0, len(pt_targets), size=batch_size)
+        state, _ = step_fn(state, {
+            "image": images[rows // 2], "encoder_tokens": pt_tokens[rows],
+            "encoder_mask": pt_mask[rows], "decoder_tokens": pt_targets[rows],
+            "decoder_loss_mask": (pt_targets[rows] > 0).astype(np.float32),
+            "source": np.zeros(batch_size, np.int32), "is_robot": np.zeros(batch_size, bool),
+            "action": np.zeros((batch_size, 8), np.float32)})
+        if pre % log_every == 0 or pre == point_pretrain_steps:
+            emit(dict(pretrain_step=pre, seconds=round(time.time() - t0),
+                      **pointing_report(state.params)))
     for step in range(1, steps + 1):
         idx = rng.integers(0, len(images), size=batch_size - n_point)
         batch = {"image": images[idx], "encoder_tokens": p_tokens[prompt_index[idx]],
@@ -352,7 +369,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
             m = jax.device_get(metrics)
             report.update(loss=round(float(m["loss_sum"] / max(m["token_count"], 1)), 4),
                           **held_out_report(state.params))
-            if n_point:
+            if n_point or point_pretrain_steps:
                 report.update(pointing_report(state.params))
         if step % eval_every == 0 or step == steps:
             report.update(evaluate(state.params))
@@ -383,7 +400,8 @@ def main(argv):
         return
     emit({"probe": {k: f[k].value for k in ("tasks", "episodes", "steps", "batch_size",
                                              "camera", "move_quantum", "objects", "seed",
-                                             "point_fraction", "gripper_flip_prob")},
+                                             "point_fraction", "gripper_flip_prob",
+                                             "point_pretrain_steps")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -391,7 +409,8 @@ def main(argv):
         log_every=f.log_every, eval_every=f.eval_every, eval_episodes=f.eval_episodes,
         max_episode_steps=f.max_episode_steps, camera=f.camera, image_size=f.image_size,
         move_quantum=f.move_quantum, noise_std=f.noise_std, objects=f.objects, seed=f.seed,
-        emit=emit, point_fraction=f.point_fraction, gripper_flip_prob=f.gripper_flip_prob)
+        emit=emit, point_fraction=f.point_fraction, gripper_flip_prob=f.gripper_flip_prob,
+        point_pretrain_steps=f.point_pretrain_steps)
 
 
 if __name__ == "__main__":
