@@ -260,7 +260,12 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         return {"tf_ce": {n: round(float(ce[d]), 3) for n, d in named},
                 "tf_acc": {n: round(float(acc[d]), 3) for n, d in named}}
 
-    number_ids = np.array([tok.piece_to_id(f"\u2581{i}") for i in range(256)], np.int32)
+    if n_point or point_pretrain_steps:
+        number_ids = actions_lib.integer_action_ids(tok)   # the ids of "0".."255"
+        number_of = np.full(int(config.model.vocab_size), -1)
+        number_of[number_ids] = np.arange(len(number_ids))
+        # The held-out reference points [2T, 2] as grid integers (the answers' "x y").
+        hp_want = number_of[hp_targets[:, :2]].astype(np.float64)
 
     @jax.jit
     def point_greedy(params, image, tokens, mask):
@@ -277,9 +282,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     def pointing_report(params) -> dict:
         """Held-out pointing: mean distance (table units) of the greedy answer, per subject."""
         got = np.asarray(point_greedy(params, hp_images, hp_tokens, hp_mask), np.float64)
-        want = np.array([[int(tok.id_to_piece(int(i)).lstrip("\u2581")) for i in row[:2]]
-                         for row in hp_targets], np.float64)
-        dist = np.linalg.norm(got - want, axis=1) / 256
+        dist = np.linalg.norm(got - hp_want, axis=1) / 256
         return {"point_dist": {"gripper": round(float(dist[0::2].mean()), 3),
                                "object": round(float(dist[1::2].mean()), 3)}}
 
@@ -334,14 +337,18 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
 
     rng = np.random.default_rng(seed)
     t0, last = time.time(), {}
+
+    def pointing_batch(n: int) -> dict:
+        """n random pointing rows (web rows: no action) about the training frames."""
+        rows = rng.integers(0, len(pt_targets), size=n)
+        return {"image": images[rows // 2], "encoder_tokens": pt_tokens[rows],
+                "encoder_mask": pt_mask[rows], "decoder_tokens": pt_targets[rows],
+                "decoder_loss_mask": (pt_targets[rows] > 0).astype(np.float32),
+                "source": np.zeros(n, np.int32), "is_robot": np.zeros(n, bool),
+                "action": np.zeros((n, 8), np.float32)}
+
     for pre in range(1, point_pretrain_steps + 1):
-        rows = rng.integers(0, len(pt_targets), size=batch_size)
-        state, _ = step_fn(state, {
-            "image": images[rows // 2], "encoder_tokens": pt_tokens[rows],
-            "encoder_mask": pt_mask[rows], "decoder_tokens": pt_targets[rows],
-            "decoder_loss_mask": (pt_targets[rows] > 0).astype(np.float32),
-            "source": np.zeros(batch_size, np.int32), "is_robot": np.zeros(batch_size, bool),
-            "action": np.zeros((batch_size, 8), np.float32)})
+        state, _ = step_fn(state, pointing_batch(batch_size))
         if pre % log_every == 0 or pre == point_pretrain_steps:
             emit(dict(pretrain_step=pre, seconds=round(time.time() - t0),
                       **pointing_report(state.params)))
@@ -350,19 +357,11 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         batch = {"image": images[idx], "encoder_tokens": p_tokens[prompt_index[idx]],
                  "encoder_mask": p_mask[prompt_index[idx]], "decoder_tokens": targets[idx],
                  "decoder_loss_mask": np.ones(targets[idx].shape, np.float32),
-                 "source": np.zeros(batch_size, np.int32),
-                 "is_robot": np.ones(batch_size, bool), "action": np.zeros((batch_size, 8),
-                                                                            np.float32)}
-        batch["action"][:len(idx)] = norm[idx]
+                 "source": np.zeros(len(idx), np.int32), "is_robot": np.ones(len(idx), bool),
+                 "action": norm[idx].astype(np.float32)}
         if n_point:
-            rows = rng.integers(0, len(pt_targets), size=n_point)
-            frames = rows // 2
-            batch["is_robot"][len(idx):] = False
-            for key, extra in (("image", images[frames]), ("encoder_tokens", pt_tokens[rows]),
-                               ("encoder_mask", pt_mask[rows]),
-                               ("decoder_tokens", pt_targets[rows]),
-                               ("decoder_loss_mask", (pt_targets[rows] > 0).astype(np.float32))):
-                batch[key] = np.concatenate([batch[key], extra])
+            extra = pointing_batch(n_point)
+            batch = {key: np.concatenate([value, extra[key]]) for key, value in batch.items()}
         state, metrics = step_fn(state, batch)
         report = {}
         if step % log_every == 0 or step == steps:
