@@ -278,6 +278,29 @@ def test_expert_can_move_in_quanta_and_still_solves_its_tasks():
         sim.ScriptedExpert(env, move_quantum=0.15)
 
 
+def test_expert_perturbations_are_whole_quanta_and_labels_stay_the_plan():
+    """perturb_prob (DART): the executed dx, dy, dz differ from the plan's by one quantum on
+    about that share of (dim, step) pairs, never by anything else; the expert still solves
+    its pick tasks from the states this leads to."""
+    env = sim.TabletopEnv()
+    q = sim.expert.MAX_MOVE_QUANTUM
+    expert = sim.ScriptedExpert(env, move_quantum=q, perturb_prob=0.3, seed=0)
+    episodes = [sim.rollout(env, expert, seed, task="pick") for seed in range(20)]
+    assert np.mean([e.success and e.terminated for e in episodes]) >= 0.95
+    moving = [e.actions[:, 1:4] - e.intended_actions[:, 1:4] for e in episodes]
+    off = np.concatenate([d for d in moving])
+    # Executed motion is clipped to the action bounds, so an error can be cut to zero.
+    assert set(np.unique(np.round(off / q)).tolist()) <= {-1.0, 0.0, 1.0}
+    share = np.mean(np.abs(off) > q / 2)
+    assert 0.15 <= share <= 0.3
+    plans = np.concatenate([e.intended_actions[:, 1:4] for e in episodes])
+    np.testing.assert_allclose(plans / q, np.round(plans / q), atol=1e-4)
+    with pytest.raises(ValueError, match="perturb_prob"):
+        sim.ScriptedExpert(env, perturb_prob=0.2)   # needs a move quantum (the error size)
+    with pytest.raises(ValueError, match="perturb_prob"):
+        sim.ScriptedExpert(env, move_quantum=q, perturb_prob=1.0)
+
+
 def test_held_out_concepts():
     held = world.DEFAULT_HELD_OUT
     envs = {c: sim.TabletopEnv(concepts=c) for c in world.EVAL_CATEGORIES}

@@ -19,7 +19,8 @@ Lines are JSON (stdout, and appended to `--json`). Nothing is written to disk ot
 
 `--robustness` instead measures how precise a policy must be: the scripted expert's success
 when its actions are perturbed the way a learned policy errs (one quantum too much or too little
-on a share of its x, y, z steps; the gripper command flipped on a share of steps).
+on a share of its x, y, z steps; the gripper command flipped on a share of steps), and when it
+acts on positions seen with errors (random per step, or a bias fixed per episode).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def define_flags() -> None:
     flags.DEFINE_float("gripper_flip_prob", 0.0,
                        "Expert slips: the executed open command is a close with this probability "
                        "per step (label kept), so the data shows recovering from a wrong close.")
+    flags.DEFINE_float("perturb_prob", 0.0,
+                       "Expert perturbations (DART): each executed dx, dy, dz is off by one "
+                       "quantum with this probability per step (label kept), so the data shows "
+                       "how to recover from a policy's own errors.")
     flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
     flags.DEFINE_integer("seed", 0, "Parameter initialization and batch order.")
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
@@ -66,6 +71,11 @@ def define_flags() -> None:
                        "frames (\"point to the gripper\", \"point to the <object>\"; answers "
                        "are location tokens), as web data with location answers would teach.")
     flags.DEFINE_bool("robustness", False, "Measure the expert's success under action errors.")
+    flags.DEFINE_list("eval_temperatures", ["0"],
+                      "Closed-loop evaluation once per sampling temperature (0 = greedy). A "
+                      "greedy policy repeats its mistake in a state it does not leave; sampling "
+                      "turns a systematic error into a random one, which the world forgives "
+                      "(see --robustness).")
 
 
 # (share of x and y steps off by one quantum, of z steps, of steps with the gripper flipped)
@@ -73,34 +83,86 @@ ROBUSTNESS_CASES = ((0, 0, 0), (0.25, 0, 0), (0.4, 0, 0), (0, 0.25, 0), (0.25, 0
                     (0, 0, 0.05), (0, 0, 0.1), (0.25, 0.25, 0.05))
 
 
+def _expert_success(task: str, *, episodes: int, quantum: float, max_episode_steps: int,
+                    make_act) -> float:
+    """Success rate of the scripted expert on `episodes` new episodes of `task`, each step's
+    action from `act()` where `act = make_act(env, expert)` is made after every reset."""
+    from rt2_jax import sim
+
+    env = sim.TabletopEnv(max_episode_steps=max_episode_steps)
+    expert = sim.ScriptedExpert(env, move_quantum=quantum)
+    wins = 0
+    for e in range(episodes):
+        env.reset(seed=EVAL_SEED0 + e, options={"task": task})
+        expert.reset(seed=e)
+        act = make_act(env, expert)
+        while True:
+            _, reward, terminated, truncated, _ = env.step(act())
+            if terminated or truncated:
+                wins += reward > 0
+                break
+    return wins / episodes
+
+
 def expert_robustness(task: str, p_xy: float, p_z: float, p_gripper: float, *, episodes: int,
                       quantum: float, max_episode_steps: int, seed: int = 0) -> float:
     """Success rate of the scripted expert on `episodes` new episodes of `task` when each of
     dx, dy (probability p_xy) and dz (p_z) is off by +-quantum and the gripper command is
     flipped with probability p_gripper, independently per step."""
-    from rt2_jax import sim
-
     if quantum <= 0:
         raise ValueError(f"robustness needs a move quantum > 0 (the error size), got {quantum}")
-    env = sim.TabletopEnv(max_episode_steps=max_episode_steps)
-    expert = sim.ScriptedExpert(env, move_quantum=quantum)
     rng = np.random.default_rng(seed)
-    wins = 0
-    for e in range(episodes):
-        env.reset(seed=EVAL_SEED0 + e, options={"task": task})
-        expert.reset(seed=e)
-        while True:
+
+    def make_act(env, expert):
+        def act():
             action = expert.act().copy()
             for dim, p in ((1, p_xy), (2, p_xy), (3, p_z)):
                 if rng.random() < p:
                     action[dim] += rng.choice((-quantum, quantum))
             if rng.random() < p_gripper:
                 action[7] = 1.0 - action[7]
-            _, reward, terminated, truncated, _ = env.step(action)
-            if terminated or truncated:
-                wins += reward > 0
-                break
-    return wins / episodes
+            return action
+        return act
+
+    return _expert_success(task, episodes=episodes, quantum=quantum,
+                           max_episode_steps=max_episode_steps, make_act=make_act)
+
+
+# (std of a fresh error per step, std of an error fixed for the episode) on every x, y seen
+PERCEPTION_CASES = ((0.0, 0.0), (0.02, 0.0), (0.05, 0.0), (0.0, 0.01), (0.0, 0.02),
+                    (0.0, 0.03), (0.02, 0.02))
+
+
+def perception_robustness(task: str, sigma: float, bias: float, *, episodes: int,
+                          quantum: float, max_episode_steps: int, seed: int = 0) -> float:
+    """Success rate of the scripted expert on `episodes` new episodes of `task` when it decides
+    from positions seen with errors: the gripper's and every object's x, y are off by a normal
+    error of std `sigma` drawn anew each step plus one of std `bias` drawn once per episode
+    (per thing), as a policy that misreads positions would be."""
+    import copy
+
+    if sigma < 0 or bias < 0:
+        raise ValueError(f"sigma and bias must be >= 0, got {sigma}, {bias}")
+    rng = np.random.default_rng(seed)
+
+    def make_act(env, expert):
+        n = len(env.unwrapped.state.obj_xy)
+        ee_bias, obj_bias = rng.normal(0, bias, 2), rng.normal(0, bias, (n, 2))
+
+        def act():
+            true = env.unwrapped.state
+            seen = copy.deepcopy(true)
+            seen.ee[:2] += ee_bias + rng.normal(0, sigma, 2)
+            seen.obj_xy += obj_bias + rng.normal(0, sigma, (n, 2))
+            env.unwrapped.state = seen
+            try:
+                return expert.act()
+            finally:
+                env.unwrapped.state = true
+        return act
+
+    return _expert_success(task, episodes=episodes, quantum=quantum,
+                           max_episode_steps=max_episode_steps, make_act=make_act)
 
 
 def collect(env, expert, tasks, n: int, seed0: int, points: list | None = None):
@@ -156,7 +218,8 @@ def label_baselines(bins: np.ndarray) -> dict[str, dict[str, float]]:
 def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
         log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
         move_quantum, noise_std, objects, seed, emit, point_fraction: float = 0.0,
-        gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0) -> dict:
+        gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0,
+        eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -176,7 +239,8 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         return _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps,
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
-                    gripper_flip_prob, point_pretrain_steps)
+                    gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
+                    perturb_prob)
     finally:
         world.OBJECTS_PER_SCENE = saved
 
@@ -184,13 +248,13 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
          move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
-         point_pretrain_steps) -> dict:
+         point_pretrain_steps, eval_temperatures, perturb_prob) -> dict:
     import jax
     import jax.numpy as jnp
 
     from rt2_jax import actions as actions_lib
+    from rt2_jax import decoding, train_state
     from rt2_jax import tokenizer as tokenizer_lib
-    from rt2_jax import train_state
     from rt2_jax.models.encoder_decoder import shift_right
     from rt2_jax.policy import Policy
     from rt2_jax.preprocessing import encode_robot_prompts, normalize_actions, resize_image
@@ -199,12 +263,14 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     render_size = image_size or max(size, sim.render.MIN_IMAGE_SIZE)
     env = sim.TabletopEnv(image_size=render_size, camera=camera)
     expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum,
-                                gripper_flip_prob=gripper_flip_prob)
+                                gripper_flip_prob=gripper_flip_prob, perturb_prob=perturb_prob)
     t0 = time.time()
     if not 0.0 <= point_fraction < 1.0:
         raise ValueError(f"point_fraction must be in [0, 1), got {point_fraction}")
     if point_pretrain_steps < 0:
         raise ValueError(f"point_pretrain_steps must be >= 0, got {point_pretrain_steps}")
+    if not eval_temperatures or any(t < 0 for t in eval_temperatures):
+        raise ValueError(f"eval_temperatures must be >= 0 (0 = greedy), got {eval_temperatures}")
     points, h_points = [], []
     images, instructions, acts = collect(env, expert, tasks, episodes, TRAIN_SEED0, points)
     h_images, h_instr, h_acts = collect(env, expert, tasks, heldout_episodes, HELDOUT_SEED0,
@@ -287,8 +353,20 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
                                "object": round(float(dist[1::2].mean()), 3)}}
 
     def evaluate(params) -> dict:
-        policy = Policy(params, config, atok)
-        decoded = policy.decode(h_images, h_tokens, h_mask)["bins"]
+        decoded = Policy(params, config, atok).decode(h_images, h_tokens, h_mask)["bins"]
+        report = {"decoded_acc": {n: round(float((decoded[:, d] == h_bins[:, d]).mean()), 3)
+                                  for n, d in zip(REPORTED_DIMS, dims, strict=True)}}
+        for temperature in eval_temperatures:
+            policy = Policy(params, config, atok, seed=seed,
+                            sampling=decoding.Sampling(temperature=float(temperature)))
+            loop = closed_loop(policy)
+            if len(eval_temperatures) == 1:
+                report.update(loop)
+            else:
+                report[f"temperature_{temperature:g}"] = loop
+        return report
+
+    def closed_loop(policy) -> dict:
         success, solved_any, agree, agree_steps = {}, {}, {}, {}
         for task in tasks:
             envs = [sim.TabletopEnv(image_size=render_size, camera=camera,
@@ -325,9 +403,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
             # Solved at some step, whether or not the policy then said it was done: tells a
             # policy that cannot act from one that cannot tell when to stop.
             solved_any[task] = len(solved) / eval_episodes
-        return {"decoded_acc": {n: round(float((decoded[:, d] == h_bins[:, d]).mean()), 3)
-                                for n, d in zip(REPORTED_DIMS, dims, strict=True)},
-                "success": success, "solved_any_step": solved_any,
+        return {"success": success, "solved_any_step": solved_any,
                 # Closed loop, per phase of the expert's plan in the state reached: steps spent
                 # there and the share on which the policy's bin equals the expert's, per dim.
                 "closed_loop_agreement": {
@@ -396,11 +472,17 @@ def main(argv):
                       "expert_success": expert_robustness(
                           task, p_xy, p_z, p_gripper, episodes=100, quantum=f.move_quantum,
                           max_episode_steps=f.max_episode_steps)})
+            for sigma, bias in PERCEPTION_CASES:
+                emit({"task": task, "position_noise": sigma, "position_bias": bias,
+                      "expert_success": perception_robustness(
+                          task, sigma, bias, episodes=100, quantum=f.move_quantum,
+                          max_episode_steps=f.max_episode_steps)})
         return
     emit({"probe": {k: f[k].value for k in ("tasks", "episodes", "steps", "batch_size",
                                              "camera", "move_quantum", "objects", "seed",
                                              "point_fraction", "gripper_flip_prob",
-                                             "point_pretrain_steps")},
+                                             "point_pretrain_steps", "eval_temperatures",
+                                             "perturb_prob")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -409,7 +491,9 @@ def main(argv):
         max_episode_steps=f.max_episode_steps, camera=f.camera, image_size=f.image_size,
         move_quantum=f.move_quantum, noise_std=f.noise_std, objects=f.objects, seed=f.seed,
         emit=emit, point_fraction=f.point_fraction, gripper_flip_prob=f.gripper_flip_prob,
-        point_pretrain_steps=f.point_pretrain_steps)
+        point_pretrain_steps=f.point_pretrain_steps,
+        eval_temperatures=tuple(float(t) for t in f.eval_temperatures),
+        perturb_prob=f.perturb_prob)
 
 
 if __name__ == "__main__":

@@ -170,15 +170,21 @@ class ScriptedExpert:
       move_quantum: if > 0, commanded motion is rounded to a multiple of this per axis, so a
         moving dim takes a handful of values (0, +-q, +-2q, ...) instead of a continuum; at most
         MAX_MOVE_QUANTUM so every phase still reaches its target. 0 (default): exact.
+      perturb_prob: chance per step and motion dim (dx, dy, dz) that the executed motion is off
+        by one move quantum, either way; the label (`intended_action`) is kept. DART-style data:
+        states a learned policy drifts into (too low, beside the object), each labelled with
+        the correction. Whole-quantum errors keep positions on the quantum grid. Needs
+        move_quantum > 0.
       seed: seeds noise, pauses and slips; `reset(seed=...)` reseeds.
 
-    Executed actions differ from `intended_action` only through noise, pauses, slips and
-    terminate holds; with all four off they are equal.
+    Executed actions differ from `intended_action` only through noise, pauses, slips,
+    perturbations and terminate holds; with all five off they are equal.
     """
 
     def __init__(self, env: TabletopEnv, noise_std: float = 0.0, pause_prob: float = 0.0,
                  seed: int | None = None, *, gripper_flip_prob: float = 0.0,
-                 terminate_repeats: int = 0, move_quantum: float = 0.0):
+                 terminate_repeats: int = 0, move_quantum: float = 0.0,
+                 perturb_prob: float = 0.0):
         if not 0 <= move_quantum <= MAX_MOVE_QUANTUM:
             raise ValueError(f"move_quantum must be in [0, {MAX_MOVE_QUANTUM}] so every phase "
                              f"reaches its target, got {move_quantum}")
@@ -188,7 +194,11 @@ class ScriptedExpert:
                 "need noise_std >= 0, 0 <= pause_prob < 1, 0 <= gripper_flip_prob < 1 and "
                 f"terminate_repeats >= 0, got noise_std={noise_std}, pause_prob={pause_prob}, "
                 f"gripper_flip_prob={gripper_flip_prob}, terminate_repeats={terminate_repeats}")
+        if not 0 <= perturb_prob < 1 or (perturb_prob and not move_quantum):
+            raise ValueError(f"perturb_prob must be in [0, 1) and needs move_quantum > 0 (the "
+                             f"error size), got {perturb_prob} with move_quantum={move_quantum}")
         self.env = env
+        self.perturb_prob = float(perturb_prob)
         self.noise_std = noise_std
         self.pause_prob = pause_prob
         self.gripper_flip_prob = gripper_flip_prob
@@ -255,6 +265,9 @@ class ScriptedExpert:
             gripper = 1.0
         if self.pause_prob and self._rng.random() < self.pause_prob:
             return self._action(np.zeros(3), float(state.gripper_closed))
+        if self.perturb_prob:
+            off = self._rng.random(3) < self.perturb_prob
+            move = move + off * self._rng.choice((-1.0, 1.0), size=3) * self.move_quantum
         return self._action(move + self._noise(), gripper)
 
     def _noise(self) -> np.ndarray:
