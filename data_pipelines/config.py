@@ -127,6 +127,7 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             gripper_flip_prob=0.0,               # expert gripper slips (executed, not labelled)
             terminate_repeats=0,                 # solved steps labelled terminate, per episode
             move_quantum=0.0,                    # expert motion in multiples of this (0 = exact)
+            grid=0.0,                            # robot scenes on multiples of this (0 = anywhere)
             camera="fixed")),                    # robot camera: fixed | gripper (moves with it)
         action_stats_source="",                  # default robot dataset for the policy (""=first)
         weight_robots_by_size=False,             # robot weights x steps (OXE), robot share kept

@@ -145,7 +145,7 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature():
     kw = dict(tasks=["pick"], episodes=2, heldout_episodes=1, heldout_frames=8, steps=2,
               batch_size=4, log_every=2, eval_every=2, eval_episodes=2, max_episode_steps=3,
               camera="fixed", image_size=0, move_quantum=0.1, noise_std=0.0, objects=["1", "1"],
-              seed=0, emit=lambda record: None)
+              seed=0, emit=lambda record: None, grid=0.1)
     last = imitation_probe.run(tiny.get_config(), eval_temperatures=(0.0, 1.0),
                                perturb_prob=0.2, **kw)
     assert {"decoded_acc", "temperature_0", "temperature_1"} <= set(last)

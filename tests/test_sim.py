@@ -278,6 +278,34 @@ def test_expert_can_move_in_quanta_and_still_solves_its_tasks():
         sim.ScriptedExpert(env, move_quantum=0.15)
 
 
+def test_grid_puts_objects_cards_and_the_gripper_start_on_its_multiples():
+    """TabletopEnv(grid=0.1): every object, card and the gripper's start on multiples of 0.1, so
+    with whole steps every offset from the gripper to an object is a whole number of steps; the
+    whole-step expert still solves every task kind; grid=0 leaves the scenes as they were."""
+    env, plain = sim.TabletopEnv(grid=0.1), sim.TabletopEnv()
+    for seed in range(25):
+        env.reset(seed=seed)
+        s = env.unwrapped.state
+        for xy in (s.obj_xy, s.card_xy.reshape(-1, 2), s.ee[None, :2]):
+            np.testing.assert_allclose(xy / 0.1, np.round(xy / 0.1), atol=1e-9)
+        assert np.all(s.obj_xy >= 0.1) and np.all(s.obj_xy <= 0.9)
+        gaps = np.linalg.norm(s.obj_xy[:, None] - s.obj_xy[None], axis=-1)
+        assert np.all(gaps[~np.eye(len(gaps), dtype=bool)] >= 2 * world.OBJECT_RADIUS)
+    q = sim.expert.MAX_MOVE_QUANTUM
+    for kind in world.TASK_KINDS:
+        expert = sim.ScriptedExpert(env, noise_std=0.005, move_quantum=q)
+        episodes = [sim.rollout(env, expert, seed, task=kind) for seed in range(10)]
+        assert all(e.success and e.terminated for e in episodes), kind
+    # grid=0 (the default) draws exactly the scenes it always did.
+    again = sim.TabletopEnv(grid=0.0)
+    again.reset(seed=7)
+    plain.reset(seed=7)
+    np.testing.assert_array_equal(again.unwrapped.state.obj_xy, plain.unwrapped.state.obj_xy)
+    for bad in (-0.1, 0.3):
+        with pytest.raises(ValueError, match="grid"):
+            sim.TabletopEnv(grid=bad)
+
+
 def test_expert_perturbations_are_whole_quanta_and_labels_stay_the_plan():
     """perturb_prob (DART): the executed dx, dy, dz differ from the plan's by one quantum on
     about that share of (dim, step) pairs, never by anything else; the expert still solves

@@ -178,6 +178,8 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
         toy_world.GenerationParams(camera="wrist")
     with pytest.raises(ValueError, match="move_quantum"):
         toy_world.GenerationParams(move_quantum=0.5)
+    with pytest.raises(ValueError, match="grid"):
+        toy_world.GenerationParams(grid=0.5)
     assert (toy_world.GenerationParams(camera="gripper").cache_key()
             != toy_world.GenerationParams().cache_key())
     (tmp_path / "occupied").mkdir()
@@ -192,7 +194,7 @@ def test_command_line(tmp_path, capsys):
                     "--seed", "5", "--held_out_objects", "red ball", "--held_out_backgrounds",
                     "wood", "--noise_std", "0.01", "--gripper_flip_prob", "0.05",
                     "--terminate_repeats", "2", "--camera", "gripper",
-                    "--move_quantum", "0.02"])
+                    "--move_quantum", "0.02", "--grid", "0.1"])
     printed = capsys.readouterr().out
     robot_dir = tmp_path / "data" / "toy_world_robot" / toy_world.FORMAT_VERSION
     robot = tfds.builder_from_directory(str(robot_dir))
@@ -203,6 +205,7 @@ def test_command_line(tmp_path, capsys):
     assert (params["noise_std"], params["gripper_flip_prob"], params["terminate_repeats"]) == (
         0.01, 0.05, 2)
     assert params["camera"] == "gripper" and params["move_quantum"] == 0.02
+    assert params["grid"] == 0.1
     for ep in _load(str(robot_dir), "train"):   # the 2 extra solved steps are labelled terminate
         terminate = [s["action"]["terminate_episode"][0] for s in ep["steps"]]
         assert terminate[-3:] == [1, 1, 1] and not any(terminate[:-3])

@@ -86,6 +86,7 @@ class GenerationParams:
     terminate_repeats: int = 0       # extra solved steps labelled terminate before the last
     camera: str = "fixed"            # robot frames: sim.CAMERAS ("fixed" or "gripper")
     move_quantum: float = 0.0        # expert motion in multiples of this (0 = exact)
+    grid: float = 0.0                # robot scenes: objects, cards, gripper start on multiples
     # Which action a step records: "intended" (the plan's action before noise and pauses; the
     # noisy one is executed, so states stay diverse but labels are consistent, as in DART) or
     # "executed" (what moved the robot, noise and pauses included).
@@ -111,6 +112,8 @@ class GenerationParams:
                              f"{self.move_quantum}")
         if self.camera not in sim.CAMERAS:
             raise ValueError(f"camera must be one of {sim.CAMERAS}, got {self.camera!r}")
+        if not 0 <= self.grid <= 0.2:
+            raise ValueError(f"grid must be 0 (off) or in (0, 0.2], got {self.grid}")
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
 
@@ -264,7 +267,7 @@ class ToyWorldRobot(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
         p = self._params
         env = sim.TabletopEnv(max_episode_steps=p.max_episode_steps, held_out=p.held_out,
-                              camera=p.camera)
+                              camera=p.camera, grid=p.grid)
         expert = make_expert(env, p)
         indices = _split_indices(split, p.episodes, p)
         for index in _progress(indices, len(indices), f"robot episodes ({split})"):
@@ -483,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
                         default=GenerationParams.terminate_repeats)
     parser.add_argument("--camera", choices=sim.CAMERAS, default=GenerationParams.camera)
     parser.add_argument("--move_quantum", type=float, default=GenerationParams.move_quantum)
+    parser.add_argument("--grid", type=float, default=GenerationParams.grid,
+                        help="robot scenes: objects, cards and the gripper's start on multiples "
+                             "of this (0 = anywhere)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -498,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
                               noise_std=args.noise_std,
                               gripper_flip_prob=args.gripper_flip_prob,
                               terminate_repeats=args.terminate_repeats, camera=args.camera,
-                              move_quantum=args.move_quantum,
+                              move_quantum=args.move_quantum, grid=args.grid,
                               val_fraction=args.val_fraction, held_out=held_out)
     for kind, path in generate(args.out, params).items():
         print(f"{kind}: {path}")

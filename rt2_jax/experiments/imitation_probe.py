@@ -63,6 +63,9 @@ def define_flags() -> None:
                        "Expert perturbations (DART): each executed dx, dy, dz is off by one "
                        "quantum with this probability per step (label kept), so the data shows "
                        "how to recover from a policy's own errors.")
+    flags.DEFINE_float("grid", 0.0,
+                       "Objects, cards and the gripper's start on multiples of this (table "
+                       "units; TabletopEnv(grid=...)); 0 = anywhere.")
     flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
     flags.DEFINE_integer("seed", 0, "Parameter initialization and batch order.")
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
@@ -219,7 +222,8 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
         move_quantum, noise_std, objects, seed, emit, point_fraction: float = 0.0,
         gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0,
-        eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0) -> dict:
+        eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0,
+        grid: float = 0.0) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -240,7 +244,7 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
                     gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
-                    perturb_prob)
+                    perturb_prob, grid)
     finally:
         world.OBJECTS_PER_SCENE = saved
 
@@ -248,7 +252,7 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
          move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
-         point_pretrain_steps, eval_temperatures, perturb_prob) -> dict:
+         point_pretrain_steps, eval_temperatures, perturb_prob, grid) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -261,7 +265,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
 
     size = int(config.image_size)
     render_size = image_size or max(size, sim.render.MIN_IMAGE_SIZE)
-    env = sim.TabletopEnv(image_size=render_size, camera=camera)
+    env = sim.TabletopEnv(image_size=render_size, camera=camera, grid=grid)
     expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum,
                                 gripper_flip_prob=gripper_flip_prob, perturb_prob=perturb_prob)
     t0 = time.time()
@@ -369,7 +373,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     def closed_loop(policy) -> dict:
         success, solved_any, agree, agree_steps = {}, {}, {}, {}
         for task in tasks:
-            envs = [sim.TabletopEnv(image_size=render_size, camera=camera,
+            envs = [sim.TabletopEnv(image_size=render_size, camera=camera, grid=grid,
                                     max_episode_steps=max_episode_steps)
                     for _ in range(eval_episodes)]
             obs = [e.reset(seed=EVAL_SEED0 + i, options={"task": task})[0]
@@ -482,7 +486,7 @@ def main(argv):
                                              "camera", "move_quantum", "objects", "seed",
                                              "point_fraction", "gripper_flip_prob",
                                              "point_pretrain_steps", "eval_temperatures",
-                                             "perturb_prob")},
+                                             "perturb_prob", "grid")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -493,7 +497,7 @@ def main(argv):
         emit=emit, point_fraction=f.point_fraction, gripper_flip_prob=f.gripper_flip_prob,
         point_pretrain_steps=f.point_pretrain_steps,
         eval_temperatures=tuple(float(t) for t in f.eval_temperatures),
-        perturb_prob=f.perturb_prob)
+        perturb_prob=f.perturb_prob, grid=f.grid)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,12 @@ class TabletopEnv(gym.Env):
         "gripper": a downward camera above the gripper that moves with it in x and y and sees
         the whole table from anywhere (render.gripper_view). `render_table()` always gives the
         fixed view (for people watching).
+      grid: 0 (default): objects, cards and the gripper's start anywhere. > 0 (at most 0.2):
+        on multiples of `grid` table units. With grid = the expert's move quantum (0.1) every
+        gripper-to-object or -card offset is a whole number of steps, so no frame sits at the
+        edge of a decision ("move or stop here?") that a camera policy would have to resolve
+        to a fraction of a pixel. Move-near drop points and push approach points stay off the
+        grid.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 5}
@@ -46,7 +52,9 @@ class TabletopEnv(gym.Env):
     def __init__(self, max_episode_steps: int = MAX_EPISODE_STEPS, concepts: str = "seen",
                  held_out: world.HeldOut = world.DEFAULT_HELD_OUT,
                  image_size: int = render.IMAGE_SIZE, render_mode: str | None = "rgb_array",
-                 camera: str = "fixed"):
+                 camera: str = "fixed", grid: float = 0.0):
+        if not 0 <= grid <= 0.2:
+            raise ValueError(f"grid must be 0 (off) or a pitch in (0, 0.2] table units, got {grid}")
         if camera not in CAMERAS:
             raise ValueError(f"camera {camera!r} is not one of {CAMERAS}")
         if not isinstance(image_size, int | np.integer) or image_size < render.MIN_IMAGE_SIZE:
@@ -61,6 +69,7 @@ class TabletopEnv(gym.Env):
         self.held_out = held_out
         self.image_size = image_size
         self.camera = camera
+        self.grid = float(grid)
         self.render_mode = render_mode
         self.action_space = gym.spaces.Box(world.ACTION_LOW, world.ACTION_HIGH, dtype=np.float32)
         self.observation_space = gym.spaces.Dict({
@@ -90,7 +99,7 @@ class TabletopEnv(gym.Env):
         if isinstance(task, str) and task not in world.TASK_KINDS:
             raise ValueError(f"task kind {task!r} is not one of {world.TASK_KINDS}")
         self.state, self.task = world.sample_episode(
-            self.np_random, task, held_out=self.held_out, concepts=self.concepts)
+            self.np_random, task, held_out=self.held_out, concepts=self.concepts, grid=self.grid)
         self._static = render.render_static(self.state, self.image_size)
         self._steps = 0
         self._done = False

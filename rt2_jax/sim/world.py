@@ -262,8 +262,17 @@ def _far_from(point: np.ndarray, others: list[np.ndarray], min_dist: float) -> b
     return all(np.linalg.norm(point - other) >= min_dist for other in others)
 
 
+def _snap(p: np.ndarray, low, high, grid: float) -> np.ndarray:
+    """p rounded to the nearest multiple of `grid` inside [low, high] (p itself if grid = 0)."""
+    if not grid:
+        return p
+    lo = np.ceil(np.asarray(low) / grid - 1e-9) * grid
+    hi = np.floor(np.asarray(high) / grid + 1e-9) * grid
+    return np.clip(np.round(p / grid) * grid, lo, hi)
+
+
 def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Task | None,
-            ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+            grid: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     """Object and card centres without overlaps, or None when rejection sampling gives up."""
     obj_xy: list[np.ndarray] = []
     low, high = _box_for_main(task)
@@ -271,7 +280,7 @@ def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Ta
         if i > 0:
             low, high = np.array([0.1, 0.1]), np.array([0.9, 0.9])
         for _ in range(100):
-            p = rng.uniform(low, high)
+            p = _snap(rng.uniform(low, high), low, high, grid)
             if not _far_from(p, obj_xy, 2 * OBJECT_RADIUS + 0.05):
                 continue
             if i == 1 and task is not None and task.kind == "move_near" and \
@@ -284,7 +293,7 @@ def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Ta
     card_xy: list[np.ndarray] = []
     for _ in range(num_cards):
         for _ in range(100):
-            p = rng.uniform(0.1, 0.9, size=2)
+            p = _snap(rng.uniform(0.1, 0.9, size=2), 0.1, 0.9, grid)
             if _far_from(p, obj_xy, CARD_HALF * 1.45 + OBJECT_RADIUS) and \
                     _far_from(p, card_xy, 2 * CARD_HALF * 1.45):
                 card_xy.append(p)
@@ -295,10 +304,11 @@ def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Ta
 
 
 def build_scene(rng: np.random.Generator, objects: list[str], symbols: list[str],
-                background: str, task: Task | None = None) -> WorldState:
-    """Places `objects` (first = the task's object) and cards showing `symbols` at random."""
+                background: str, task: Task | None = None, grid: float = 0.0) -> WorldState:
+    """Places `objects` (first = the task's object) and cards showing `symbols` at random;
+    with `grid` > 0 they and the gripper's start sit on multiples of `grid`."""
     for _ in range(200):
-        layout = _layout(rng, len(objects), len(symbols), task)
+        layout = _layout(rng, len(objects), len(symbols), task, grid)
         if layout is not None:
             break
     else:
@@ -313,15 +323,16 @@ def build_scene(rng: np.random.Generator, objects: list[str], symbols: list[str]
         obj_xy=obj_xy, obj_z=np.zeros(len(objects)),
         card_symbols=list(symbols),
         card_xy=np.array(layout[1], dtype=np.float64).reshape(-1, 2),
-        ee=np.array([*rng.uniform(0.15, 0.85, size=2), START_Z]),
+        ee=np.array([*_snap(rng.uniform(0.15, 0.85, size=2), 0.15, 0.85, grid), START_Z]),
         obj_start_xy=obj_xy.copy(),
     )
 
 
 def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
                    held_out: HeldOut = DEFAULT_HELD_OUT, concepts: str = "seen",
-                   ) -> tuple[WorldState, Task]:
+                   grid: float = 0.0) -> tuple[WorldState, Task]:
     """A scene and task for a robot episode. `task` may be a Task, a task kind or None.
+    `grid` > 0 puts objects, cards and the gripper's start on multiples of it (see TabletopEnv).
 
     Under every category but 'all', distractor objects and cards are seen ones: only what the
     category tests is new (the task's object, the background or the task's card symbol).
@@ -356,7 +367,7 @@ def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
     while len(symbols) < num_cards:
         symbols.append(_choose(rng, pool, exclude=symbols))
     background = _choose(rng, backgrounds)
-    state = build_scene(rng, chosen, symbols, background, task)
+    state = build_scene(rng, chosen, symbols, background, task, grid)
     if not task.instruction:
         task = dataclasses.replace(task, instruction=instruction_for(task, rng))
     return state, task
