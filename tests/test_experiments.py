@@ -191,3 +191,37 @@ def test_expert_robustness_check_sees_harmful_errors():
     with pytest.raises(ValueError, match="quantum > 0"):
         imitation_probe.expert_robustness("pick", 0, 0, 0, episodes=1, quantum=0.0,
                                           max_episode_steps=5)
+
+
+def test_pixel_policy_labels_round_trip_and_training_reports():
+    """The reference CNN policy: whole-step actions <-> class ids exactly, refuses labels that
+    are not whole steps, and a few training steps report held-out accuracy per dim and a
+    closed-loop success rate in [0, 1]."""
+    from rt2_jax.experiments import pixel_policy
+
+    q = 0.1
+    actions = np.zeros((4, 8), np.float32)
+    actions[:, 1:4] = [[q, 0, -q], [0, 0, 0], [-q, q, q], [0, -q, 0]]
+    actions[[0, 2], 7] = 1.0
+    actions[3, 0] = 1.0
+    classes = pixel_policy.labels(actions, q)
+    assert classes.tolist()[0] == [0, 2, 1, 0, 1]
+    np.testing.assert_allclose(pixel_policy.to_actions(classes, q), actions, atol=1e-6)
+    with pytest.raises(ValueError, match="whole-step"):
+        pixel_policy.labels(actions * 0.5, q)
+    reports = []
+    last = pixel_policy.run(
+        tasks=["pick"], episodes=3, heldout_episodes=1, steps=4, batch_size=8,
+        learning_rate=1e-3, log_every=2, eval_every=4, eval_episodes=2, max_episode_steps=3,
+        image_size=64, move_quantum=q, noise_std=0.0, grid=0.1, objects=["1", "1"], seed=0,
+        emit=reports.append)
+    header, first, second = reports
+    assert set(header["majority"]) == set(pixel_policy.DIMS)
+    assert first["step"] == 2 and "success" not in first
+    assert set(second["heldout_acc"]) == set(pixel_policy.DIMS)
+    assert 0 <= last["success"]["pick"] <= 1 and last["step"] == 4
+    with pytest.raises(ValueError, match="move_quantum"):
+        pixel_policy.run(tasks=["pick"], episodes=2, heldout_episodes=1, steps=1, batch_size=1,
+                         learning_rate=1e-3, log_every=1, eval_every=1, eval_episodes=1,
+                         max_episode_steps=1, image_size=64, move_quantum=0.0, noise_std=0.0,
+                         grid=0.0, objects=[], seed=0, emit=reports.append)

@@ -232,13 +232,7 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
     for task in tasks:
         if task not in world.TASK_KINDS:
             raise ValueError(f"task {task!r} is not one of {world.TASK_KINDS}")
-    scene_objects = world.OBJECTS_PER_SCENE
-    if objects:
-        low, high = (int(v) for v in objects)
-        if not 1 <= low <= high:
-            raise ValueError(f"objects must be min,max with 1 <= min <= max, got {objects}")
-        scene_objects = (low, high)
-    saved, world.OBJECTS_PER_SCENE = world.OBJECTS_PER_SCENE, scene_objects
+    saved, world.OBJECTS_PER_SCENE = world.OBJECTS_PER_SCENE, scene_objects(objects)
     try:
         return _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps,
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
@@ -458,17 +452,33 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     return last
 
 
-def main(argv):
-    del argv
-    f = flags.FLAGS
-
+def json_emitter(path: str):
+    """emit(record): one JSON line to stdout and, when `path` is set, appended to that file."""
     def emit(record):
         line = json.dumps(record)
         print(line, flush=True)
-        if f.json:
-            with open(f.json, "a") as out:
+        if path:
+            with open(path, "a") as out:
                 out.write(line + "\n")
+    return emit
 
+
+def scene_objects(objects) -> tuple[int, int]:
+    """`--objects` ("min", "max" or empty) -> (min, max) objects per scene."""
+    from rt2_jax.sim import world
+
+    if not objects:
+        return world.OBJECTS_PER_SCENE
+    low, high = (int(v) for v in objects)
+    if not 1 <= low <= high:
+        raise ValueError(f"objects must be min,max with 1 <= min <= max, got {objects}")
+    return low, high
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    emit = json_emitter(f.json)
     if f.robustness:
         for task in f.tasks:
             for p_xy, p_z, p_gripper in ROBUSTNESS_CASES:

@@ -1,0 +1,204 @@
+"""A reference policy that is not a VLM: a small CNN trained on the imitation probe's expert frames.
+
+    python -m rt2_jax.experiments.pixel_policy --tasks=pick --objects=1,1 --episodes=2000 \
+        --steps=2000 [--grid=0.1] [--seed=1] [--json=out.jsonl]
+
+What a network built for the job (Levine et al.'s visuomotor layout) reaches from the same 64 px
+frames, labels and budget is the bar a VLM recipe in `imitation_probe` is compared with: three
+3x3 convs (the ViT keypoint head's), 16 spatial-softmax keypoints plus the mean conv features, a
+two-layer MLP, and one softmax head per action dim over its whole-step values (terminate and
+gripper: 2 classes; dx, dy, dz: -q, 0, +q). The expert moves in whole steps (`--move_quantum`,
+default 0.1, which these heads need). Reports, as JSON lines: held-out per-dim accuracy next to
+the majority label's every `--log_every` steps, and closed-loop success on `--eval_episodes`
+new episodes per task every `--eval_every` steps (the imitation probe's seeds).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from absl import app, flags
+
+from rt2_jax.experiments import imitation_probe as probe
+
+DIMS = ("terminate", "dx", "dy", "dz", "gripper")
+CLASSES = (2, 3, 3, 3, 2)
+NUM_KEYPOINTS = 16
+HIDDEN = 256
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("tasks", ["pick"], "Task kinds of the expert episodes (cycled).")
+    flags.DEFINE_integer("episodes", 2000, "Expert episodes to train on.")
+    flags.DEFINE_integer("heldout_episodes", 40, "Expert episodes whose frames are held out.")
+    flags.DEFINE_integer("steps", 2000, "Training steps.")
+    flags.DEFINE_integer("batch_size", 32, "Frames per step.")
+    flags.DEFINE_float("learning_rate", 1e-3, "AdamW learning rate.")
+    flags.DEFINE_integer("log_every", 250, "Held-out accuracy every N steps.")
+    flags.DEFINE_integer("eval_every", 1000, "Closed-loop evaluation every N steps.")
+    flags.DEFINE_integer("eval_episodes", 40, "Closed-loop episodes per task and evaluation.")
+    flags.DEFINE_integer("max_episode_steps", 60, "Closed-loop step limit.")
+    flags.DEFINE_integer("image_size", 64, "Rendered image side (>= 40).")
+    flags.DEFINE_float("move_quantum", 0.1, "Expert motion in multiples of this (> 0).")
+    flags.DEFINE_float("noise_std", 0.005, "Expert motion noise (executed, not labelled).")
+    flags.DEFINE_float("grid", 0.0, "Scenes on multiples of this (TabletopEnv(grid=...)).")
+    flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
+    flags.DEFINE_integer("seed", 0, "Expert noise, initialization and batch order.")
+    flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
+
+
+def labels(actions: np.ndarray, quantum: float) -> np.ndarray:
+    """[T, 8] whole-step actions -> [T, 5] class ids (terminate, dx, dy, dz, gripper)."""
+    steps = np.round(actions[:, 1:4] / quantum)
+    if np.any(np.abs(steps) > 1) or not np.allclose(steps * quantum, actions[:, 1:4], atol=1e-5):
+        raise ValueError("the pixel policy's heads need whole-step labels (-q, 0 or +q per "
+                         "motion dim); use an expert with move_quantum = q")
+    return np.concatenate([(actions[:, :1] > 0.5), steps + 1, (actions[:, 7:] > 0.5)],
+                          axis=1).astype(np.int32)
+
+
+def to_actions(classes: np.ndarray, quantum: float) -> np.ndarray:
+    """[B, 5] class ids -> [B, 8] actions (rotations 0)."""
+    out = np.zeros((len(classes), 8), np.float32)
+    out[:, 0] = classes[:, 0]
+    out[:, 1:4] = (classes[:, 1:4] - 1) * quantum
+    out[:, 7] = classes[:, 4]
+    return out
+
+
+def make_model():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from rt2_jax.models import vit
+
+    class PixelPolicy(nn.Module):
+        """uint8 images [B, S, S, 3] -> per-dim logits, concatenated [B, sum(CLASSES)]."""
+
+        @nn.compact
+        def __call__(self, image):
+            x = image.astype(jnp.float32) / 127.5 - 1.0
+            for channels, stride in vit.KEYPOINT_CHANNELS:
+                x = nn.gelu(nn.Conv(channels, (3, 3), strides=stride, padding="SAME")(x))
+            b, h, w, _ = x.shape
+            prob = jax.nn.softmax(nn.Dense(NUM_KEYPOINTS)(x).reshape(b, h * w, NUM_KEYPOINTS), 1)
+            uv = jnp.einsum("bnk,nc->bkc", prob, jnp.asarray(vit.keypoint_grid(h, w)))
+            y = jnp.concatenate([uv.reshape(b, -1), x.mean((1, 2))], axis=1)
+            y = nn.gelu(nn.Dense(HIDDEN)(y))
+            y = nn.gelu(nn.Dense(HIDDEN)(y))
+            return nn.Dense(sum(CLASSES))(y)
+
+    return PixelPolicy()
+
+
+def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, log_every,
+        eval_every, eval_episodes, max_episode_steps, image_size, move_quantum, noise_std, grid,
+        objects, seed, emit) -> dict:
+    """Trains and reports through `emit(dict)`; returns the last closed-loop report."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from rt2_jax import sim
+    from rt2_jax.sim import world
+
+    if move_quantum <= 0:
+        raise ValueError(f"the pixel policy needs whole-step labels: move_quantum > 0, got "
+                         f"{move_quantum}")
+    for task in tasks:
+        if task not in world.TASK_KINDS:
+            raise ValueError(f"task {task!r} is not one of {world.TASK_KINDS}")
+    saved, world.OBJECTS_PER_SCENE = world.OBJECTS_PER_SCENE, probe.scene_objects(objects)
+    try:
+        env = sim.TabletopEnv(image_size=image_size, grid=grid)
+        expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum)
+        t0 = time.time()
+        images, _, acts = probe.collect(env, expert, tasks, episodes, probe.TRAIN_SEED0)
+        h_images, _, h_acts = probe.collect(env, expert, tasks, heldout_episodes,
+                                            probe.HELDOUT_SEED0)
+        y, h_y = labels(acts, move_quantum), labels(h_acts, move_quantum)
+        majority = {d: round(float(np.bincount(h_y[:, i]).max() / len(h_y)), 3)
+                    for i, d in enumerate(DIMS)}
+        emit({"frames": len(images), "heldout_frames": len(h_images),
+              "collect_s": round(time.time() - t0, 1), "majority": majority})
+
+        model = make_model()
+        params = model.init(jax.random.PRNGKey(seed), images[:1])
+        optimizer = optax.adamw(learning_rate)
+        opt_state = optimizer.init(params)
+        splits = np.cumsum(CLASSES)[:-1].tolist()
+
+        def loss_fn(p, x, t):
+            parts = jnp.split(model.apply(p, x), splits, axis=1)
+            return sum(optax.softmax_cross_entropy_with_integer_labels(logits, t[:, i]).mean()
+                       for i, logits in enumerate(parts))
+
+        @jax.jit
+        def train_step(p, state, x, t):
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, t)
+            updates, state = optimizer.update(grads, state, p)
+            return optax.apply_updates(p, updates), state, loss
+
+        @jax.jit
+        def predict(p, x):
+            parts = jnp.split(model.apply(p, x), splits, axis=1)
+            return jnp.stack([jnp.argmax(logits, 1) for logits in parts], axis=1)
+
+        def closed_loop(p) -> dict:
+            success = {}
+            for task in tasks:
+                envs = [sim.TabletopEnv(image_size=image_size, grid=grid,
+                                        max_episode_steps=max_episode_steps)
+                        for _ in range(eval_episodes)]
+                obs = [e.reset(seed=probe.EVAL_SEED0 + i, options={"task": task})[0]
+                       for i, e in enumerate(envs)]
+                live, wins = list(range(eval_episodes)), 0
+                while live:
+                    classes = np.asarray(predict(p, np.stack([obs[i]["image"] for i in live])))
+                    still = []
+                    for k, action in zip(live, to_actions(classes, move_quantum), strict=True):
+                        obs[k], reward, terminated, truncated, _ = envs[k].step(action)
+                        wins += reward > 0
+                        if not (terminated or truncated):
+                            still.append(k)
+                    live = still
+                success[task] = wins / eval_episodes
+            return success
+
+        rng = np.random.default_rng(seed)
+        t0, last = time.time(), {}
+        for step in range(1, steps + 1):
+            idx = rng.integers(0, len(images), size=batch_size)
+            params, opt_state, loss = train_step(params, opt_state, images[idx], y[idx])
+            report = {}
+            if step % log_every == 0 or step == steps:
+                got = np.asarray(predict(params, h_images))
+                report.update(loss=round(float(loss), 4), heldout_acc={
+                    d: round(float((got[:, i] == h_y[:, i]).mean()), 3)
+                    for i, d in enumerate(DIMS)})
+            if step % eval_every == 0 or step == steps:
+                report["success"] = closed_loop(params)
+                last = dict(step=step, **report)
+            if report:
+                emit(dict(step=step, seconds=round(time.time() - t0), **report))
+        return last
+    finally:
+        world.OBJECTS_PER_SCENE = saved
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    emit = probe.json_emitter(f.json)
+    names = ("tasks", "episodes", "heldout_episodes", "steps", "batch_size", "learning_rate",
+             "log_every", "eval_every", "eval_episodes", "max_episode_steps", "image_size",
+             "move_quantum", "noise_std", "grid", "objects", "seed")
+    emit({"pixel_policy": {n: f[n].value for n in names}})
+    run(**{n: f[n].value for n in names}, emit=emit)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
