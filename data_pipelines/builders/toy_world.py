@@ -112,8 +112,7 @@ class GenerationParams:
                              f"{self.move_quantum}")
         if self.camera not in sim.CAMERAS:
             raise ValueError(f"camera must be one of {sim.CAMERAS}, got {self.camera!r}")
-        if not 0 <= self.grid <= 0.2:
-            raise ValueError(f"grid must be 0 (off) or in (0, 0.2], got {self.grid}")
+        world.check_grid(self.grid)
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
 

@@ -25,6 +25,7 @@ acts on positions seen with errors (random per step, or a bias fixed per episode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -227,20 +228,13 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
-    from rt2_jax.sim import world
 
-    for task in tasks:
-        if task not in world.TASK_KINDS:
-            raise ValueError(f"task {task!r} is not one of {world.TASK_KINDS}")
-    saved, world.OBJECTS_PER_SCENE = world.OBJECTS_PER_SCENE, scene_objects(objects)
-    try:
+    with probe_world(tasks, objects):
         return _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps,
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
                     gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
                     perturb_prob, grid)
-    finally:
-        world.OBJECTS_PER_SCENE = saved
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
@@ -351,12 +345,16 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
                                "object": round(float(dist[1::2].mean()), 3)}}
 
     def evaluate(params) -> dict:
-        decoded = Policy(params, config, atok).decode(h_images, h_tokens, h_mask)["bins"]
+        # One policy per temperature; the greedy one (built anyway when asked for) also decodes
+        # the held-out frames, so its compiled decode loop serves both.
+        policies = {t: Policy(params, config, atok, seed=seed,
+                              sampling=decoding.Sampling(temperature=float(t)))
+                    for t in eval_temperatures}
+        greedy = policies.get(0.0) or Policy(params, config, atok)
+        decoded = greedy.decode(h_images, h_tokens, h_mask)["bins"]
         report = {"decoded_acc": {n: round(float((decoded[:, d] == h_bins[:, d]).mean()), 3)
                                   for n, d in zip(REPORTED_DIMS, dims, strict=True)}}
-        for temperature in eval_temperatures:
-            policy = Policy(params, config, atok, seed=seed,
-                            sampling=decoding.Sampling(temperature=float(temperature)))
+        for temperature, policy in policies.items():
             loop = closed_loop(policy)
             if len(eval_temperatures) == 1:
                 report.update(loop)
@@ -463,16 +461,26 @@ def json_emitter(path: str):
     return emit
 
 
-def scene_objects(objects) -> tuple[int, int]:
-    """`--objects` ("min", "max" or empty) -> (min, max) objects per scene."""
+@contextlib.contextmanager
+def probe_world(tasks, objects):
+    """Checks the task kinds and, inside the block, sets the world's objects per scene to
+    `objects` ("min", "max"; empty = the world's own), restoring it afterwards."""
     from rt2_jax.sim import world
 
-    if not objects:
-        return world.OBJECTS_PER_SCENE
-    low, high = (int(v) for v in objects)
-    if not 1 <= low <= high:
-        raise ValueError(f"objects must be min,max with 1 <= min <= max, got {objects}")
-    return low, high
+    for task in tasks:
+        if task not in world.TASK_KINDS:
+            raise ValueError(f"task {task!r} is not one of {world.TASK_KINDS}")
+    scene_objects = world.OBJECTS_PER_SCENE
+    if objects:
+        low, high = (int(v) for v in objects)
+        if not 1 <= low <= high:
+            raise ValueError(f"objects must be min,max with 1 <= min <= max, got {objects}")
+        scene_objects = (low, high)
+    saved, world.OBJECTS_PER_SCENE = world.OBJECTS_PER_SCENE, scene_objects
+    try:
+        yield
+    finally:
+        world.OBJECTS_PER_SCENE = saved
 
 
 def main(argv):

@@ -102,16 +102,11 @@ def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, 
     import optax
 
     from rt2_jax import sim
-    from rt2_jax.sim import world
 
     if move_quantum <= 0:
         raise ValueError(f"the pixel policy needs whole-step labels: move_quantum > 0, got "
                          f"{move_quantum}")
-    for task in tasks:
-        if task not in world.TASK_KINDS:
-            raise ValueError(f"task {task!r} is not one of {world.TASK_KINDS}")
-    saved, world.OBJECTS_PER_SCENE = world.OBJECTS_PER_SCENE, probe.scene_objects(objects)
-    try:
+    with probe.probe_world(tasks, objects):
         env = sim.TabletopEnv(image_size=image_size, grid=grid)
         expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum)
         t0 = time.time()
@@ -184,8 +179,6 @@ def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, 
             if report:
                 emit(dict(step=step, seconds=round(time.time() - t0), **report))
         return last
-    finally:
-        world.OBJECTS_PER_SCENE = saved
 
 
 def main(argv):

@@ -53,8 +53,6 @@ class TabletopEnv(gym.Env):
                  held_out: world.HeldOut = world.DEFAULT_HELD_OUT,
                  image_size: int = render.IMAGE_SIZE, render_mode: str | None = "rgb_array",
                  camera: str = "fixed", grid: float = 0.0):
-        if not 0 <= grid <= 0.2:
-            raise ValueError(f"grid must be 0 (off) or a pitch in (0, 0.2] table units, got {grid}")
         if camera not in CAMERAS:
             raise ValueError(f"camera {camera!r} is not one of {CAMERAS}")
         if not isinstance(image_size, int | np.integer) or image_size < render.MIN_IMAGE_SIZE:
@@ -69,7 +67,7 @@ class TabletopEnv(gym.Env):
         self.held_out = held_out
         self.image_size = image_size
         self.camera = camera
-        self.grid = float(grid)
+        self.grid = world.check_grid(grid)
         self.render_mode = render_mode
         self.action_space = gym.spaces.Box(world.ACTION_LOW, world.ACTION_HIGH, dtype=np.float32)
         self.observation_space = gym.spaces.Dict({

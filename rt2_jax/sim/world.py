@@ -262,6 +262,17 @@ def _far_from(point: np.ndarray, others: list[np.ndarray], min_dist: float) -> b
     return all(np.linalg.norm(point - other) >= min_dist for other in others)
 
 
+MAX_GRID = 0.2   # coarsest scene grid (table units): coarser leaves too few spots for a scene
+
+
+def check_grid(grid: float) -> float:
+    """`grid` if it is 0 (off) or a pitch in (0, MAX_GRID], else a ValueError naming it."""
+    if not 0 <= grid <= MAX_GRID:
+        raise ValueError(f"grid must be 0 (off) or a pitch in (0, {MAX_GRID}] table units, "
+                         f"got {grid}")
+    return float(grid)
+
+
 def _snap(p: np.ndarray, low, high, grid: float) -> np.ndarray:
     """p rounded to the nearest multiple of `grid` inside [low, high] (p itself if grid = 0)."""
     if not grid:
