@@ -7,6 +7,8 @@ import os
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_train import small_config, toy_cache  # noqa: F401  (a fixture)
 
 from rt2_jax import checkpoints
@@ -214,7 +216,7 @@ def test_pixel_policy_labels_round_trip_and_training_reports():
         tasks=["pick"], episodes=3, heldout_episodes=1, steps=4, batch_size=8,
         learning_rate=1e-3, log_every=2, eval_every=4, eval_episodes=2, max_episode_steps=3,
         image_size=64, move_quantum=q, noise_std=0.0, grid=0.1, objects=["1", "1"], seed=0,
-        emit=reports.append)
+        emit=reports.append, shift_px=2)
     header, first, second = reports
     assert set(header["majority"]) == set(pixel_policy.DIMS)
     assert first["step"] == 2 and "success" not in first
@@ -225,3 +227,30 @@ def test_pixel_policy_labels_round_trip_and_training_reports():
                          learning_rate=1e-3, log_every=1, eval_every=1, eval_episodes=1,
                          max_episode_steps=1, image_size=64, move_quantum=0.0, noise_std=0.0,
                          grid=0.0, objects=[], seed=0, emit=reports.append)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        pixel_policy.run(tasks=["pick"], episodes=2, heldout_episodes=1, steps=1, batch_size=1,
+                         learning_rate=1e-3, log_every=1, eval_every=1, eval_episodes=1,
+                         max_episode_steps=1, image_size=64, move_quantum=q, noise_std=0.0,
+                         grid=0.0, objects=[], seed=0, emit=reports.append, softmax_scale=0.0)
+
+
+@given(st.integers(0, 3), st.integers(0, 2**31 - 1))
+@settings(max_examples=25, deadline=None)
+def test_random_shift_translates_every_image_and_keeps_offsets(max_px, seed):
+    """Each image moves by its own (dx, dy) within max_px, border repeating the edge: two marked
+    pixels keep their offset (what an action depends on), and nothing else changes."""
+    from rt2_jax.experiments import pixel_policy
+
+    rng = np.random.default_rng(seed)
+    images = np.zeros((5, 16, 16, 3), np.uint8)
+    images[:, 6, 7] = 200
+    images[:, 9, 4] = 100
+    out = pixel_policy.random_shift(images, max_px, rng)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    for img in out:
+        (r1, c1), (r2, c2) = np.argwhere(img[..., 0] == 200)[0], np.argwhere(img[..., 0] == 100)[0]
+        assert (r2 - r1, c2 - c1) == (3, -3)
+        assert abs(r1 - 6) <= max_px and abs(c1 - 7) <= max_px
+        assert (img > 0).sum() == 6   # both marks, 3 channels each; the zero border repeats
+    if max_px == 0:
+        np.testing.assert_array_equal(out, images)

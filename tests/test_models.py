@@ -182,17 +182,23 @@ def test_keypoint_tokens_match_a_hand_computed_spatial_softmax():
     model, variables = _init(_config(**{"vit.keypoints": 3}))
     p = variables["params"]["img"]
     image = _inputs()[0]
-    _, state = model.apply(variables, image, method=lambda m, im: m.img(im),
-                           mutable=["intermediates"])
-    inter = state["intermediates"]["img"]
-    (logits,) = inter["keypoint_logits"]
-    (uv,) = inter["keypoints"]
     x = image.astype(np.float32) / 127.5 - 1.0
     for i, (_, stride) in enumerate(vit.KEYPOINT_CHANNELS):
         x = jax.lax.conv_general_dilated(x, p[f"keypoint_Conv_{i}"]["kernel"], (stride,) * 2,
                                          "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         x = jax.nn.gelu(x + p[f"keypoint_Conv_{i}"]["bias"])
-    want_logits = np.asarray(x) @ p["keypoint_score"]["kernel"] + p["keypoint_score"]["bias"]
+    # Scores times a learned inverse temperature per keypoint, starting at vit.keypoint_scale.
+    np.testing.assert_allclose(p["keypoint_log_scale"], np.log(10.0) * np.ones(3), rtol=1e-6)
+    scale = np.array([1.0, 2.0, 0.5], np.float32)
+    variables = jax.tree.map(lambda a: a, variables)
+    variables["params"]["img"]["keypoint_log_scale"] = np.log(scale)
+    _, state = model.apply(variables, image, method=lambda m, im: m.img(im),
+                           mutable=["intermediates"])
+    inter = state["intermediates"]["img"]
+    (logits,) = inter["keypoint_logits"]
+    (uv,) = inter["keypoints"]
+    want_logits = (np.asarray(x) @ p["keypoint_score"]["kernel"]
+                   + p["keypoint_score"]["bias"]) * scale
     np.testing.assert_allclose(logits, want_logits, atol=1e-4)
     b, h, w, k = want_logits.shape
     assert (h, w, k) == (32, 32, 3)
@@ -213,6 +219,8 @@ def test_keypoint_tokens_match_a_hand_computed_spatial_softmax():
     assert vit.num_tokens(model.model_config.vit, 64) == 67
     # The keypoint tokens carry the coordinates: moving a keypoint moves its token.
     assert np.abs(np.asarray(out[:, 64:]) - np.asarray(out[:1, 64:])).max() > 0
+    with pytest.raises(ValueError, match="keypoint_scale"):
+        _init(_config(**{"vit.keypoints": 3, "vit.keypoint_scale": 0.0}))
 
 
 def test_keypoints_conditioned_on_the_prompt_follow_its_mean_embedding():

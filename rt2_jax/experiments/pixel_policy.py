@@ -5,12 +5,15 @@
 
 What a network built for the job (Levine et al.'s visuomotor layout) reaches from the same 64 px
 frames, labels and budget is the bar a VLM recipe in `imitation_probe` is compared with: three
-3x3 convs (the ViT keypoint head's), 16 spatial-softmax keypoints plus the mean conv features, a
+3x3 convs (the ViT keypoint head's), 16 spatial-softmax keypoints (with a learned inverse
+temperature starting at `--softmax_scale`, 10 by default: at 1 the keypoints start at the image
+centre and dx sat at the majority label for 1,000+ steps) plus the mean conv features, a
 two-layer MLP, and one softmax head per action dim over its whole-step values (terminate and
-gripper: 2 classes; dx, dy, dz: -q, 0, +q). The expert moves in whole steps (`--move_quantum`,
-default 0.1, which these heads need). Reports, as JSON lines: held-out per-dim accuracy next to
-the majority label's every `--log_every` steps, and closed-loop success on `--eval_episodes`
-new episodes per task every `--eval_every` steps (the imitation probe's seeds).
+gripper: 2 classes; dx, dy, dz: -q, 0, +q). `--shift_px` translates training frames at random.
+The expert moves in whole steps (`--move_quantum`, default 0.1, which these heads need).
+Reports, as JSON lines: held-out per-dim accuracy next to the majority label's every
+`--log_every` steps, and closed-loop success on `--eval_episodes` new episodes per task every
+`--eval_every` steps (the imitation probe's seeds).
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ def define_flags() -> None:
     flags.DEFINE_float("grid", 0.0, "Scenes on multiples of this (TabletopEnv(grid=...)).")
     flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
     flags.DEFINE_integer("seed", 0, "Expert noise, initialization and batch order.")
+    flags.DEFINE_float("softmax_scale", 10.0, "Initial inverse temperature of the keypoints' "
+                       "spatial softmax (learned).")
+    flags.DEFINE_integer("shift_px", 0, "Training frames shifted by up to this many pixels "
+                         "(random, edge-padded; 0 = off). Shifts keep every offset between "
+                         "things in the image, which is all an action depends on.")
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
 
 
@@ -67,7 +75,18 @@ def to_actions(classes: np.ndarray, quantum: float) -> np.ndarray:
     return out
 
 
-def make_model():
+def random_shift(images: np.ndarray, max_px: int, rng: np.random.Generator) -> np.ndarray:
+    """Each image [B, S, S, C] translated by its own random (dx, dy) in [-max_px, max_px]
+    pixels; the uncovered border repeats the edge (DrQ / RAD-style augmentation)."""
+    if max_px <= 0:
+        return images
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (max_px, max_px), (max_px, max_px), (0, 0)), mode="edge")
+    top, left = rng.integers(0, 2 * max_px + 1, size=(2, b))
+    return np.stack([padded[i, top[i]:top[i] + h, left[i]:left[i] + w] for i in range(b)])
+
+
+def make_model(softmax_scale: float = 10.0):
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -83,7 +102,11 @@ def make_model():
             for channels, stride in vit.KEYPOINT_CHANNELS:
                 x = nn.gelu(nn.Conv(channels, (3, 3), strides=stride, padding="SAME")(x))
             b, h, w, _ = x.shape
-            prob = jax.nn.softmax(nn.Dense(NUM_KEYPOINTS)(x).reshape(b, h * w, NUM_KEYPOINTS), 1)
+            # A learned inverse temperature (Levine et al.'s alpha), initialised at softmax_scale.
+            log_scale = self.param("log_softmax_scale",
+                                   lambda _: jnp.log(jnp.float32(softmax_scale)))
+            logits = nn.Dense(NUM_KEYPOINTS)(x) * jnp.exp(log_scale)
+            prob = jax.nn.softmax(logits.reshape(b, h * w, NUM_KEYPOINTS), 1)
             uv = jnp.einsum("bnk,nc->bkc", prob, jnp.asarray(vit.keypoint_grid(h, w)))
             y = jnp.concatenate([uv.reshape(b, -1), x.mean((1, 2))], axis=1)
             y = nn.gelu(nn.Dense(HIDDEN)(y))
@@ -95,7 +118,7 @@ def make_model():
 
 def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, log_every,
         eval_every, eval_episodes, max_episode_steps, image_size, move_quantum, noise_std, grid,
-        objects, seed, emit) -> dict:
+        objects, seed, emit, shift_px: int = 0, softmax_scale: float = 10.0) -> dict:
     """Trains and reports through `emit(dict)`; returns the last closed-loop report."""
     import jax
     import jax.numpy as jnp
@@ -103,6 +126,9 @@ def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, 
 
     from rt2_jax import sim
 
+    if not softmax_scale > 0 or shift_px < 0:
+        raise ValueError(f"need softmax_scale > 0 and shift_px >= 0, got {softmax_scale} and "
+                         f"{shift_px}")
     if move_quantum <= 0:
         raise ValueError(f"the pixel policy needs whole-step labels: move_quantum > 0, got "
                          f"{move_quantum}")
@@ -119,7 +145,7 @@ def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, 
         emit({"frames": len(images), "heldout_frames": len(h_images),
               "collect_s": round(time.time() - t0, 1), "majority": majority})
 
-        model = make_model()
+        model = make_model(softmax_scale)
         params = model.init(jax.random.PRNGKey(seed), images[:1])
         optimizer = optax.adamw(learning_rate)
         opt_state = optimizer.init(params)
@@ -166,7 +192,8 @@ def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, 
         t0, last = time.time(), {}
         for step in range(1, steps + 1):
             idx = rng.integers(0, len(images), size=batch_size)
-            params, opt_state, loss = train_step(params, opt_state, images[idx], y[idx])
+            params, opt_state, loss = train_step(
+                params, opt_state, random_shift(images[idx], shift_px, rng), y[idx])
             report = {}
             if step % log_every == 0 or step == steps:
                 got = np.asarray(predict(params, h_images))
@@ -187,7 +214,8 @@ def main(argv):
     emit = probe.json_emitter(f.json)
     names = ("tasks", "episodes", "heldout_episodes", "steps", "batch_size", "learning_rate",
              "log_every", "eval_every", "eval_episodes", "max_episode_steps", "image_size",
-             "move_quantum", "noise_std", "grid", "objects", "seed")
+             "move_quantum", "noise_std", "grid", "objects", "seed", "shift_px",
+             "softmax_scale")
     emit({"pixel_policy": {n: f[n].value for n in names}})
     run(**{n: f[n].value for n in names}, emit=emit)
 

@@ -173,6 +173,7 @@ class ViT(nn.Module):
     stem_channels: int = 32      # channels of the first conv of a "conv" stem (doubled per conv)
     keypoints: int = 0           # > 0: append this many spatial-softmax keypoint tokens
     keypoint_query: bool = False  # keypoint scores also depend on a query (the prompt)
+    keypoint_scale: float = 10.0  # initial inverse temperature of the keypoint softmax (learned)
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
@@ -232,6 +233,9 @@ class ViT(nn.Module):
                               dropout_rate=self.dropout_rate),
         )(x)
         if self.keypoints:
+            if not self.keypoint_scale > 0:
+                raise ValueError(f"vit.keypoint_scale (the keypoint softmax's initial inverse "
+                                 f"temperature) must be > 0, got {self.keypoint_scale}")
             if self.keypoint_query and query is None:
                 raise ValueError("this ViT's keypoints are conditioned on a query "
                                  "(keypoint_query=True); pass query=[B, Q].")
@@ -263,7 +267,7 @@ class ViT(nn.Module):
         tower on the instruction). Sown as intermediates
         `keypoints` [B, K, 2] and `keypoint_logits` [B, H', W', K].
         Parameters: keypoint_Conv_{i}, keypoint_score, keypoint_query (with a query),
-        keypoint_coord, keypoint_id."""
+        keypoint_log_scale, keypoint_coord, keypoint_id."""
         f = pixels
         for i, (channels, stride) in enumerate(KEYPOINT_CHANNELS):
             f = nn.gelu(nn.Conv(
@@ -284,6 +288,14 @@ class ViT(nn.Module):
                 kernel_init=nn.initializers.zeros,   # starts as the unconditioned scores
                 name="keypoint_query")(query.astype(jnp.float32))          # [B, C, K]
             logits = logits + jnp.einsum("bhwc,bck->bhwk", f.astype(jnp.float32), w)
+        # A learned inverse temperature (Levine et al.'s alpha) per keypoint. At scale 1 the
+        # initial scores vary by well under one nat across the map, so every keypoint starts at
+        # the image centre with almost no gradient to leave it, and an action policy sat at the
+        # majority label for 1,000+ steps; starting at 10 it reads positions within ~250.
+        log_scale = self.param("keypoint_log_scale", layers.logical_init(
+            nn.initializers.constant(np.log(self.keypoint_scale)), (None,)),
+            (self.keypoints,), self.param_dtype)
+        logits = logits * jnp.exp(log_scale.astype(jnp.float32))
         self.sow("intermediates", "keypoint_logits", logits)
         b, h, w, k = logits.shape
         prob = jax.nn.softmax(logits.reshape(b, h * w, k), axis=1)
@@ -339,6 +351,7 @@ def from_config(cfg: ml_collections.ConfigDict, out_dim: int | None) -> ViT:
         num_heads=v.num_heads, out_dim=out_dim, posemb=v.posemb,
         stem=v.get("stem", "patch"), stem_channels=v.get("stem_channels", 32),
         keypoints=v.get("keypoints", 0), keypoint_query=v.get("keypoint_query", False),
+        keypoint_scale=v.get("keypoint_scale", 10.0),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
         class_token=v.get("class_token", False), mlp_activation=v.get("mlp_activation", "gelu"),
         layernorm_epsilon=v.get("layernorm_epsilon", 1e-6), dropout_rate=v.dropout_rate,
