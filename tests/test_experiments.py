@@ -254,3 +254,46 @@ def test_random_shift_translates_every_image_and_keeps_offsets(max_px, seed):
         assert (img > 0).sum() == 6   # both marks, 3 channels each; the zero border repeats
     if max_px == 0:
         np.testing.assert_array_equal(out, images)
+
+
+def test_pixel_policy_keypoint_head_starts_a_vlm_image_tower(tmp_path):
+    """A saved pixel policy's conv keypoint head, loaded into a VLM image tower with 16
+    keypoints, gives the same keypoint scores on the same image (the policy's score layer times
+    its learned inverse temperature); a VLM with another keypoint count is refused."""
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from configs import tiny
+    from rt2_jax.experiments import pixel_policy
+    from rt2_jax.models import params as params_lib
+    from rt2_jax.models.vlm import VLM
+
+    policy = pixel_policy.make_model(softmax_scale=3.0)
+    image = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    variables = policy.init(jax.random.PRNGKey(1), image)
+    path = str(tmp_path / "policy.npz")
+    pixel_policy.save_params(variables, path)
+    _, inter = policy.apply(variables, image, capture_intermediates=True)
+    want = np.asarray(inter["intermediates"]["Dense_0"]["__call__"][0]) * 3.0
+
+    config = tiny.get_config()
+    config.model.vit.keypoints = 16
+    model = VLM.from_config(config)
+    tokens = np.ones((2, config.max_prompt_len), np.int32)
+    mask = np.ones_like(tokens, bool)
+    targets = np.ones((2, 9), np.int32)
+    params = params_lib.unbox(model.init(jax.random.PRNGKey(0), image, tokens, mask,
+                                         targets))["params"]
+    head = pixel_policy.keypoint_head(path, 16)
+    flat = traverse_util.flatten_dict(head)
+    img = traverse_util.flatten_dict(params["img"])
+    for key, value in flat.items():
+        assert img[key].shape == np.shape(value), key
+        img[key] = jnp.asarray(value)
+    params = {**params, "img": traverse_util.unflatten_dict(img)}
+    _, state = model.apply({"params": params}, image, method=lambda m, im: m.img(im),
+                           mutable=["intermediates"])
+    got = np.asarray(state["intermediates"]["img"]["keypoint_logits"][0])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
+        pixel_policy.keypoint_head(path, 8)

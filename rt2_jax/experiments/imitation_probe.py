@@ -70,6 +70,8 @@ def define_flags() -> None:
     flags.DEFINE_list("objects", [], "min,max objects per scene (default: the world's).")
     flags.DEFINE_integer("seed", 0, "Parameter initialization and batch order.")
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
+    flags.DEFINE_string("init_keypoints", "", "Start the image tower's keypoint head from a "
+                        "trained pixel policy's (.npz from `pixel_policy --save`).")
     flags.DEFINE_float("point_fraction", 0.0,
                        "Share of each batch that is pointing questions about the same training "
                        "frames (\"point to the gripper\", \"point to the <object>\"; answers "
@@ -224,7 +226,7 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         move_quantum, noise_std, objects, seed, emit, point_fraction: float = 0.0,
         gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0,
         eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0,
-        grid: float = 0.0) -> dict:
+        grid: float = 0.0, init_keypoints: str = "") -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -234,13 +236,13 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
                     gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
-                    perturb_prob, grid)
+                    perturb_prob, grid, init_keypoints)
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
          move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
-         point_pretrain_steps, eval_temperatures, perturb_prob, grid) -> dict:
+         point_pretrain_steps, eval_temperatures, perturb_prob, grid, init_keypoints) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -300,6 +302,17 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
 
     setup = train_state.make_setup(config)
     state = train_state.init_state(setup, seed)
+    if init_keypoints:
+        from rt2_jax.experiments import pixel_policy
+
+        head = pixel_policy.keypoint_head(init_keypoints, int(config.model.vit.get("keypoints", 0)))
+        img = dict(state.params["img"])
+        for name, value in head.items():
+            img[name] = jax.tree.map(
+                lambda new, old: jax.device_put(
+                    np.asarray(new, old.dtype).reshape(old.shape), old.sharding),
+                value, img[name])
+        state = state.replace(params={**state.params, "img": img})
     tables = train_state.ActionTables.build(atok, int(config.model.vocab_size))
     step_fn = train_state.make_train_step(setup, tables, 1)
     model = setup.model
@@ -504,7 +517,7 @@ def main(argv):
                                              "camera", "move_quantum", "objects", "seed",
                                              "point_fraction", "gripper_flip_prob",
                                              "point_pretrain_steps", "eval_temperatures",
-                                             "perturb_prob", "grid")},
+                                             "perturb_prob", "grid", "init_keypoints")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -515,7 +528,7 @@ def main(argv):
         emit=emit, point_fraction=f.point_fraction, gripper_flip_prob=f.gripper_flip_prob,
         point_pretrain_steps=f.point_pretrain_steps,
         eval_temperatures=tuple(float(t) for t in f.eval_temperatures),
-        perturb_prob=f.perturb_prob, grid=f.grid)
+        perturb_prob=f.perturb_prob, grid=f.grid, init_keypoints=f.init_keypoints)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def define_flags() -> None:
                          "(random, edge-padded; 0 = off). Shifts keep every offset between "
                          "things in the image, which is all an action depends on.")
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
+    flags.DEFINE_string("save", "", "Write the trained parameters to this .npz (the keypoint "
+                        "head can then start a VLM's: imitation_probe --init_keypoints).")
 
 
 def labels(actions: np.ndarray, quantum: float) -> np.ndarray:
@@ -84,6 +86,30 @@ def random_shift(images: np.ndarray, max_px: int, rng: np.random.Generator) -> n
     padded = np.pad(images, ((0, 0), (max_px, max_px), (max_px, max_px), (0, 0)), mode="edge")
     top, left = rng.integers(0, 2 * max_px + 1, size=(2, b))
     return np.stack([padded[i, top[i]:top[i] + h, left[i]:left[i] + w] for i in range(b)])
+
+
+def save_params(params, path: str) -> None:
+    """The parameter tree as an .npz, keys joined by '/'."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(params, sep="/")
+    np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
+
+
+def keypoint_head(path: str, num_keypoints: int) -> dict:
+    """A saved policy's conv keypoint head as a VLM image tower's (`vit.keypoints` = 16):
+    {keypoint_Conv_i, keypoint_score: {kernel, bias}, keypoint_log_scale}."""
+    with np.load(path) as f:
+        saved = dict(f)
+    if num_keypoints != NUM_KEYPOINTS:
+        raise ValueError(f"the pixel policy has {NUM_KEYPOINTS} keypoints; the VLM asks for "
+                         f"{num_keypoints} (set vit.keypoints={NUM_KEYPOINTS})")
+    head = {f"keypoint_Conv_{i}": {n: saved[f"params/Conv_{i}/{n}"] for n in ("kernel", "bias")}
+            for i in range(3)}
+    head["keypoint_score"] = {n: saved[f"params/Dense_0/{n}"] for n in ("kernel", "bias")}
+    head["keypoint_log_scale"] = np.full(NUM_KEYPOINTS, saved["params/log_softmax_scale"],
+                                         np.float32)
+    return head
 
 
 def make_model(softmax_scale: float = 10.0):
@@ -118,7 +144,8 @@ def make_model(softmax_scale: float = 10.0):
 
 def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, log_every,
         eval_every, eval_episodes, max_episode_steps, image_size, move_quantum, noise_std, grid,
-        objects, seed, emit, shift_px: int = 0, softmax_scale: float = 10.0) -> dict:
+        objects, seed, emit, shift_px: int = 0, softmax_scale: float = 10.0,
+        save: str = "") -> dict:
     """Trains and reports through `emit(dict)`; returns the last closed-loop report."""
     import jax
     import jax.numpy as jnp
@@ -205,6 +232,8 @@ def run(*, tasks, episodes, heldout_episodes, steps, batch_size, learning_rate, 
                 last = dict(step=step, **report)
             if report:
                 emit(dict(step=step, seconds=round(time.time() - t0), **report))
+        if save:
+            save_params(params, save)
         return last
 
 
@@ -215,7 +244,7 @@ def main(argv):
     names = ("tasks", "episodes", "heldout_episodes", "steps", "batch_size", "learning_rate",
              "log_every", "eval_every", "eval_episodes", "max_episode_steps", "image_size",
              "move_quantum", "noise_std", "grid", "objects", "seed", "shift_px",
-             "softmax_scale")
+             "softmax_scale", "save")
     emit({"pixel_policy": {n: f[n].value for n in names}})
     run(**{n: f[n].value for n in names}, emit=emit)
 
