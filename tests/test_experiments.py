@@ -138,9 +138,10 @@ def test_perception_robustness_sees_a_fixed_bias_more_than_random_noise():
         imitation_probe.perception_robustness("pick", -0.1, 0.0, **kw)
 
 
-def test_imitation_probe_evaluates_once_per_sampling_temperature():
+def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
     """--eval_temperatures: one closed-loop report per temperature (0 = greedy); the decoded
-    held-out accuracy is greedy and reported once. Perturbed expert data trains as usual."""
+    held-out accuracy is greedy and reported once. Perturbed expert data trains as usual, and
+    so does a run whose keypoint head starts from a saved pixel policy's (--init_keypoints)."""
     from configs import tiny
     from rt2_jax.experiments import imitation_probe
 
@@ -158,6 +159,21 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature():
         assert 2 <= sum(p["steps"] for p in last[key]["closed_loop_agreement"].values()) <= 6
     with pytest.raises(ValueError, match="eval_temperatures"):
         imitation_probe.run(tiny.get_config(), eval_temperatures=(-1.0,), **kw)
+    # A saved pixel policy's keypoint head starts the image tower's (shapes checked on load;
+    # the scores themselves in test_pixel_policy_keypoint_head_starts_a_vlm_image_tower).
+    from rt2_jax.experiments import pixel_policy
+
+    policy = pixel_policy.make_model()
+    path = str(tmp_path / "head.npz")
+    pixel_policy.save_params(policy.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3),
+                                                                         np.uint8)), path)
+    config = tiny.get_config()
+    config.model.vit.keypoints = 16
+    last = imitation_probe.run(config, init_keypoints=path, **kw)
+    assert 0 <= last["success"]["pick"] <= 1
+    config.model.vit.keypoints = 8
+    with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
+        imitation_probe.run(config, init_keypoints=path, **kw)
 
 
 def test_pointing_examples_ask_for_the_gripper_and_the_task_object():
