@@ -276,9 +276,6 @@ def test_pixel_policy_keypoint_head_starts_a_vlm_image_tower(tmp_path):
     """A saved pixel policy's conv keypoint head, loaded into a VLM image tower with 16
     keypoints, gives the same keypoint scores on the same image (the policy's score layer times
     its learned inverse temperature); a VLM with another keypoint count is refused."""
-    import jax.numpy as jnp
-    from flax import traverse_util
-
     from configs import tiny
     from rt2_jax.experiments import pixel_policy
     from rt2_jax.models import params as params_lib
@@ -300,13 +297,10 @@ def test_pixel_policy_keypoint_head_starts_a_vlm_image_tower(tmp_path):
     targets = np.ones((2, 9), np.int32)
     params = params_lib.unbox(model.init(jax.random.PRNGKey(0), image, tokens, mask,
                                          targets))["params"]
-    head = pixel_policy.keypoint_head(path, 16)
-    flat = traverse_util.flatten_dict(head)
-    img = traverse_util.flatten_dict(params["img"])
-    for key, value in flat.items():
+    img = params_lib.flatten(params["img"])
+    for key, value in params_lib.flatten(pixel_policy.keypoint_head(path, 16)).items():
         assert img[key].shape == np.shape(value), key
-        img[key] = jnp.asarray(value)
-    params = {**params, "img": traverse_util.unflatten_dict(img)}
+    params = {**params, "img": pixel_policy.with_keypoint_head(params["img"], path, 16)}
     _, state = model.apply({"params": params}, image, method=lambda m, im: m.img(im),
                            mutable=["intermediates"])
     got = np.asarray(state["intermediates"]["img"]["keypoint_logits"][0])

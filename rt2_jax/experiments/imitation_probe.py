@@ -305,13 +305,8 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     if init_keypoints:
         from rt2_jax.experiments import pixel_policy
 
-        head = pixel_policy.keypoint_head(init_keypoints, int(config.model.vit.get("keypoints", 0)))
-        img = dict(state.params["img"])
-        for name, value in head.items():
-            img[name] = jax.tree.map(
-                lambda new, old: jax.device_put(
-                    np.asarray(new, old.dtype).reshape(old.shape), old.sharding),
-                value, img[name])
+        img = pixel_policy.with_keypoint_head(state.params["img"], init_keypoints,
+                                              int(config.model.vit.get("keypoints", 0)))
         state = state.replace(params={**state.params, "img": img})
     tables = train_state.ActionTables.build(atok, int(config.model.vocab_size))
     step_fn = train_state.make_train_step(setup, tables, 1)

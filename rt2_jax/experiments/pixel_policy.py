@@ -90,26 +90,43 @@ def random_shift(images: np.ndarray, max_px: int, rng: np.random.Generator) -> n
 
 def save_params(params, path: str) -> None:
     """The parameter tree as an .npz, keys joined by '/'."""
-    from flax import traverse_util
+    from rt2_jax.models import params as params_lib
 
-    flat = traverse_util.flatten_dict(params, sep="/")
-    np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
+    np.savez(path, **{k: np.asarray(v) for k, v in params_lib.flatten(params).items()})
 
 
 def keypoint_head(path: str, num_keypoints: int) -> dict:
     """A saved policy's conv keypoint head as a VLM image tower's (`vit.keypoints` = 16):
     {keypoint_Conv_i, keypoint_score: {kernel, bias}, keypoint_log_scale}."""
-    with np.load(path) as f:
-        saved = dict(f)
+    from rt2_jax.models import vit
+
     if num_keypoints != NUM_KEYPOINTS:
         raise ValueError(f"the pixel policy has {NUM_KEYPOINTS} keypoints; the VLM asks for "
                          f"{num_keypoints} (set vit.keypoints={NUM_KEYPOINTS})")
-    head = {f"keypoint_Conv_{i}": {n: saved[f"params/Conv_{i}/{n}"] for n in ("kernel", "bias")}
-            for i in range(3)}
-    head["keypoint_score"] = {n: saved[f"params/Dense_0/{n}"] for n in ("kernel", "bias")}
-    head["keypoint_log_scale"] = np.full(NUM_KEYPOINTS, saved["params/log_softmax_scale"],
-                                         np.float32)
+    with np.load(path) as saved:
+        head = {f"keypoint_Conv_{i}": {n: saved[f"params/Conv_{i}/{n}"] for n in ("kernel", "bias")}
+                for i in range(len(vit.KEYPOINT_CHANNELS))}
+        head["keypoint_score"] = {n: saved[f"params/Dense_0/{n}"] for n in ("kernel", "bias")}
+        head["keypoint_log_scale"] = np.full(NUM_KEYPOINTS, saved["params/log_softmax_scale"],
+                                             np.float32)
     return head
+
+
+def with_keypoint_head(img_params: dict, path: str, num_keypoints: int) -> dict:
+    """`img_params` (a VLM's image tower) with its keypoint head replaced by the saved policy's,
+    each array in the dtype and sharding of the one it replaces."""
+    import jax
+
+    def put(new, old):
+        if np.shape(new) != old.shape:
+            raise ValueError(f"{path}: a keypoint head array of shape {np.shape(new)} cannot "
+                             f"replace the image tower's {old.shape}")
+        return jax.device_put(np.asarray(new, old.dtype), old.sharding)
+
+    img = dict(img_params)
+    for name, value in keypoint_head(path, num_keypoints).items():
+        img[name] = jax.tree.map(put, value, img[name])
+    return img
 
 
 def make_model(softmax_scale: float = 10.0):
