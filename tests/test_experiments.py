@@ -141,7 +141,8 @@ def test_perception_robustness_sees_a_fixed_bias_more_than_random_noise():
 def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
     """--eval_temperatures: one closed-loop report per temperature (0 = greedy); the decoded
     held-out accuracy is greedy and reported once. Perturbed expert data trains as usual, and
-    so does a run whose keypoint head starts from a saved pixel policy's (--init_keypoints)."""
+    so does a run whose keypoint head starts from a saved pixel policy's (--init_keypoints) or
+    is first pretrained to locate the object and the gripper (--locate_pretrain_steps)."""
     from configs import tiny
     from rt2_jax.experiments import imitation_probe
 
@@ -174,6 +175,16 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
     config.model.vit.keypoints = 8
     with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
         imitation_probe.run(config, init_keypoints=path, **kw)
+    # Localization pretraining first (--locate_pretrain_steps) reports its held-out distances.
+    records = []
+    last = imitation_probe.run(config, locate_pretrain_steps=2,
+                               **{**kw, "emit": records.append})
+    located = [r for r in records if "locate_step" in r]
+    assert [r["locate_step"] for r in located] == [2]
+    assert set(located[0]["locate_dist"]) == {"object", "gripper"}
+    assert 0 <= last["success"]["pick"] <= 1
+    with pytest.raises(ValueError, match="fixed camera"):
+        imitation_probe.run(config, locate_pretrain_steps=2, **{**kw, "camera": "gripper"})
 
 
 def test_pointing_examples_ask_for_the_gripper_and_the_task_object():
@@ -307,3 +318,91 @@ def test_pixel_policy_keypoint_head_starts_a_vlm_image_tower(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
         pixel_policy.keypoint_head(path, 8)
+
+
+def test_locate_targets_are_where_the_renderer_draws_things():
+    """Keypoint coordinates of a table point = the keypoint grid's (u, v) of the pixel the
+    renderer draws it at: the object's drawn colour centroid and the target agree to a pixel."""
+    from rt2_jax import sim
+    from rt2_jax.experiments import imitation_probe, locate
+    from rt2_jax.models import vit
+
+    size = 64
+    with imitation_probe.probe_world(["pick"], ["1", "1"]):
+        env = sim.TabletopEnv(image_size=size)
+        expert = sim.ScriptedExpert(env, noise_std=0.0, move_quantum=0.1)
+        points = []
+        images, _, _ = imitation_probe.collect(env, expert, ["pick"], 1, 0, points)
+    targets = locate.locate_targets(points)
+    assert targets.shape == (len(images), 2, 2) and targets.dtype == np.float32
+    # The first frame: the object sits on the table, the gripper high above it elsewhere.
+    frame = images[0].astype(np.int32)
+    grid = vit.keypoint_grid(size, size).reshape(size, size, 2)
+    obj_xy = points[0][1]
+    # Pixels within the object's radius of its target that differ from the table around it.
+    uv = targets[0, locate.OBJECT_KEYPOINT]
+    near = np.linalg.norm(grid - uv, axis=-1) < 2 * sim.world.OBJECT_RADIUS * 0.8
+    background = np.median(frame[~near].reshape(-1, 3), axis=0)
+    drawn = near & (np.abs(frame - background).sum(-1) > 60)
+    assert drawn.sum() > 5, "the object should be drawn around its target"
+    centroid = grid[drawn].mean(0)
+    assert np.abs(centroid - uv).max() < 2.5 * 2 / size, (centroid, uv, obj_xy)
+    np.testing.assert_allclose(locate.table_to_keypoint([[0, 0], [1, 1], [0.5, 0.25]]),
+                               [[-1, -1], [1, 1], [0, -0.5]])
+    with pytest.raises(ValueError, match="at least one"):
+        locate.locate_targets([])
+
+
+def test_locate_pretraining_moves_only_the_image_tower_and_prompt_embeddings():
+    """A few steps of localization regression bring the two keypoints towards their targets
+    (loss falls on the training batch) and change the image tower and the token embeddings
+    only; a config without two keypoints or a moving camera is refused."""
+    from configs import tiny
+    from rt2_jax import sim, train_state
+    from rt2_jax import tokenizer as tokenizer_lib
+    from rt2_jax.experiments import imitation_probe, locate
+    from rt2_jax.preprocessing import encode_robot_prompts
+
+    config = tiny.get_config()
+    config.model.vit.keypoints = 4
+    config.model.vit.keypoint_query = True
+    with imitation_probe.probe_world(["pick"], ["2", "3"]):
+        env = sim.TabletopEnv(image_size=64)
+        expert = sim.ScriptedExpert(env, noise_std=0.0, move_quantum=0.1)
+        points = []
+        images, instructions, _ = imitation_probe.collect(env, expert, ["pick"], 2, 0, points)
+    images, points, instructions = images[:8], points[:8], instructions[:8]
+    tokens, mask = encode_robot_prompts(tokenizer_lib.Tokenizer(), instructions,
+                                        config.max_prompt_len)
+    targets = locate.locate_targets(points)
+    setup = train_state.make_setup(config)
+    params = train_state.init_state(setup, 0).params
+    _, _, predict = locate.make_fns(setup.model, 1e-3)
+    before = float(np.mean(np.sum((np.asarray(predict(params, images, tokens, mask))
+                                   - targets) ** 2, -1)))
+    reports = []
+    trained = locate.pretrain(setup.model, params, images=images, tokens=tokens, mask=mask,
+                              targets=targets, heldout=(images, tokens, mask, targets),
+                              steps=30, batch_size=8, learning_rate=3e-3, seed=0, log_every=15,
+                              emit=reports.append)
+    assert [r["locate_step"] for r in reports] == [15, 30]
+    after = float(np.mean(np.sum((np.asarray(predict(trained, images, tokens, mask))
+                                  - targets) ** 2, -1)))
+    assert after < 0.7 * before, (before, after)
+    changed = {"/".join(str(getattr(k, "key", k)) for k in path)
+               for path, a in jax.tree_util.tree_leaves_with_path(params)
+               if not np.array_equal(a, _leaf(trained, path))}
+    assert any(name.startswith("img/keypoint_") for name in changed)
+    assert all(name.startswith("img/") or "embed" in name for name in changed), changed
+    config.model.vit.keypoints = 1
+    with pytest.raises(ValueError, match="keypoints >= 2"):
+        locate.check_model(config)
+    config.model.vit.keypoints = 4
+    with pytest.raises(ValueError, match="fixed camera"):
+        locate.check_model(config, "gripper")
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[getattr(key, "key", key)]
+    return tree

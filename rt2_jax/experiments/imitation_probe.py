@@ -72,6 +72,9 @@ def define_flags() -> None:
     flags.DEFINE_string("json", "", "Also append the JSON lines to this file.")
     flags.DEFINE_string("init_keypoints", "", "Start the image tower's keypoint head from a "
                         "trained pixel policy's (.npz from `pixel_policy --save`).")
+    flags.DEFINE_integer("locate_pretrain_steps", 0,
+                         "First train keypoints 0 and 1 by regression onto the task's object "
+                         "and the gripper (rt2_jax.experiments.locate) for this many steps.")
     flags.DEFINE_float("point_fraction", 0.0,
                        "Share of each batch that is pointing questions about the same training "
                        "frames (\"point to the gripper\", \"point to the <object>\"; answers "
@@ -226,7 +229,7 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         move_quantum, noise_std, objects, seed, emit, point_fraction: float = 0.0,
         gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0,
         eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0,
-        grid: float = 0.0, init_keypoints: str = "") -> dict:
+        grid: float = 0.0, init_keypoints: str = "", locate_pretrain_steps: int = 0) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -236,13 +239,14 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
                     gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
-                    perturb_prob, grid, init_keypoints)
+                    perturb_prob, grid, init_keypoints, locate_pretrain_steps)
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
          move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
-         point_pretrain_steps, eval_temperatures, perturb_prob, grid, init_keypoints) -> dict:
+         point_pretrain_steps, eval_temperatures, perturb_prob, grid, init_keypoints,
+         locate_pretrain_steps) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -263,6 +267,12 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         raise ValueError(f"point_fraction must be in [0, 1), got {point_fraction}")
     if point_pretrain_steps < 0:
         raise ValueError(f"point_pretrain_steps must be >= 0, got {point_pretrain_steps}")
+    if locate_pretrain_steps < 0:
+        raise ValueError(f"locate_pretrain_steps must be >= 0, got {locate_pretrain_steps}")
+    if locate_pretrain_steps:
+        from rt2_jax.experiments import locate
+
+        locate.check_model(config, camera)
     if not eval_temperatures or any(t < 0 for t in eval_temperatures):
         raise ValueError(f"eval_temperatures must be >= 0 (0 = greedy), got {eval_temperatures}")
     points, h_points = [], []
@@ -308,6 +318,16 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         img = pixel_policy.with_keypoint_head(state.params["img"], init_keypoints,
                                               int(config.model.vit.get("keypoints", 0)))
         state = state.replace(params={**state.params, "img": img})
+    if locate_pretrain_steps:
+        i_tokens, i_mask = p_tokens[prompt_index], p_mask[prompt_index]
+        params = locate.pretrain(
+            setup.model, state.params, images=images, tokens=i_tokens, mask=i_mask,
+            targets=locate.locate_targets(points),
+            heldout=(h_images, h_tokens, h_mask, locate.locate_targets(h_points)),
+            steps=locate_pretrain_steps, batch_size=batch_size,
+            learning_rate=float(config.train.learning_rate), seed=seed, log_every=log_every,
+            emit=emit)
+        state = state.replace(params=params)
     tables = train_state.ActionTables.build(atok, int(config.model.vocab_size))
     step_fn = train_state.make_train_step(setup, tables, 1)
     model = setup.model
@@ -512,7 +532,8 @@ def main(argv):
                                              "camera", "move_quantum", "objects", "seed",
                                              "point_fraction", "gripper_flip_prob",
                                              "point_pretrain_steps", "eval_temperatures",
-                                             "perturb_prob", "grid", "init_keypoints")},
+                                             "perturb_prob", "grid", "init_keypoints",
+                                             "locate_pretrain_steps")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -523,7 +544,8 @@ def main(argv):
         emit=emit, point_fraction=f.point_fraction, gripper_flip_prob=f.gripper_flip_prob,
         point_pretrain_steps=f.point_pretrain_steps,
         eval_temperatures=tuple(float(t) for t in f.eval_temperatures),
-        perturb_prob=f.perturb_prob, grid=f.grid, init_keypoints=f.init_keypoints)
+        perturb_prob=f.perturb_prob, grid=f.grid, init_keypoints=f.init_keypoints,
+        locate_pretrain_steps=f.locate_pretrain_steps)
 
 
 if __name__ == "__main__":
