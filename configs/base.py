@@ -15,7 +15,8 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
         posemb="learn", parallel_block=False, qk_norm=False, qkv_bias=True, dropout_rate=0.0,
         keypoints=0,             # > 0: spatial-softmax keypoint tokens (robot policies)
         keypoint_query=False,    # keypoints conditioned on the prompt
-        keypoint_scale=10.0))    # initial inverse temperature of the keypoint softmax
+        keypoint_scale=10.0,     # initial inverse temperature of the keypoint softmax
+        keypoint_coord="shared"))  # (u, v) -> token: one map for all keypoints | per_keypoint
     m.vit.update(vit)
     m.encdec = ml_collections.ConfigDict(dict(
         mlp_activation="gelu", rel_pos_buckets=32, rel_pos_max_distance=128, dropout_rate=0.0))

@@ -221,6 +221,38 @@ def test_keypoint_tokens_match_a_hand_computed_spatial_softmax():
     assert np.abs(np.asarray(out[:, 64:]) - np.asarray(out[:1, 64:])).max() > 0
     with pytest.raises(ValueError, match="keypoint_scale"):
         _init(_config(**{"vit.keypoints": 3, "vit.keypoint_scale": 0.0}))
+    # Shared coordinate map: token k = (u_k, v_k) @ W + b + id_k.
+    (tokens,) = inter["keypoint_tokens"]
+    np.testing.assert_allclose(
+        tokens, np.asarray(uv) @ p["keypoint_coord"]["kernel"] + p["keypoint_coord"]["bias"]
+        + p["keypoint_id"], atol=1e-5)
+
+
+def test_per_keypoint_coordinate_maps_let_one_average_hold_an_offset():
+    """keypoint_coord="per_keypoint": token k = (u_k, v_k) @ W_k + id_k with W_k [2, width] of
+    its own, so with W_1 = -W_0 the mean of tokens 0 and 1 is (uv_0 - uv_1) @ W_0 / 2 plus the
+    ids' mean: the offset a policy needs, in one attention average."""
+    model, variables = _init(_config(**{"vit.keypoints": 2,
+                                        "vit.keypoint_coord": "per_keypoint"}))
+    p = variables["params"]["img"]
+    assert p["keypoint_coord_kernel"].shape == (2, 2, 64) and "keypoint_coord" not in p
+    image = _inputs()[0]
+    changed = jax.tree.map(lambda a: a, variables)
+    kernel = np.asarray(p["keypoint_coord_kernel"]).copy()
+    kernel[1] = -kernel[0]
+    changed["params"]["img"]["keypoint_coord_kernel"] = kernel
+    _, state = model.apply(changed, image, method=lambda m, im: m.img(im),
+                           mutable=["intermediates"])
+    (uv,) = state["intermediates"]["img"]["keypoints"]
+    (tokens,) = state["intermediates"]["img"]["keypoint_tokens"]
+    uv = np.asarray(uv)
+    want = np.einsum("bkc,kcd->bkd", uv, kernel) + np.asarray(p["keypoint_id"])[None]
+    np.testing.assert_allclose(tokens, want, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(tokens).mean(1),
+        (uv[:, 0] - uv[:, 1]) @ kernel[0] / 2 + np.asarray(p["keypoint_id"]).mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="keypoint_coord"):
+        _init(_config(**{"vit.keypoints": 2, "vit.keypoint_coord": "dense"}))
 
 
 def test_keypoints_conditioned_on_the_prompt_follow_its_mean_embedding():

@@ -174,6 +174,7 @@ class ViT(nn.Module):
     keypoints: int = 0           # > 0: append this many spatial-softmax keypoint tokens
     keypoint_query: bool = False  # keypoint scores also depend on a query (the prompt)
     keypoint_scale: float = 10.0  # initial inverse temperature of the keypoint softmax (learned)
+    keypoint_coord: str = "shared"  # (u, v) -> token: one linear map for all | per_keypoint
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
@@ -236,6 +237,9 @@ class ViT(nn.Module):
             if not self.keypoint_scale > 0:
                 raise ValueError(f"vit.keypoint_scale (the keypoint softmax's initial inverse "
                                  f"temperature) must be > 0, got {self.keypoint_scale}")
+            if self.keypoint_coord not in ("shared", "per_keypoint"):
+                raise ValueError(f"vit.keypoint_coord must be 'shared' or 'per_keypoint', got "
+                                 f"{self.keypoint_coord!r}")
             if self.keypoint_query and query is None:
                 raise ValueError("this ViT's keypoints are conditioned on a query "
                                  "(keypoint_query=True); pass query=[B, Q].")
@@ -267,7 +271,8 @@ class ViT(nn.Module):
         tower on the instruction). Sown as intermediates
         `keypoints` [B, K, 2] and `keypoint_logits` [B, H', W', K].
         Parameters: keypoint_Conv_{i}, keypoint_score, keypoint_query (with a query),
-        keypoint_log_scale, keypoint_coord, keypoint_id."""
+        keypoint_log_scale, keypoint_coord (`keypoint_coord="shared"`) or keypoint_coord_kernel
+        [K, 2, width] (`"per_keypoint"`), keypoint_id."""
         f = pixels
         for i, (channels, stride) in enumerate(KEYPOINT_CHANNELS):
             f = nn.gelu(nn.Conv(
@@ -301,13 +306,26 @@ class ViT(nn.Module):
         prob = jax.nn.softmax(logits.reshape(b, h * w, k), axis=1)
         uv = jnp.einsum("bnk,nc->bkc", prob, jnp.asarray(keypoint_grid(h, w)))
         self.sow("intermediates", "keypoints", uv)
-        tokens = layers.dense_general(
-            width, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
-            param_dtype=self.param_dtype, name="keypoint_coord")(uv.astype(self.dtype))
+        if self.keypoint_coord == "shared":
+            tokens = layers.dense_general(
+                width, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
+                param_dtype=self.param_dtype, name="keypoint_coord")(uv.astype(self.dtype))
+        else:
+            # Keypoint k's (u, v) through its own map [K, 2, width]: keypoint 1's can be minus
+            # keypoint 0's, so one attention average over the two tokens already holds the
+            # offset between them. Through one shared map an average (positive weights) can
+            # only add positions; the offset then needs a nonlinearity to be learned first.
+            kernel = self.param("keypoint_coord_kernel", layers.logical_init(
+                nn.initializers.normal(stddev=1 / np.sqrt(2)), (None, None, EMBED)),
+                (self.keypoints, 2, width), self.param_dtype)
+            tokens = jnp.einsum("bkc,kcd->bkd", uv.astype(self.dtype),
+                                kernel.astype(self.dtype))
         ident = self.param("keypoint_id", layers.logical_init(
             nn.initializers.normal(stddev=1 / np.sqrt(width)), (None, EMBED)),
             (self.keypoints, width), self.param_dtype)
-        return tokens + ident.astype(self.dtype)[None]
+        tokens = tokens + ident.astype(self.dtype)[None]
+        self.sow("intermediates", "keypoint_tokens", tokens)
+        return tokens
 
     def _conv_stem(self, x: jax.Array) -> jax.Array:
         """ViT_C (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch)
@@ -352,6 +370,7 @@ def from_config(cfg: ml_collections.ConfigDict, out_dim: int | None) -> ViT:
         stem=v.get("stem", "patch"), stem_channels=v.get("stem_channels", 32),
         keypoints=v.get("keypoints", 0), keypoint_query=v.get("keypoint_query", False),
         keypoint_scale=v.get("keypoint_scale", 10.0),
+        keypoint_coord=v.get("keypoint_coord", "shared"),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
         class_token=v.get("class_token", False), mlp_activation=v.get("mlp_activation", "gelu"),
         layernorm_epsilon=v.get("layernorm_epsilon", 1e-6), dropout_rate=v.dropout_rate,
