@@ -331,7 +331,9 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
     finally:
         for part in parts:
             part.source.close()
-    peak_streaming = peak_rss()
+    # ru_maxrss is synced lazily and the current size can shrink between samples, so a peak is
+    # never reported below a size this function itself sampled earlier.
+    peak_streaming = max(peak_rss(), rss_start)
 
     out = checkpoints.absolute(out)
     os.makedirs(out, exist_ok=True)
@@ -340,7 +342,7 @@ def import_weights(config: ml_collections.ConfigDict, out: str, vit: str | None 
     report["memory"] = {
         "output_bytes": output_bytes, "largest_source_tensor_bytes": largest,
         "rss_before_streaming_bytes": rss_start, "peak_rss_streaming_bytes": peak_streaming,
-        "peak_rss_bytes": peak_rss(),
+        "peak_rss_bytes": max(peak_rss(), peak_streaming),
         "parameters": int(sum(b.size for b in buffers.values()))}
     if tokenizer:
         shutil.copyfile(tokenizer, os.path.join(out, "tokenizer.model"))
