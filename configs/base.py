@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
         # random valid one (train_state.corrupt_action_inputs), so later dims are read off the
         # image rather than off the true earlier tokens teacher forcing gives. 0 = off.
         action_token_noise=0.0,
+        # > 0: web pointing answers ("x y") of sources with locate_answers=True also regress
+        # ViT keypoint 0 onto their point, with this weight (rt2_jax/localization.py). 0 = off.
+        locate_weight=0.0,
         log_every=10,
         eval_every=200,              # 0 = never
         checkpoint_every=200,

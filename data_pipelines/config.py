@@ -19,12 +19,16 @@ def robot_source(*, weight, builder_dir="", mapping="fractal20220817_data", toy_
 
 
 def web_source(*, kind, weight, mapping, builder_dir="", tfds_name="", data_dir="", toy_world="",
-               train_split="train", eval_split="validation", answer_choice="random"):
-    """A VQA (kind="vqa") or captioning (kind="caption") source from TFDS."""
+               train_split="train", eval_split="validation", answer_choice="random",
+               locate_answers=False):
+    """A VQA (kind="vqa") or captioning (kind="caption") source from TFDS. `locate_answers`:
+    its answers of the form "x y" (integers 0..255 on a 256 grid over the image, x from the
+    left, y from the top) are points that also train ViT keypoint 0 when
+    config.train.locate_weight > 0 (rt2_jax/localization.py)."""
     return ml_collections.ConfigDict(dict(
         kind=kind, weight=float(weight), builder_dir=builder_dir, tfds_name=tfds_name,
         data_dir=data_dir, toy_world=toy_world, train_split=train_split,
-        eval_split=eval_split, answer_choice=answer_choice,
+        eval_split=eval_split, answer_choice=answer_choice, locate_answers=bool(locate_answers),
         mapping=ml_collections.ConfigDict(mappings.get_mapping(mapping))))
 
 
@@ -35,7 +39,7 @@ def toy_world_sources(robot_weight=0.5):
         robot=robot_source(weight=robot_weight, mapping="toy_world", toy_world="robot",
                            train_split="train", eval_split="val"),
         vqa=web_source(kind="vqa", weight=web_weight, mapping="toy_vqa", toy_world="vqa",
-                       train_split="train", eval_split="val"),
+                       train_split="train", eval_split="val", locate_answers=True),
         captions=web_source(kind="caption", weight=web_weight, mapping="toy_captions",
                             toy_world="captions", train_split="train", eval_split="val"),
     )

@@ -84,7 +84,8 @@ def tokenize_batches(ds, encoder, batch_size):
             "is_robot": batch["is_robot"],
             "action": tf.ensure_shape(norm, [batch_size, actions_lib.NUM_DIMS]),
         }
-        for key in ("wrist_image", "wrist_present"):   # with a wrist camera only
+        # With a wrist camera only; with the localization loss only (rt2_jax/localization.py).
+        for key in ("wrist_image", "wrist_present", "locate_uv", "locate_mask"):
             if key in batch:
                 out[key] = batch[key]
         if "answers" in batch:

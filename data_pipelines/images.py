@@ -40,14 +40,18 @@ def resize_image(image, size, aspect):
     raise AssertionError(aspect)  # check_aspect accepted a mode this function lacks
 
 
-def augment_crop(image, seed, augment):
-    """Random resized crop (area fraction and aspect ratio ranges from the config)."""
+def augment_crop(image, seed, augment, with_box=False):
+    """Random resized crop (area fraction and aspect ratio ranges from the config); with
+    `with_box`, also the box (top, left, height, width) it cut."""
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
         area_range=(augment.crop_scale_min, 1.0),
         aspect_ratio_range=(augment.crop_ratio_min, augment.crop_ratio_max),
         min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
-    return tf.slice(image, begin, crop_size)
+    cropped = tf.slice(image, begin, crop_size)
+    if with_box:
+        return cropped, (begin[0], begin[1], crop_size[0], crop_size[1])
+    return cropped
 
 
 def augment_color(image, seed, augment):
@@ -64,14 +68,79 @@ def augment_color(image, seed, augment):
 def prepare_image(image, seed, data, size, train):
     """Encoded or uint8 image → uint8 [size, size, 3] (or [height, width, 3] for size =
     (height, width)): decoded, augmented when training, resized by the config's aspect mode."""
+    return _prepare(image, seed, data, size, train, None)[0]
+
+
+def prepare_image_and_point(image, point, seed, data, size, train):
+    """`prepare_image`, and where a point of the input image lands in the output.
+
+    `point`: float32 [2], (x, y) as fractions of the decoded image's width and height (x from
+    the left, y from the top). Returns (uint8 image, float32 [2] (u, v) keypoint coordinates
+    of the point in the output image, bool in_view): u in [-1, 1] to the right, v in [-1, 1]
+    upwards, the ViT's keypoint convention (rt2_jax.models.vit.keypoint_grid); in_view is False
+    when the augmentation's crop or the center_crop aspect mode cut the point off."""
+    image, (px, py, in_view) = _prepare(image, seed, data, size, train, point)
+    height, width = preprocessing.target_shape(size)
+    uv = tf.stack([2.0 * px / width - 1.0, 1.0 - 2.0 * py / height])
+    in_view = in_view & (px >= 0) & (px <= width) & (py >= 0) & (py <= height)
+    return image, uv, in_view
+
+
+def _shape_f(image):
+    shape = tf.cast(tf.shape(image), tf.float32)
+    return shape[0], shape[1]
+
+
+def _prepare(image, seed, data, size, train, point):
+    """(image, (px, py, in_view)): the point in pixels of the current image, followed through
+    each crop and resize (None when no point is given)."""
     image = decode_image(image)
+    pixel = None
+    if point is not None:
+        h, w = _shape_f(image)
+        pixel = (point[0] * w, point[1] * h, tf.constant(True))
     if train and data.augment.enabled:
-        image = augment_crop(image, seed, data.augment)
+        image, box = augment_crop(image, seed, data.augment, with_box=True)
+        if pixel is not None:
+            pixel = _crop_point(pixel, box)
+    if pixel is not None:
+        pixel = _resize_point(pixel, image, size, data.image_aspect)
     image = resize_image(image, size, data.image_aspect)
     if train and data.augment.enabled:
         image = augment_color(image, seed + 2, data.augment)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-    return tf.ensure_shape(image, [*preprocessing.target_shape(size), 3])
+    return tf.ensure_shape(image, [*preprocessing.target_shape(size), 3]), pixel
+
+
+def _crop_point(pixel, box):
+    """A pixel point after cropping the box (top, left, height, width) out of its image."""
+    px, py, ok = pixel
+    top, left, h, w = (tf.cast(b, tf.float32) for b in box)
+    px, py = px - left, py - top
+    return px, py, ok & (px >= 0) & (px <= w) & (py >= 0) & (py <= h)
+
+
+def _resize_point(pixel, image, size, aspect):
+    """A pixel point of `image` in the output of resize_image(image, size, aspect): the same
+    geometry as resize_image (the letterbox layout is tf.image.resize_with_pad's, which
+    preprocessing.pad_layout repeats)."""
+    height, width = (float(s) for s in preprocessing.target_shape(size))
+    h, w = _shape_f(image)
+    if aspect == "center_crop":
+        shape = tf.shape(image)
+        crop_h = tf.minimum(shape[0], shape[1] * int(height) // int(width))
+        crop_w = tf.minimum(shape[1], shape[0] * int(width) // int(height))
+        pixel = _crop_point(pixel, ((shape[0] - crop_h) // 2, (shape[1] - crop_w) // 2,
+                                    crop_h, crop_w))
+        h, w = tf.cast(crop_h, tf.float32), tf.cast(crop_w, tf.float32)
+    px, py, ok = pixel
+    if aspect == "pad":
+        ratio = tf.maximum(w / width, h / height)
+        resized_h, resized_w = tf.floor(h / ratio), tf.floor(w / ratio)
+        top = tf.maximum(0.0, tf.floor((height - h / ratio) / 2.0))
+        left = tf.maximum(0.0, tf.floor((width - w / ratio) / 2.0))
+        return px * resized_w / w + left, py * resized_h / h + top, ok
+    return px * width / w, py * height / h, ok
 
 
 def camera_inputs(example, seed, data, size, wrist_mode, train):

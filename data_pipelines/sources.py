@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from data_pipelines import images, robot, web
 from rt2_jax import actions as actions_lib
-from rt2_jax import preprocessing
+from rt2_jax import localization, preprocessing
 from rt2_jax import tokenizer as tokenizer_lib
 
 ROBOT = "robot"
@@ -124,13 +124,27 @@ def source_dataset(src, config, *, train, split, seed, counters):
     answer_choice = src.config.get("answer_choice", "first") if train else "first"
     max_answers = int(data.eval.max_answers)
 
+    locate = localization.enabled(config)
+    locate_answers = bool(src.config.get("locate_answers", False)) and src.config.kind != ROBOT
+
     def finish(index, example_and_rng):
         example, rng = example_and_rng
+        answer = web.pick_answer(example["answers"], answer_choice, rng + 3)
+        if locate:
+            # Wrist cameras are refused with the loss on (localization.weight).
+            point, has_point = (web.parse_point(answer) if locate_answers
+                                else (tf.zeros([2], tf.float32), tf.constant(False)))
+            image, uv, in_view = images.prepare_image_and_point(
+                example["image"], point, rng, data, int(config.image_size), train)
+            cameras = {"image": image, "locate_uv": uv,
+                       "locate_mask": tf.cast(has_point & in_view, tf.float32)}
+        else:
+            cameras = images.camera_inputs(example, rng, data, int(config.image_size),
+                                           wrist_mode, train)
         out = {
-            **images.camera_inputs(example, rng, data, int(config.image_size), wrist_mode,
-                                   train),
+            **cameras,
             "prompt": example["prompt"],
-            "answer": web.pick_answer(example["answers"], answer_choice, rng + 3),
+            "answer": answer,
             "action": tf.ensure_shape(example["action"], [actions_lib.NUM_DIMS]),
             "source": tf.constant(src.index, tf.int32),
             "is_robot": tf.constant(src.config.kind == ROBOT),

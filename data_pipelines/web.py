@@ -105,3 +105,21 @@ def pick_answer(answers, mode, seed):
         raise ValueError(f"answer_choice {mode!r} is not one of {ANSWER_CHOICES}.")
     index = tf.random.stateless_uniform([], seed, maxval=tf.size(answers), dtype=tf.int32)
     return answers[index]
+
+
+LOCATION_BINS = 256   # a point answer is "x y", two integers 0..255 (rt2_jax.sim.vqa's format)
+
+
+def parse_point(answer):
+    """An answer string → (float32 [2] (x, y) as fractions of the image's width and height, x
+    from the left and y from the top, at the centre of the answer's grid cell; bool: whether
+    the answer is a point, two whitespace-separated integers 0..255). Anything else is
+    (0, 0), False. The same rule as rt2_jax.sim.vqa.parse_location (which scores pointing)."""
+    parts = tf.strings.split(tf.strings.strip(answer))
+    two = tf.concat([parts, ["0", "0"]], 0)[:2]
+    ok = tf.equal(tf.size(parts), 2) & tf.reduce_all(tf.strings.regex_full_match(two, "[0-9]+"))
+    # Leading zeros and long digit strings: compare the value, not the length.
+    numbers = tf.strings.to_number(tf.where(ok, two, "0"), tf.float64)
+    ok = ok & tf.reduce_all(numbers < LOCATION_BINS)
+    point = tf.cast((numbers + 0.5) / LOCATION_BINS, tf.float32)
+    return tf.ensure_shape(tf.where(ok, point, 0.0), [2]), ok

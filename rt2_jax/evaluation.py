@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rt2_jax import decoding, sharding, train_state
+from rt2_jax import decoding, localization, sharding, train_state
 from rt2_jax.models import vlm
 
 
@@ -101,11 +101,21 @@ class Evaluator:
         robot = (valid & batch["is_robot"]).astype(jnp.float32)
         vqa = (valid & batch["is_vqa"]).astype(jnp.float32)
         match = jnp.any(jnp.all(txt[:, None, :] == batch["answer_ids"], axis=-1), axis=-1)
-        return {
+        out = {
             **train_state.action_sums(act, jnp.asarray(self._id_to_bin)[act], batch, robot),
             "robot_rows": robot.sum(), "vqa_rows": vqa.sum(),
             "vqa_exact": (match.astype(jnp.float32) * vqa).sum(),
         }
+        if "locate_uv" in batch:
+            # Where keypoint 0 points on the pointing questions (one more image-tower pass).
+            _, sown = model.apply(params, batch["image"], batch["encoder_tokens"],
+                                  batch["encoder_mask"], method="encode",
+                                  mutable=["intermediates"])
+            kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
+            out.update(localization.sums(kp, {
+                "locate_uv": batch["locate_uv"],
+                "locate_mask": batch["locate_mask"] * valid.astype(jnp.float32)}))
+        return out
 
     def _answer_ids(self, answers: np.ndarray, steps: int) -> np.ndarray:
         """bytes [B, K] -> int32 [B, K, steps]: each answer's ids + EOS, pad after; -2 rows for
@@ -129,7 +139,8 @@ class Evaluator:
         arrays = {k: host[k] for k in ("image", "encoder_tokens", "encoder_mask",
                                        "decoder_tokens", "decoder_loss_mask", "is_robot",
                                        "action", "valid")}
-        arrays.update({k: host[k] for k in vlm.WRIST_KEYS if k in host})
+        arrays.update({k: host[k] for k in (*vlm.WRIST_KEYS, *localization.BATCH_KEYS)
+                       if k in host})
         arrays["is_vqa"] = is_vqa
         arrays["answer_ids"] = self._answer_ids(host["answers"], self._text_spec.max_steps)
         out = {}
@@ -158,4 +169,5 @@ class Evaluator:
         if sums["vqa_rows"] > 0:
             results["vqa_exact_match"] = float(sums["vqa_exact"] / sums["vqa_rows"])
             results["vqa_examples"] = float(sums["vqa_rows"])
+        results.update(localization.summarize(sums))
         return results

@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rt2_jax import actions as actions_lib
-from rt2_jax import optim, preprocessing, sharding
+from rt2_jax import localization, optim, preprocessing, sharding
 from rt2_jax.actions import NUM_DIMS
 from rt2_jax.models import params as params_lib
 from rt2_jax.models.encoder_decoder import shift_right
@@ -50,7 +50,16 @@ def batch_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         "is_robot": jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
         "action": jax.ShapeDtypeStruct((batch_size, NUM_DIMS), jnp.float32),
         **_wrist_spec(config, batch_size),
+        **_locate_spec(config, batch_size),
     }
+
+
+def _locate_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The localization-loss keys of a batch (none with the loss off)."""
+    if not localization.enabled(config):
+        return {}
+    return {"locate_uv": jax.ShapeDtypeStruct((batch_size, 2), jnp.float32),
+            "locate_mask": jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
 
 
 def _wrist_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -187,6 +196,7 @@ def summarize(sums: dict[str, np.ndarray], source_names: tuple[str, ...]) -> dic
             out[f"loss/{name}"] = s["source_loss_sum"][i] / s["source_token_count"][i]
         out[f"examples/{name}"] = s["source_examples"][i]
     out.update(summarize_actions(s))
+    out.update(localization.summarize(s))
     if s["web_tokens"] > 0:
         out["web_token_acc"] = s["web_correct"] / s["web_tokens"]
     return out
@@ -324,24 +334,37 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
     token_noise = float(config.train.get("action_token_noise", 0.0))
     if not 0 <= token_noise < 1:
         raise ValueError(f"train.action_token_noise must be in [0, 1), got {token_noise}")
+    locate_weight = localization.weight(config)
     start_id = 0  # T5 convention: the decoder start token is pad
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, batch, rng, locate_scale):
         dec_in = shift_right(batch["decoder_tokens"], start_id)
         if token_noise > 0:
             rng, noise_rng = jax.random.split(rng)
             dec_in = corrupt_action_inputs(dec_in, batch["is_robot"], tables, token_noise,
                                            noise_rng)
-        logits = model.apply({"params": params}, batch["image"], batch["encoder_tokens"],
-                             batch["encoder_mask"], dec_in, train=True,
-                             wrist=wrist_inputs(batch), rngs={"dropout": rng})
+        args = (batch["image"], batch["encoder_tokens"], batch["encoder_mask"], dec_in)
+        kwargs = dict(train=True, wrist=wrist_inputs(batch), rngs={"dropout": rng})
+        if locate_weight:
+            logits, sown = model.apply({"params": params}, *args, mutable=["intermediates"],
+                                       **kwargs)
+            kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
+        else:
+            logits = model.apply({"params": params}, *args, **kwargs)
         metrics = compute_metrics(logits, batch, num_sources, tables, z_loss)
+        # The objective is (text token sum) / (batch tokens) + w (point error sum) / (batch
+        # points). Micro-batches hold different numbers of target tokens (9 for an action, up
+        # to 40 for a caption) and of points: the token *sum* plus w x points' sum x
+        # locate_scale (= batch tokens / batch points, from the whole batch) is differentiated
+        # here, and the accumulated gradient divided by the whole batch's token count, so
+        # accumulating equals one big batch's objective.
+        objective = metrics["loss_sum"]
+        if locate_weight:
+            metrics.update(localization.sums(kp, batch))
+            objective = objective + locate_weight * locate_scale * metrics["locate_sq_sum"]
         if accum == 1:
-            return metrics["loss_sum"] / jnp.maximum(metrics["token_count"], 1.0), metrics
-        # Micro-batches hold different numbers of target tokens (9 for an action, up to 40 for
-        # a caption): differentiate the token *sum* here and divide the accumulated gradient by
-        # the whole batch's token count, so accumulating equals one big batch's token mean.
-        return metrics["loss_sum"], metrics
+            return objective / jnp.maximum(metrics["token_count"], 1.0), metrics
+        return objective, metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -351,8 +374,10 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
 
     def _step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
+        locate_scale = (jnp.sum(batch["decoder_loss_mask"]) / jnp.maximum(
+            jnp.sum(batch["locate_mask"]), 1.0) if locate_weight else 0.0)
         if accum == 1:
-            (_, metrics), grads = grad_fn(state.params, batch, rng)
+            (_, metrics), grads = grad_fn(state.params, batch, rng, locate_scale)
         else:
             micro = jax.tree.map(
                 lambda x: x.reshape((accum, x.shape[0] // accum, *x.shape[1:])), batch)
@@ -360,14 +385,14 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
             def body(carry, xs):
                 grads_acc, metrics_acc = carry
                 mb, i = xs
-                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), locate_scale)
                 return (jax.tree.map(jnp.add, grads_acc, g),
                         jax.tree.map(jnp.add, metrics_acc, m)), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, state.params)
             first = jax.tree.map(lambda x: x[0], micro)
             zeros_m = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                lambda: loss_fn(state.params, first, rng)[1]))
+                lambda: loss_fn(state.params, first, rng, locate_scale)[1]))
             (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m),
                                                (micro, jnp.arange(accum)))
             total = jnp.maximum(metrics["token_count"], 1.0)

@@ -246,3 +246,21 @@ def write_fake_oxe(data_dir, dataset, lengths=(3, 4, 2, 5), image_shape=(12, 16,
         name=dataset, version="0.1.0", features=_oxe_features(dataset, image_shape, wrist_shape),
         split_datasets={"train": episodes}, data_dir=str(data_dir), disable_shuffling=True)
     return os.fspath(builder.data_dir)
+
+
+def synthetic_text_batch(c, rng: np.random.Generator) -> dict:
+    """A random web-row batch of config `c`'s shapes (64 px images); the first half's targets
+    are action length (9 tokens), the second half's full length, so micro-batches of a split
+    batch hold different token counts."""
+    b = c.data.global_batch_size
+    batch = {
+        "image": rng.integers(0, 256, (b, 64, 64, 3), dtype=np.uint8),
+        "encoder_tokens": rng.integers(3, 500, (b, c.max_prompt_len)).astype(np.int32),
+        "encoder_mask": np.ones((b, c.max_prompt_len), bool),
+        "decoder_tokens": rng.integers(3, 500, (b, c.max_target_len)).astype(np.int32),
+        "decoder_loss_mask": np.ones((b, c.max_target_len), np.float32),
+        "source": np.zeros(b, np.int32), "is_robot": np.zeros(b, bool),
+        "action": np.zeros((b, 8), np.float32),
+    }
+    batch["decoder_loss_mask"][: b // 2, 9:] = 0.0
+    return batch

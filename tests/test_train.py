@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import data_fixtures
 import jax
 import numpy as np
 import pytest
@@ -385,17 +386,8 @@ def test_gradient_accumulation_matches_one_big_batch(toy_cache):
                       grad_accum_steps=2)
     rng = np.random.default_rng(0)
     b = c1.data.global_batch_size
-    batch = {
-        "image": rng.integers(0, 256, (b, 64, 64, 3), dtype=np.uint8),
-        "encoder_tokens": rng.integers(3, 500, (b, c1.max_prompt_len)).astype(np.int32),
-        "encoder_mask": np.ones((b, c1.max_prompt_len), bool),
-        "decoder_tokens": rng.integers(3, 500, (b, c1.max_target_len)).astype(np.int32),
-        "decoder_loss_mask": np.ones((b, c1.max_target_len), np.float32),
-        "source": np.zeros(b, np.int32), "is_robot": np.zeros(b, bool),
-        "action": np.zeros((b, 8), np.float32),
-    }
     # First micro-batch: action-length targets (9 tokens); second: full-length ones.
-    batch["decoder_loss_mask"][: b // 2, 9:] = 0.0
+    batch = data_fixtures.synthetic_text_batch(c1, rng)
     assert batch["decoder_loss_mask"][: b // 2].sum() != batch["decoder_loss_mask"][b // 2:].sum()
     params, grad_norms = [], []
     for c in (c1, c2):
