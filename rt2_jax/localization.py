@@ -30,7 +30,7 @@ BATCH_KEYS = ("locate_uv", "locate_mask")
 
 def weight(config) -> float:
     """`config.train.locate_weight` (0 = off), checked against the model it needs."""
-    w = float(config.train.get("locate_weight", 0.0))
+    w = float((config.get("train") or {}).get("locate_weight", 0.0))
     if w < 0:
         raise ValueError(f"train.locate_weight must be >= 0, got {w}")
     if w == 0:

@@ -37,8 +37,10 @@ class TrainState:
     rng: jax.Array
 
 
-def batch_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of one global batch (the host-batch contract)."""
+def batch_spec(config, batch_size: int,
+               with_locate: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one global batch (the host-batch contract); the localization-loss
+    keys only with `with_locate` and the loss on."""
     size, le, ld = config.image_size, config.max_prompt_len, config.max_target_len
     return {
         "image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
@@ -50,7 +52,7 @@ def batch_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         "is_robot": jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
         "action": jax.ShapeDtypeStruct((batch_size, NUM_DIMS), jnp.float32),
         **_wrist_spec(config, batch_size),
-        **_locate_spec(config, batch_size),
+        **(_locate_spec(config, batch_size) if with_locate else {}),
     }
 
 
@@ -73,7 +75,7 @@ def _wrist_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
 def init_inputs(config, batch_size: int = 1) -> tuple[list, dict]:
     """(args, kwargs) of `VLM.init` / `VLM.__call__` for a batch of the config's shapes
     (abstract: ShapeDtypeStructs)."""
-    spec = batch_spec(config, batch_size)
+    spec = batch_spec(config, batch_size, with_locate=False)
     args = [spec[k] for k in ("image", "encoder_tokens", "encoder_mask", "decoder_tokens")]
     return args, {"wrist": wrist_inputs(spec)}
 
