@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from rt2_jax import actions as actions_lib
-from rt2_jax import preprocessing
+from rt2_jax import localization, preprocessing
+from rt2_jax.models import vlm
 
 
 class BatchEncoder:
@@ -85,7 +86,7 @@ def tokenize_batches(ds, encoder, batch_size):
             "action": tf.ensure_shape(norm, [batch_size, actions_lib.NUM_DIMS]),
         }
         # With a wrist camera only; with the localization loss only (rt2_jax/localization.py).
-        for key in ("wrist_image", "wrist_present", "locate_uv", "locate_mask"):
+        for key in (*vlm.WRIST_KEYS, *localization.BATCH_KEYS):
             if key in batch:
                 out[key] = batch[key]
         if "answers" in batch:

@@ -30,14 +30,18 @@ def resize_image(image, size, aspect):
         return tf.image.resize_with_pad(tf.cast(image, tf.float32), height, width,
                                         antialias=True)
     if aspect == "center_crop":
-        # The largest centred region of the target's shape (preprocessing.crop_layout).
-        shape = tf.shape(image)
-        crop_h = tf.minimum(shape[0], shape[1] * height // width)
-        crop_w = tf.minimum(shape[1], shape[0] * width // height)
-        image = tf.image.crop_to_bounding_box(image, (shape[0] - crop_h) // 2,
-                                              (shape[1] - crop_w) // 2, crop_h, crop_w)
+        image = tf.image.crop_to_bounding_box(image, *_center_crop_box(image, height, width))
         return tf.image.resize(image, [height, width], antialias=True)
     raise AssertionError(aspect)  # check_aspect accepted a mode this function lacks
+
+
+def _center_crop_box(image, height, width):
+    """(top, left, crop_h, crop_w): the largest centred region of the target's shape
+    (preprocessing.crop_layout's integer arithmetic, in the graph)."""
+    shape = tf.shape(image)
+    crop_h = tf.minimum(shape[0], shape[1] * height // width)
+    crop_w = tf.minimum(shape[1], shape[0] * width // height)
+    return (shape[0] - crop_h) // 2, (shape[1] - crop_w) // 2, crop_h, crop_w
 
 
 def augment_crop(image, seed, augment, with_box=False):
@@ -124,15 +128,13 @@ def _resize_point(pixel, image, size, aspect):
     """A pixel point of `image` in the output of resize_image(image, size, aspect): the same
     geometry as resize_image (the letterbox layout is tf.image.resize_with_pad's, which
     preprocessing.pad_layout repeats)."""
-    height, width = (float(s) for s in preprocessing.target_shape(size))
+    target_h, target_w = preprocessing.target_shape(size)
+    height, width = float(target_h), float(target_w)
     h, w = _shape_f(image)
     if aspect == "center_crop":
-        shape = tf.shape(image)
-        crop_h = tf.minimum(shape[0], shape[1] * int(height) // int(width))
-        crop_w = tf.minimum(shape[1], shape[0] * int(width) // int(height))
-        pixel = _crop_point(pixel, ((shape[0] - crop_h) // 2, (shape[1] - crop_w) // 2,
-                                    crop_h, crop_w))
-        h, w = tf.cast(crop_h, tf.float32), tf.cast(crop_w, tf.float32)
+        box = _center_crop_box(image, target_h, target_w)
+        pixel = _crop_point(pixel, box)
+        h, w = tf.cast(box[2], tf.float32), tf.cast(box[3], tf.float32)
     px, py, ok = pixel
     if aspect == "pad":
         ratio = tf.maximum(w / width, h / height)

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import robot
 from rt2_jax import tokenizer as tokenizer_lib
+from rt2_jax.sim import vqa
 
 KINDS = ("vqa", "caption")
 ANSWER_CHOICES = ("first", "random")
@@ -107,9 +108,6 @@ def pick_answer(answers, mode, seed):
     return answers[index]
 
 
-LOCATION_BINS = 256   # a point answer is "x y", two integers 0..255 (rt2_jax.sim.vqa's format)
-
-
 def parse_point(answer):
     """An answer string → (float32 [2] (x, y) as fractions of the image's width and height, x
     from the left and y from the top, at the centre of the answer's grid cell; bool: whether
@@ -120,6 +118,6 @@ def parse_point(answer):
     ok = tf.equal(tf.size(parts), 2) & tf.reduce_all(tf.strings.regex_full_match(two, "[0-9]+"))
     # Leading zeros and long digit strings: compare the value, not the length.
     numbers = tf.strings.to_number(tf.where(ok, two, "0"), tf.float64)
-    ok = ok & tf.reduce_all(numbers < LOCATION_BINS)
-    point = tf.cast((numbers + 0.5) / LOCATION_BINS, tf.float32)
+    ok = ok & tf.reduce_all(numbers < vqa.LOCATION_BINS)
+    point = tf.cast((numbers + 0.5) / vqa.LOCATION_BINS, tf.float32)
     return tf.ensure_shape(tf.where(ok, point, 0.0), [2]), ok
