@@ -3,8 +3,10 @@ compile, input errors) and the closed-loop toy-world evaluation."""
 
 import json
 import os
+import types
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from absl import flags
@@ -214,6 +216,38 @@ def test_evaluator_runs_the_camera_it_is_given():
     np.testing.assert_array_equal(fixed["frames"][0], fixed["table_frames"][0])
     np.testing.assert_array_equal(gripper["table_frames"][0], fixed["table_frames"][0])
     assert not np.array_equal(gripper["frames"][0], gripper["table_frames"][0])
+
+
+def test_evaluator_runs_the_grid_it_is_given_and_defaults_to_the_exports():
+    """Scenes (objects and the gripper's start) sit on the grid the evaluator is given, the
+    expert reference runs the same scenes, and the CLI's default is the export's training grid:
+    a policy trained on gridded scenes is not tested on positions it never saw."""
+    starts = []
+
+    class Recording(eval_sim.ExpertPolicy):
+        def reset_episode(self, env, seed):
+            super().reset_episode(env, seed)
+            starts.append(np.concatenate([env.state.obj_xy.ravel(), env.state.ee[:2]]))
+
+    def on_grid(xy, pitch):
+        return bool(np.all(np.abs(xy / pitch - np.round(xy / pitch)) < 1e-6))
+
+    result = eval_sim.evaluate(Recording(), episodes=4, batch_size=2, log=None, grid=0.1)
+    assert len(starts) == 4 and all(on_grid(xy, 0.1) for xy in starts)
+    assert result["success_rate"] == result["expert_success_rate"] == 1.0
+    starts.clear()
+    eval_sim.evaluate(Recording(), episodes=4, batch_size=2, log=None, max_episode_steps=1)
+    assert not all(on_grid(xy, 0.1) for xy in starts)   # the default: anywhere
+
+    fv = flags.FlagValues()
+    eval_sim.define_flags(fv)
+    fv(["eval_sim"])
+    trained = types.SimpleNamespace(config=ml_collections.ConfigDict(
+        {"data": {"toy_world": {"grid": 0.1, "camera": "gripper"}}}))
+    assert eval_sim.grid_for(fv, trained) == 0.1 and eval_sim.camera_for(fv, trained) == "gripper"
+    assert eval_sim.grid_for(fv, eval_sim.ExpertPolicy()) == 0.0   # no export: anywhere
+    fv(["eval_sim", "--grid=0", "--camera=fixed"])
+    assert eval_sim.grid_for(fv, trained) == 0.0 and eval_sim.camera_for(fv, trained) == "fixed"
 
 
 @pytest.mark.parametrize("name", ["expert", "random"])

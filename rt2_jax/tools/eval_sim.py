@@ -82,6 +82,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "The robot camera the policy sees (sim.TabletopEnv). Default: the one the "
                       "export was trained with (config.data.toy_world.camera), else fixed.",
                       flag_values=fv)
+    flags.DEFINE_float("grid", -1.0, "Robot scenes on multiples of this (sim.TabletopEnv; 0 = "
+                       "anywhere). Default (-1): the grid the export was trained on "
+                       "(config.data.toy_world.grid), else 0.", flag_values=fv)
 
 
 # ---------------------------------------------------------------- reference policies
@@ -143,9 +146,9 @@ class _Slot:
         return self.observation is not None
 
 
-def expert_episode(concepts: str, seed: int, max_episode_steps: int) -> dict:
+def expert_episode(concepts: str, seed: int, max_episode_steps: int, grid: float = 0.0) -> dict:
     """The scripted expert on the scene and task of `seed` (it reads the state: any camera)."""
-    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts)
+    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts, grid=grid)
     episode = sim.rollout(env, sim.ScriptedExpert(env), seed=seed)
     return {"success": bool(episode.terminated and episode.success),
             "steps": len(episode.actions), "instruction": episode.task.instruction}
@@ -176,14 +179,15 @@ def summarize(records: list[dict]) -> dict:
 def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
              batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
              log: Callable[[str], None] | None = print, record_frames: int = 0,
-             camera: str = "fixed") -> dict:
+             camera: str = "fixed", grid: float = 0.0) -> dict:
     """Runs `episodes` closed-loop episodes of `policy` in one category and the scripted expert
     on the same seeds; returns the summary with the per-episode records under 'episodes'.
 
     `policy` has `act_batch(images, instructions) -> [B, 8]`, or (`needs_env = True`)
     `reset_episode(env, seed)` and `act_envs(envs) -> [B, 8]`. With `record_frames` = n the
     first n episodes keep their frames and decoded actions (record['frames'], ['actions']) and
-    the whole table at each step (record['table_frames']). `camera`: sim.CAMERAS."""
+    the whole table at each step (record['table_frames']). `camera`: sim.CAMERAS; `grid`: scenes on
+    multiples of it (sim.TabletopEnv; the grid the policy was trained on)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if batch_size < 1:
@@ -191,7 +195,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
     batch_size = min(batch_size, episodes)
     uses_env = getattr(policy, "needs_env", False)
     slots = [_Slot(sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts,
-                                   camera=camera))
+                                   camera=camera, grid=grid))
              for _ in range(batch_size)]
     records: list[dict | None] = [None] * episodes
     next_episode = 0
@@ -212,7 +216,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         next_episode += 1
 
     def finish(slot: _Slot, info: dict, terminated: bool, reward: float) -> None:
-        expert = expert_episode(concepts, slot.seed, max_episode_steps)
+        expert = expert_episode(concepts, slot.seed, max_episode_steps, grid)
         task = info["task"]
         if expert["instruction"] != task.instruction:   # same seed must mean the same task
             raise RuntimeError(f"seed {slot.seed}: the expert got {expert['instruction']!r}, "
@@ -325,7 +329,7 @@ def parse_categories(names) -> list[str]:
 def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, seed: int = 0,
                  batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
                  vqa_questions: int = 0, log: Callable[[str], None] | None = print,
-                 record_frames: int = 0, camera: str = "fixed") -> dict:
+                 record_frames: int = 0, camera: str = "fixed", grid: float = 0.0) -> dict:
     """`evaluate` for every category, then held-out VQA (when `policy` can answer and
     `vqa_questions` > 0). Returns {'success': category -> rate, 'expert_success', 'categories'
     (full summaries), 'episodes' (records with their 'category'), 'vqa_accuracy', 'vqa'}."""
@@ -333,7 +337,8 @@ def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, see
     for k, category in enumerate(categories):
         result = evaluate(policy, episodes=episodes, concepts=category, seed=seed,
                           batch_size=batch_size, max_episode_steps=max_episode_steps, log=log,
-                          record_frames=record_frames if k == 0 else 0, camera=camera)
+                          record_frames=record_frames if k == 0 else 0, camera=camera,
+                          grid=grid)
         episodes_out += [{"category": category, **r} for r in result.pop("episodes")]
         results[category] = result
     vqa_result = None
@@ -387,28 +392,40 @@ def make_policy(f: flags.FlagValues):
                                          seed=f.seed)
 
 
-def camera_for(f: flags.FlagValues, policy) -> str:
-    """--camera, else the camera of the export's training data, else the default."""
-    if f.camera:
-        return f.camera
+def trained_world(policy, key: str, default):
+    """config.data.toy_world[key] of the export `policy` was loaded from, else `default`."""
     config = getattr(policy, "config", None)
     try:
-        return str(config.data.toy_world.camera)
-    except (AttributeError, KeyError):
-        return "fixed"
+        return type(default)(config.data.toy_world[key])
+    except (AttributeError, KeyError, TypeError):
+        return default
+
+
+def camera_for(f: flags.FlagValues, policy) -> str:
+    """--camera, else the camera of the export's training data, else the default."""
+    return f.camera or trained_world(policy, "camera", "fixed")
+
+
+def grid_for(f: flags.FlagValues, policy) -> float:
+    """--grid when given (>= 0), else the grid of the export's robot scenes, else 0 (anywhere).
+    A policy trained on gridded scenes and tested off the grid meets positions it never saw."""
+    if f.grid >= 0:
+        return float(f.grid)
+    return trained_world(policy, "grid", 0.0)
 
 
 def run(f: flags.FlagValues) -> dict:
     """Evaluates as the parsed flags `f` say; prints progress and the summary; returns it."""
     categories = parse_categories(f.categories)
     policy = make_policy(f)
-    camera = camera_for(f, policy)
+    camera, grid = camera_for(f, policy), grid_for(f, policy)
     stream = sys.stderr if f.json else sys.stdout
     result = evaluate_all(policy, categories=categories, episodes=f.episodes, seed=f.seed,
                           batch_size=f.batch_size, max_episode_steps=f.max_episode_steps,
                           vqa_questions=f.vqa_questions if f.policy == "export" else 0,
                           log=lambda line: print(line, file=stream, flush=True),
-                          record_frames=f.gif_episodes if f.gif else 0, camera=camera)
+                          record_frames=f.gif_episodes if f.gif else 0, camera=camera,
+                          grid=grid)
     if f.gif:
         frames = write_gif(f.gif, result["episodes"])
         print(f"wrote {f.gif} ({frames} frames)", file=stream, flush=True)
@@ -418,7 +435,7 @@ def run(f: flags.FlagValues) -> dict:
             actions = record.pop("actions", None)
             if actions is not None:
                 record["decoded_actions"] = [np.asarray(a).round(4).tolist() for a in actions]
-    result = {"policy": f.policy, "export": f.export, "camera": camera, **result}
+    result = {"policy": f.policy, "export": f.export, "camera": camera, "grid": grid, **result}
     print(json.dumps(result) if f.json else format_summary(result), flush=True)
     return result
 
