@@ -29,6 +29,13 @@ def test_stage_configs(toy_cache):  # noqa: F811
     assert scratch.train.init_from == ""   # from random weights
     with pytest.raises(ValueError, match="unknown stage"):
         cofinetune.stage_config(base, "finetune", 0, 7)
+    # Held-out evaluations spread over the stage, the last at its end (train.py evaluates at
+    # every multiple of eval_every and at the last step).
+    assert cofinetune.stage_config(base, "scratch", 0, 1500, evals=2).train.eval_every == 750
+    assert cofinetune.stage_config(base, "scratch", 0, 1500, evals=3).train.eval_every == 500
+    assert cofinetune.stage_config(base, "scratch", 0, 1500, evals=0).train.eval_every == 0
+    with pytest.raises(ValueError, match="evals per stage"):
+        cofinetune.stage_config(base, "scratch", 0, 7, evals=-1)
     assert base.train.init_from == ""   # the base config is not modified
 
 
@@ -52,12 +59,29 @@ def test_load_params_like_takes_matching_params_and_names_mismatches(tmp_path):
         checkpoints.load_params_like(str(tmp_path / "missing"), mine)
 
 
-def test_miniature_experiment_end_to_end(toy_cache, tmp_path):  # noqa: F811
+def test_learning_curves_are_read_from_each_stage_and_tabled(tmp_path):
+    stage = tmp_path / "cofinetune_seed0"
+    stage.mkdir()
+    rows = [{"step": 100, "loss": 3.0},
+            {"step": 750, "eval/action_acc/dx": 0.68, "eval/locate_dist": 0.12},
+            {"step": 1500, "eval/action_acc/dx": 0.9, "eval/vqa_exact_match": 0.3}]
+    (stage / "metrics.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in rows) + '\n{"step": 16')   # a line cut by a crash
+    curves = cofinetune.curves(str(stage))
+    assert curves == [{"step": 750, "action_acc/dx": 0.68, "locate_dist": 0.12},
+                      {"step": 1500, "action_acc/dx": 0.9, "vqa_exact_match": 0.3}]
+    assert cofinetune.curves(str(tmp_path / "missing")) == []
+    md = cofinetune.markdown({}, 0.31, {"cofinetune_seed0": curves})
+    assert "| cofinetune_seed0 | 750 | – | 0.680 | – | – | – | – | 0.120 |" in md
+    assert "held-out VQA accuracy 0.310" in md
+
+
+def test_miniature_experiment_end_to_end(toy_cache, tmp_path, monkeypatch):  # noqa: F811
     base = small_config(toy_cache, num_steps=3, checkpoint_every=3)
     lines = []
     results = cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3,
                              finetune_steps=2, robot_fraction=0.5, episodes=1, vqa_questions=4,
-                             log=lines.append)
+                             max_episode_steps=3, evals_per_stage=0, log=lines.append)
     assert set(results["table"]) == set(cofinetune.ARMS)
     for arm in cofinetune.ARMS:
         row = results["table"][arm]
@@ -73,11 +97,23 @@ def test_miniature_experiment_end_to_end(toy_cache, tmp_path):  # noqa: F811
         cfg = json.loads(open(os.path.join(tmp_path, f"{arm}_seed0", "export",
                                            "config.json")).read())
         assert bool(cfg["train"]["init_from"]) == expected
-    # Rerunning resumes: every stage's export exists, nothing trains again.
+    assert all(set(run["expert_success"]) == set(run["solved_at_end"]) == set(
+        cofinetune.COLUMNS[:4]) for arm in results["runs"].values() for run in arm.values())
+    assert results["settings"]["max_episode_steps"] == 3
+    # Rerunning resumes: every stage's export exists, nothing trains again, and the arms'
+    # closed-loop results are read back (eval.json) instead of evaluated again.
+    from rt2_jax.tools import eval_sim
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished arm was evaluated again")
+
+    monkeypatch.setattr(eval_sim, "evaluate_all", refuse)
     again = []
-    cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3, finetune_steps=2,
-                   robot_fraction=0.5, episodes=1, vqa_questions=4, log=again.append)
+    rerun = cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3, finetune_steps=2,
+                           robot_fraction=0.5, episodes=1, vqa_questions=4,
+                           max_episode_steps=3, evals_per_stage=0, log=again.append)
     assert sum("skipping training" in line for line in again) == 4
+    assert rerun["runs"] == json.loads(json.dumps(results["runs"]))
 
 
 def test_imitation_probe_reports_learning_and_restores_the_world():
@@ -170,19 +206,18 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
                                                                          np.uint8)), path)
     config = tiny.get_config()
     config.model.vit.keypoints = 16
-    last = imitation_probe.run(config, init_keypoints=path, **kw)
-    assert 0 <= last["success"]["pick"] <= 1
-    config.model.vit.keypoints = 8
-    with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
-        imitation_probe.run(config, init_keypoints=path, **kw)
-    # Localization pretraining first (--locate_pretrain_steps) reports its held-out distances.
+    # ... and is then pretrained to locate (--locate_pretrain_steps), which reports its held-out
+    # distances (one run for both, as the probe allows them together).
     records = []
-    last = imitation_probe.run(config, locate_pretrain_steps=2,
+    last = imitation_probe.run(config, init_keypoints=path, locate_pretrain_steps=2,
                                **{**kw, "emit": records.append})
+    assert 0 <= last["success"]["pick"] <= 1
     located = [r for r in records if "locate_step" in r]
     assert [r["locate_step"] for r in located] == [2]
     assert set(located[0]["locate_dist"]) == {"object", "gripper"}
-    assert 0 <= last["success"]["pick"] <= 1
+    config.model.vit.keypoints = 8
+    with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
+        imitation_probe.run(config, init_keypoints=path, **kw)
     with pytest.raises(ValueError, match="fixed camera"):
         imitation_probe.run(config, locate_pretrain_steps=2, **{**kw, "camera": "gripper"})
 

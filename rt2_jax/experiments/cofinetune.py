@@ -24,6 +24,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from rt2_jax.sim.env import MAX_EPISODE_STEPS
+
 ARMS = ("robot_only", "cofinetune", "scratch")
 COLUMNS = ("seen", "unseen_objects", "unseen_backgrounds", "symbols", "vqa_accuracy")
 
@@ -39,12 +41,17 @@ def define_flags() -> None:
     flags.DEFINE_float("robot_fraction", 0.5, "Robot share of co-fine-tuning batches.")
     flags.DEFINE_integer("episodes", 50, "Closed-loop episodes per category and run.")
     flags.DEFINE_integer("vqa_questions", 300, "Held-out VQA questions per run.")
+    flags.DEFINE_integer("max_episode_steps", MAX_EPISODE_STEPS,
+                         "Step limit of a closed-loop episode.")
+    flags.DEFINE_integer("evals_per_stage", 2, "Held-out evaluations (train.py's per-dim action "
+                         "accuracy, VQA, pointing) spread evenly over each stage; 0 = none.")
     flags.mark_flags_as_required(["workdir"])
 
 
 def stage_config(base, arm: str, seed: int, steps: int, robot_fraction: float = 0.5,
-                 init_from: str = ""):
-    """The config of one stage: 'pretrain' (web only) or an arm of ARMS."""
+                 init_from: str = "", evals: int = 2):
+    """The config of one stage: 'pretrain' (web only) or an arm of ARMS. `evals` held-out
+    evaluations are spread evenly over its steps (the last at the end; 0 = none)."""
     c = base.copy_and_resolve_references()
     c.seed = seed
     sources = c.data.sources
@@ -69,7 +76,11 @@ def stage_config(base, arm: str, seed: int, steps: int, robot_fraction: float = 
     c.train.init_from = init_from if arm in ("robot_only", "cofinetune") else ""
     c.train.export_at_end = True
     c.train.export_dtype = "float32"
-    c.train.eval_every = 0            # the experiment evaluates each export itself
+    # Held-out per-dim action accuracy, VQA exact match and pointing distance during training:
+    # the learning curves that explain a closed-loop result (collected by `curves`).
+    if evals < 0:
+        raise ValueError(f"evals per stage must be >= 0, got {evals}")
+    c.train.eval_every = max(steps // evals, 1) if evals else 0
     c.train.checkpoint_every = max(steps // 2, 1)
     return c
 
@@ -89,15 +100,55 @@ def run_stage(config, workdir: str, log) -> str:
     return export
 
 
-def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int) -> dict:
+def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int,
+                    max_episode_steps: int = MAX_EPISODE_STEPS) -> dict:
+    """Closed loop in every category on the world the export was trained on (its camera and
+    scene grid), and held-out VQA. The result is kept next to the export (eval.json) and read
+    back by a rerun with the same settings, so resuming does not evaluate finished arms again."""
+    settings = {"episodes": episodes, "vqa_questions": vqa_questions, "seed": seed,
+                "max_episode_steps": max_episode_steps}
+    cache = os.path.join(os.path.dirname(export.rstrip("/")), "eval.json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            kept = json.load(f)
+        if kept.get("settings") == settings:
+            return kept["result"]
     from rt2_jax import policy as policy_lib
     from rt2_jax.tools import eval_sim
 
     policy = policy_lib.Policy.from_export(export)
     result = eval_sim.evaluate_all(policy, episodes=episodes, seed=10_000 * (seed + 1),
-                                   batch_size=16, vqa_questions=vqa_questions, log=None)
-    return {**result["success"], "vqa_accuracy": result["vqa_accuracy"],
-            "vqa_per_type": result["vqa"]["per_type"] if result["vqa"] else None}
+                                   batch_size=16, vqa_questions=vqa_questions, log=None,
+                                   max_episode_steps=max_episode_steps,
+                                   camera=eval_sim.trained_world(policy, "camera", "fixed"),
+                                   grid=eval_sim.trained_world(policy, "grid", 0.0))
+    result = {**result["success"], "vqa_accuracy": result["vqa_accuracy"],
+              "vqa_per_type": result["vqa"]["per_type"] if result["vqa"] else None,
+              "expert_success": result["expert_success"],
+              "solved_at_end": {c: r["solved_at_end_rate"]
+                                for c, r in result["categories"].items()}}
+    with open(cache + ".tmp", "w") as f:
+        json.dump({"settings": settings, "result": result}, f, indent=2)
+    os.replace(cache + ".tmp", cache)
+    return result
+
+
+def curves(workdir: str) -> list[dict]:
+    """The held-out evaluations (eval/* of metrics.jsonl) a stage logged, by step."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:   # a line cut off by a crash
+                continue
+            evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
+            if evals:
+                rows.append({"step": record["step"], **evals})
+    return rows
 
 
 def summarize(runs: dict) -> dict:
@@ -114,7 +165,11 @@ def summarize(runs: dict) -> dict:
     return table
 
 
-def markdown(table: dict, pretrain_vqa: float | None) -> str:
+CURVE_COLUMNS = ("action_acc/terminate", "action_acc/dx", "action_acc/dy", "action_acc/dz",
+                 "action_acc/gripper", "vqa_exact_match", "locate_dist")
+
+
+def markdown(table: dict, pretrain_vqa: float | None, learning: dict | None = None) -> str:
     lines = ["| arm | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for arm, row in table.items():
         cells = [f"{row[c]['mean']:.2f} ± {row[c]['std']:.2f}" if c in row else "–"
@@ -123,6 +178,15 @@ def markdown(table: dict, pretrain_vqa: float | None) -> str:
     if pretrain_vqa is not None:
         lines.append(f"\nWeb-pretrained model (before robot data): held-out VQA accuracy "
                      f"{pretrain_vqa:.3f}.")
+    if learning:
+        lines += ["", "Held-out evaluations during training (train.py's eval: per-dim action "
+                  "accuracy, VQA exact match, pointing distance in image sides):", "",
+                  "| stage | step | " + " | ".join(CURVE_COLUMNS) + " |",
+                  "|---" * (len(CURVE_COLUMNS) + 2) + "|"]
+        for stage, rows in learning.items():
+            for row in rows:
+                cells = [f"{row[c]:.3f}" if c in row else "–" for c in CURVE_COLUMNS]
+                lines.append(f"| {stage} | {row['step']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -150,12 +214,15 @@ def chart(table: dict, path: str) -> None:
 
 
 def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
-        robot_fraction: float, episodes: int, vqa_questions: int, log=print) -> dict:
+        robot_fraction: float, episodes: int, vqa_questions: int,
+        max_episode_steps: int = MAX_EPISODE_STEPS, evals_per_stage: int = 2,
+        log=print) -> dict:
     """The whole experiment; returns the results dict also written to results.json."""
     start = time.perf_counter()
     workdir = os.path.abspath(workdir)
     pre_dir = os.path.join(workdir, "pretrain")
-    pre_export = run_stage(stage_config(base, "pretrain", 0, pretrain_steps), pre_dir, log)
+    pre_export = run_stage(stage_config(base, "pretrain", 0, pretrain_steps,
+                                        evals=evals_per_stage), pre_dir, log)
     from rt2_jax import policy as policy_lib
     from rt2_jax.tools import eval_sim
 
@@ -163,23 +230,30 @@ def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
                                          vqa_questions, seed=0)
     log(f"pretrained VQA accuracy {pretrain_vqa['vqa_accuracy']:.3f}")
     runs: dict = {arm: {} for arm in ARMS}
+    learning = {"pretrain": curves(pre_dir)}
     for seed in seeds:
         for arm in ARMS:
-            config = stage_config(base, arm, seed, finetune_steps, robot_fraction, pre_export)
-            export = run_stage(config, os.path.join(workdir, f"{arm}_seed{seed}"), log)
-            runs[arm][str(seed)] = evaluate_export(export, episodes, vqa_questions, seed)
+            config = stage_config(base, arm, seed, finetune_steps, robot_fraction, pre_export,
+                                  evals_per_stage)
+            stage_dir = os.path.join(workdir, f"{arm}_seed{seed}")
+            export = run_stage(config, stage_dir, log)
+            runs[arm][str(seed)] = evaluate_export(export, episodes, vqa_questions, seed,
+                                                   max_episode_steps)
+            learning[f"{arm}_seed{seed}"] = curves(stage_dir)
             log(f"{arm} seed {seed}: " + json.dumps(
                 {k: round(v, 3) for k, v in runs[arm][str(seed)].items()
                  if isinstance(v, float)}))
     table = summarize(runs)
-    results = {"table": table, "runs": runs, "pretrain_vqa": pretrain_vqa,
+    results = {"table": table, "runs": runs, "pretrain_vqa": pretrain_vqa, "curves": learning,
                "settings": {"seeds": list(seeds), "pretrain_steps": pretrain_steps,
                             "finetune_steps": finetune_steps, "robot_fraction": robot_fraction,
-                            "episodes_per_category": episodes, "vqa_questions": vqa_questions},
+                            "episodes_per_category": episodes, "vqa_questions": vqa_questions,
+                            "max_episode_steps": max_episode_steps,
+                            "evals_per_stage": evals_per_stage},
                "wall_s": round(time.perf_counter() - start, 1)}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    md = markdown(table, pretrain_vqa["vqa_accuracy"])
+    md = markdown(table, pretrain_vqa["vqa_accuracy"], learning)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(md + "\n")
     chart(table, os.path.join(workdir, "results.png"))
@@ -195,7 +269,8 @@ def main(argv):
     f = flags.FLAGS
     run(f.config, f.workdir, seeds=[int(s) for s in f.seeds], pretrain_steps=f.pretrain_steps,
         finetune_steps=f.finetune_steps, robot_fraction=f.robot_fraction, episodes=f.episodes,
-        vqa_questions=f.vqa_questions)
+        vqa_questions=f.vqa_questions, max_episode_steps=f.max_episode_steps,
+        evals_per_stage=f.evals_per_stage)
 
 
 if __name__ == "__main__":
