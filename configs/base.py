@@ -16,7 +16,9 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
         keypoints=0,             # > 0: spatial-softmax keypoint tokens (robot policies)
         keypoint_query=False,    # keypoints conditioned on the prompt
         keypoint_scale=10.0,     # initial inverse temperature of the keypoint softmax
-        keypoint_coord="shared"))  # (u, v) -> token: one map for all keypoints | per_keypoint
+        keypoint_coord="shared",  # (u, v) -> token: one map for all keypoints | per_keypoint
+        keypoint_action_head=False))  # action readout of the keypoints (training only),
+    #                                  trained by train.keypoint_action_weight
     m.vit.update(vit)
     m.encdec = ml_collections.ConfigDict(dict(
         mlp_activation="gelu", rel_pos_buckets=32, rel_pos_max_distance=128, dropout_rate=0.0))
@@ -76,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
         # > 0: web pointing answers ("x y") of sources with locate_answers=True also regress
         # ViT keypoint 0 onto their point, with this weight (rt2_jax/localization.py). 0 = off.
         locate_weight=0.0,
+        # > 0: robot rows also train the keypoint head's own action readout
+        # (model.vit.keypoint_action_head) with this weight: a direct path from actions to the
+        # keypoints' convs (train_state.keypoint_action_sums). Decoding never uses it. 0 = off.
+        keypoint_action_weight=0.0,
         log_every=10,
         eval_every=200,              # 0 = never
         checkpoint_every=200,

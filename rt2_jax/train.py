@@ -329,7 +329,8 @@ def _train(config, workdir: str) -> dict[str, float]:
                 steps_per_s=1.0 / step_s, examples_per_s=examples_per_step / step_s,
                 data_wait_fraction=wait_s / elapsed, eta_min=(total - done) * step_s / 60)
             log.console(done, last, ("loss", "loss/robot", "action_acc", "action_l1",
-                                     "web_token_acc", "locate_dist", "learning_rate",
+                                     "web_token_acc", "locate_dist", "kp_action_acc",
+                                     "learning_rate",
                                      "grad_norm",
                                      "steps_per_s", "data_wait_fraction", "eta_min"))
             log.scalars(done, last, "train/")

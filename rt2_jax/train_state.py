@@ -160,6 +160,54 @@ def summarize_actions(sums: dict, per_dim_l1: bool = False) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
+def keypoint_action_weight(config) -> float:
+    """`config.train.keypoint_action_weight` (0 = off), checked against the model it needs."""
+    w = float((config.get("train") or {}).get("keypoint_action_weight", 0.0))
+    if w < 0:
+        raise ValueError(f"train.keypoint_action_weight must be >= 0, got {w}")
+    if w and not config.model.vit.get("keypoint_action_head", False):
+        raise ValueError(f"train.keypoint_action_weight={w} trains the keypoints' action "
+                         "readout: set config.model.vit.keypoint_action_head=True (and "
+                         "vit.keypoints >= 1).")
+    if w and preprocessing.wrist_camera(config):
+        raise ValueError("train.keypoint_action_weight > 0 with a wrist camera is not "
+                         "supported; set config.model.wrist_camera='' or the weight to 0.")
+    return w
+
+
+def keypoint_action_logits(intermediates) -> jax.Array:
+    """The image tower's sown auxiliary action logits [B, 8, 256]."""
+    try:
+        return intermediates["intermediates"]["img"]["keypoint_action_logits"][0]
+    except KeyError as e:
+        raise ValueError("the model sowed no keypoint action logits "
+                         "(config.model.vit.keypoint_action_head is off?)") from e
+
+
+def keypoint_action_sums(logits: jax.Array, batch, tables: ActionTables) -> dict:
+    """Cross-entropy of the keypoints' action readout [B, 8, 256] against each robot row's
+    action bins (the bins of its first 8 target tokens), over the dims the row's dataset
+    records; summed, with the count of (row, dim) pairs and how many the argmax got right."""
+    bins = jnp.asarray(tables.id_to_bin)[batch["decoder_tokens"][:, :NUM_DIMS]]
+    weight = (batch["is_robot"].astype(jnp.float32)[:, None]
+              * (batch["decoder_loss_mask"][:, :NUM_DIMS] > 0) * (bins >= 0))
+    bins = jnp.maximum(bins, 0)
+    logits = logits.astype(jnp.float32)
+    ce = (jax.nn.logsumexp(logits, -1)
+          - jnp.take_along_axis(logits, bins[..., None], axis=-1)[..., 0])
+    hit = (jnp.argmax(logits, -1) == bins).astype(jnp.float32)
+    return {"kp_action_ce_sum": (ce * weight).sum(), "kp_action_correct": (hit * weight).sum(),
+            "kp_action_count": weight.sum()}
+
+
+def summarize_keypoint_actions(s: dict) -> dict[str, float]:
+    count = float(s.get("kp_action_count", 0.0))
+    if count <= 0:
+        return {}
+    return {"kp_action_loss": float(s["kp_action_ce_sum"]) / count,
+            "kp_action_acc": float(s["kp_action_correct"]) / count}
+
+
 def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_loss: float):
     """Sums and counts (so that they average correctly over hosts and micro-batches)."""
     targets, mask = batch["decoder_tokens"], batch["decoder_loss_mask"]
@@ -199,6 +247,7 @@ def summarize(sums: dict[str, np.ndarray], source_names: tuple[str, ...]) -> dic
         out[f"examples/{name}"] = s["source_examples"][i]
     out.update(summarize_actions(s))
     out.update(localization.summarize(s))
+    out.update(summarize_keypoint_actions(s))
     if s["web_tokens"] > 0:
         out["web_token_acc"] = s["web_correct"] / s["web_tokens"]
     return out
@@ -337,9 +386,10 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
     if not 0 <= token_noise < 1:
         raise ValueError(f"train.action_token_noise must be in [0, 1), got {token_noise}")
     locate_weight = localization.weight(config)
+    kpa_weight = keypoint_action_weight(config)
     start_id = 0  # T5 convention: the decoder start token is pad
 
-    def loss_fn(params, batch, rng, locate_scale):
+    def loss_fn(params, batch, rng, scales):
         dec_in = shift_right(batch["decoder_tokens"], start_id)
         if token_noise > 0:
             rng, noise_rng = jax.random.split(rng)
@@ -347,23 +397,27 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
                                            noise_rng)
         args = (batch["image"], batch["encoder_tokens"], batch["encoder_mask"], dec_in)
         kwargs = dict(train=True, wrist=wrist_inputs(batch), rngs={"dropout": rng})
-        if locate_weight:
+        if locate_weight or kpa_weight:
             logits, sown = model.apply({"params": params}, *args, mutable=["intermediates"],
                                        **kwargs)
-            kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
         else:
             logits = model.apply({"params": params}, *args, **kwargs)
         metrics = compute_metrics(logits, batch, num_sources, tables, z_loss)
         # The objective is (text token sum) / (batch tokens) + w (point error sum) / (batch
-        # points). Micro-batches hold different numbers of target tokens (9 for an action, up
-        # to 40 for a caption) and of points: the token *sum* plus w x points' sum x
-        # locate_scale (= batch tokens / batch points, from the whole batch) is differentiated
+        # points) + w' (readout cross-entropy sum) / (batch robot dims). Micro-batches hold
+        # different numbers of target tokens (9 for an action, up to 40 for a caption), of
+        # points and of robot rows: the token *sum* plus each auxiliary sum x its scale (=
+        # batch tokens / batch points or robot dims, from the whole batch) is differentiated
         # here, and the accumulated gradient divided by the whole batch's token count, so
         # accumulating equals one big batch's objective.
         objective = metrics["loss_sum"]
         if locate_weight:
+            kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
             metrics.update(localization.sums(kp, batch))
-            objective = objective + locate_weight * locate_scale * metrics["locate_sq_sum"]
+            objective = objective + locate_weight * scales[0] * metrics["locate_sq_sum"]
+        if kpa_weight:
+            metrics.update(keypoint_action_sums(keypoint_action_logits(sown), batch, tables))
+            objective = objective + kpa_weight * scales[1] * metrics["kp_action_ce_sum"]
         if accum == 1:
             return objective / jnp.maximum(metrics["token_count"], 1.0), metrics
         return objective, metrics
@@ -376,10 +430,14 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
 
     def _step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        locate_scale = (jnp.sum(batch["decoder_loss_mask"]) / jnp.maximum(
-            jnp.sum(batch["locate_mask"]), 1.0) if locate_weight else 0.0)
+        tokens = jnp.sum(batch["decoder_loss_mask"])
+        robot_dims = jnp.sum(batch["is_robot"].astype(jnp.float32)[:, None]
+                             * (batch["decoder_loss_mask"][:, :NUM_DIMS] > 0))
+        scales = (tokens / jnp.maximum(jnp.sum(batch["locate_mask"]), 1.0)
+                  if locate_weight else 0.0,
+                  tokens / jnp.maximum(robot_dims, 1.0) if kpa_weight else 0.0)
         if accum == 1:
-            (_, metrics), grads = grad_fn(state.params, batch, rng, locate_scale)
+            (_, metrics), grads = grad_fn(state.params, batch, rng, scales)
         else:
             micro = jax.tree.map(
                 lambda x: x.reshape((accum, x.shape[0] // accum, *x.shape[1:])), batch)
@@ -387,14 +445,14 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
             def body(carry, xs):
                 grads_acc, metrics_acc = carry
                 mb, i = xs
-                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), locate_scale)
+                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), scales)
                 return (jax.tree.map(jnp.add, grads_acc, g),
                         jax.tree.map(jnp.add, metrics_acc, m)), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, state.params)
             first = jax.tree.map(lambda x: x[0], micro)
             zeros_m = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                lambda: loss_fn(state.params, first, rng, locate_scale)[1]))
+                lambda: loss_fn(state.params, first, rng, scales)[1]))
             (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m),
                                                (micro, jnp.arange(accum)))
             total = jnp.maximum(metrics["token_count"], 1.0)

@@ -468,6 +468,9 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
             m = jax.device_get(metrics)
             report.update(loss=round(float(m["loss_sum"] / max(m["token_count"], 1)), 4),
                           **held_out_report(state.params))
+            # The keypoints' own action readout (vit.keypoint_action_head), on this batch.
+            report.update({k: round(v, 4) for k, v in
+                           train_state.summarize_keypoint_actions(m).items()})
             if n_point or point_pretrain_steps:
                 report.update(pointing_report(state.params))
         if step % eval_every == 0 or step == steps:

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from rt2_jax import actions as actions_lib
 from rt2_jax.models import layers
 from rt2_jax.models.layers import EMBED, MLP, Dtype
 
@@ -49,6 +50,8 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
 
 # (channels, stride) of the keypoint head's 3x3 convs: full resolution, then half.
 KEYPOINT_CHANNELS = ((32, 1), (32, 1), (64, 2))
+# Hidden width of the keypoint head's auxiliary action readout (`keypoint_action_head`).
+KEYPOINT_ACTION_HIDDEN = 256
 
 
 def num_tokens(vit_config, image_size: int) -> int:
@@ -175,6 +178,7 @@ class ViT(nn.Module):
     keypoint_query: bool = False  # keypoint scores also depend on a query (the prompt)
     keypoint_scale: float = 10.0  # initial inverse temperature of the keypoint softmax (learned)
     keypoint_coord: str = "shared"  # (u, v) -> token: one linear map for all | per_keypoint
+    keypoint_action_head: bool = False  # an action readout of the keypoints (training only)
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
@@ -233,6 +237,9 @@ class ViT(nn.Module):
                               layernorm_epsilon=self.layernorm_epsilon,
                               dropout_rate=self.dropout_rate),
         )(x)
+        if self.keypoint_action_head and self.keypoints < 1:
+            raise ValueError("vit.keypoint_action_head reads the keypoints: set "
+                             "vit.keypoints >= 1.")
         if self.keypoints:
             if not self.keypoint_scale > 0:
                 raise ValueError(f"vit.keypoint_scale (the keypoint softmax's initial inverse "
@@ -306,6 +313,8 @@ class ViT(nn.Module):
         prob = jax.nn.softmax(logits.reshape(b, h * w, k), axis=1)
         uv = jnp.einsum("bnk,nc->bkc", prob, jnp.asarray(keypoint_grid(h, w)))
         self.sow("intermediates", "keypoints", uv)
+        if self.keypoint_action_head:
+            self._keypoint_action_logits(uv, f, query)
         if self.keypoint_coord == "shared":
             tokens = layers.dense_general(
                 width, kernel_axes=(None, EMBED), bias_axes=(EMBED,), dtype=self.dtype,
@@ -326,6 +335,37 @@ class ViT(nn.Module):
         tokens = tokens + ident.astype(self.dtype)[None]
         self.sow("intermediates", "keypoint_tokens", tokens)
         return tokens
+
+    def _keypoint_action_logits(self, uv: jax.Array, features: jax.Array,
+                                query: jax.Array | None) -> None:
+        """Auxiliary action readout of the keypoint head (`keypoint_action_head`): the keypoints,
+        the mean conv features and the query (when the keypoints have one) through a two-layer
+        MLP to logits over the 256 bins of each of the 8 action dims, sown as intermediates
+        `keypoint_action_logits` [B, 8, 256].
+
+        The decoder reads the keypoints only through the encoder-decoder's attention, so at
+        initialization the conv head gets almost no gradient from the action tokens: the tiny
+        VLM sat at the majority action for 1,000+ steps, where a CNN with this readout left it
+        in ~250 and a VLM started from that CNN's head read positions within a few hundred
+        (README, toy-world notes). With `train.keypoint_action_weight` > 0 the train step adds
+        this readout's cross-entropy on robot rows, a direct path from actions to the conv
+        head; decoding never uses it (the policy's actions are still the decoder's tokens).
+        Parameters: keypoint_action_Dense_{0,1}, keypoint_action_out."""
+        b = uv.shape[0]
+        parts = [uv.reshape(b, -1), features.astype(jnp.float32).mean((1, 2))]
+        if query is not None:
+            parts.append(query.astype(jnp.float32))
+        y = jnp.concatenate(parts, axis=-1)
+        for i in range(2):
+            y = nn.gelu(layers.dense_general(
+                KEYPOINT_ACTION_HIDDEN, kernel_axes=(None, None), bias_axes=(None,),
+                dtype=jnp.float32, param_dtype=self.param_dtype,
+                name=f"keypoint_action_Dense_{i}")(y))
+        logits = layers.dense_general(
+            (actions_lib.NUM_DIMS, actions_lib.NUM_BINS), kernel_axes=(None, None, None),
+            bias_axes=(None, None), dtype=jnp.float32, param_dtype=self.param_dtype,
+            name="keypoint_action_out")(y)
+        self.sow("intermediates", "keypoint_action_logits", logits)
 
     def _conv_stem(self, x: jax.Array) -> jax.Array:
         """ViT_C (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch)
@@ -371,6 +411,7 @@ def from_config(cfg: ml_collections.ConfigDict, out_dim: int | None) -> ViT:
         keypoints=v.get("keypoints", 0), keypoint_query=v.get("keypoint_query", False),
         keypoint_scale=v.get("keypoint_scale", 10.0),
         keypoint_coord=v.get("keypoint_coord", "shared"),
+        keypoint_action_head=v.get("keypoint_action_head", False),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
         class_token=v.get("class_token", False), mlp_activation=v.get("mlp_activation", "gelu"),
         layernorm_epsilon=v.get("layernorm_epsilon", 1e-6), dropout_rate=v.dropout_rate,
