@@ -101,19 +101,22 @@ def test_miniature_experiment_end_to_end(toy_cache, tmp_path, monkeypatch):  # n
         cofinetune.COLUMNS[:4]) for arm in results["runs"].values() for run in arm.values())
     assert results["settings"]["max_episode_steps"] == 3
     # Rerunning resumes: every stage's export exists, nothing trains again, and the arms'
-    # closed-loop results are read back (eval.json) instead of evaluated again.
+    # closed-loop results and the pretrained export's VQA are read back (eval.json,
+    # vqa_eval.json) instead of evaluated again.
     from rt2_jax.tools import eval_sim
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a finished arm was evaluated again")
+        raise AssertionError("a finished stage was evaluated again")
 
     monkeypatch.setattr(eval_sim, "evaluate_all", refuse)
+    monkeypatch.setattr(eval_sim, "evaluate_vqa", refuse)
     again = []
     rerun = cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3, finetune_steps=2,
                            robot_fraction=0.5, episodes=1, vqa_questions=4,
                            max_episode_steps=3, evals_per_stage=0, log=again.append)
     assert sum("skipping training" in line for line in again) == 4
     assert rerun["runs"] == json.loads(json.dumps(results["runs"]))
+    assert rerun["pretrain_vqa"] == json.loads(json.dumps(results["pretrain_vqa"]))
 
 
 def test_imitation_probe_reports_learning_and_restores_the_world():

@@ -100,6 +100,21 @@ def run_stage(config, workdir: str, log) -> str:
     return export
 
 
+def _kept(path: str, settings: dict, compute) -> dict:
+    """`compute()`'s result, kept in `path` (JSON with its settings) and read back instead of
+    computed again when a rerun asks with the same settings."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = json.load(f)
+        if kept.get("settings") == settings:
+            return kept["result"]
+    result = compute()
+    with open(path + ".tmp", "w") as f:
+        json.dump({"settings": settings, "result": result}, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return result
+
+
 def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int,
                     max_episode_steps: int = MAX_EPISODE_STEPS) -> dict:
     """Closed loop in every category on the world the export was trained on (its camera and
@@ -107,30 +122,38 @@ def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int,
     back by a rerun with the same settings, so resuming does not evaluate finished arms again."""
     settings = {"episodes": episodes, "vqa_questions": vqa_questions, "seed": seed,
                 "max_episode_steps": max_episode_steps}
-    cache = os.path.join(os.path.dirname(export.rstrip("/")), "eval.json")
-    if os.path.exists(cache):
-        with open(cache) as f:
-            kept = json.load(f)
-        if kept.get("settings") == settings:
-            return kept["result"]
-    from rt2_jax import policy as policy_lib
-    from rt2_jax.tools import eval_sim
 
-    policy = policy_lib.Policy.from_export(export)
-    result = eval_sim.evaluate_all(policy, episodes=episodes, seed=10_000 * (seed + 1),
-                                   batch_size=16, vqa_questions=vqa_questions, log=None,
-                                   max_episode_steps=max_episode_steps,
-                                   camera=eval_sim.trained_world(policy, "camera", "fixed"),
-                                   grid=eval_sim.trained_world(policy, "grid", 0.0))
-    result = {**result["success"], "vqa_accuracy": result["vqa_accuracy"],
-              "vqa_per_type": result["vqa"]["per_type"] if result["vqa"] else None,
-              "expert_success": result["expert_success"],
-              "solved_at_end": {c: r["solved_at_end_rate"]
-                                for c, r in result["categories"].items()}}
-    with open(cache + ".tmp", "w") as f:
-        json.dump({"settings": settings, "result": result}, f, indent=2)
-    os.replace(cache + ".tmp", cache)
-    return result
+    def compute() -> dict:
+        from rt2_jax import policy as policy_lib
+        from rt2_jax.tools import eval_sim
+
+        policy = policy_lib.Policy.from_export(export)
+        result = eval_sim.evaluate_all(policy, episodes=episodes, seed=10_000 * (seed + 1),
+                                       batch_size=16, vqa_questions=vqa_questions, log=None,
+                                       max_episode_steps=max_episode_steps,
+                                       camera=eval_sim.trained_world(policy, "camera", "fixed"),
+                                       grid=eval_sim.trained_world(policy, "grid", 0.0))
+        return {**result["success"], "vqa_accuracy": result["vqa_accuracy"],
+                "vqa_per_type": result["vqa"]["per_type"] if result["vqa"] else None,
+                "expert_success": result["expert_success"],
+                "solved_at_end": {c: r["solved_at_end_rate"]
+                                  for c, r in result["categories"].items()}}
+
+    return _kept(os.path.join(os.path.dirname(export.rstrip("/")), "eval.json"), settings,
+                 compute)
+
+
+def evaluate_pretrained_vqa(export: str, vqa_questions: int) -> dict:
+    """Held-out VQA of the web-pretrained export, kept next to it like an arm's evaluation."""
+    def compute() -> dict:
+        from rt2_jax import policy as policy_lib
+        from rt2_jax.tools import eval_sim
+
+        return eval_sim.evaluate_vqa(policy_lib.Policy.from_export(export), vqa_questions,
+                                     seed=0)
+
+    return _kept(os.path.join(os.path.dirname(export.rstrip("/")), "vqa_eval.json"),
+                 {"vqa_questions": vqa_questions, "seed": 0}, compute)
 
 
 def curves(workdir: str) -> list[dict]:
@@ -223,11 +246,7 @@ def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
     pre_dir = os.path.join(workdir, "pretrain")
     pre_export = run_stage(stage_config(base, "pretrain", 0, pretrain_steps,
                                         evals=evals_per_stage), pre_dir, log)
-    from rt2_jax import policy as policy_lib
-    from rt2_jax.tools import eval_sim
-
-    pretrain_vqa = eval_sim.evaluate_vqa(policy_lib.Policy.from_export(pre_export),
-                                         vqa_questions, seed=0)
+    pretrain_vqa = evaluate_pretrained_vqa(pre_export, vqa_questions)
     log(f"pretrained VQA accuracy {pretrain_vqa['vqa_accuracy']:.3f}")
     runs: dict = {arm: {} for arm in ARMS}
     learning = {"pretrain": curves(pre_dir)}
