@@ -184,13 +184,18 @@ def keypoint_action_logits(intermediates) -> jax.Array:
                          "(config.model.vit.keypoint_action_head is off?)") from e
 
 
+def recorded_robot_dims(batch) -> jax.Array:
+    """float32 [B, 8]: 1 where a row is a robot row and its dataset records that action dim."""
+    return (batch["is_robot"].astype(jnp.float32)[:, None]
+            * (batch["decoder_loss_mask"][:, :NUM_DIMS] > 0))
+
+
 def keypoint_action_sums(logits: jax.Array, batch, tables: ActionTables) -> dict:
     """Cross-entropy of the keypoints' action readout [B, 8, 256] against each robot row's
     action bins (the bins of its first 8 target tokens), over the dims the row's dataset
     records; summed, with the count of (row, dim) pairs and how many the argmax got right."""
     bins = jnp.asarray(tables.id_to_bin)[batch["decoder_tokens"][:, :NUM_DIMS]]
-    weight = (batch["is_robot"].astype(jnp.float32)[:, None]
-              * (batch["decoder_loss_mask"][:, :NUM_DIMS] > 0) * (bins >= 0))
+    weight = recorded_robot_dims(batch) * (bins >= 0)
     bins = jnp.maximum(bins, 0)
     logits = logits.astype(jnp.float32)
     ce = (jax.nn.logsumexp(logits, -1)
@@ -414,10 +419,10 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
         if locate_weight:
             kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
             metrics.update(localization.sums(kp, batch))
-            objective = objective + locate_weight * scales[0] * metrics["locate_sq_sum"]
+            objective = objective + locate_weight * scales["locate"] * metrics["locate_sq_sum"]
         if kpa_weight:
             metrics.update(keypoint_action_sums(keypoint_action_logits(sown), batch, tables))
-            objective = objective + kpa_weight * scales[1] * metrics["kp_action_ce_sum"]
+            objective = objective + kpa_weight * scales["readout"] * metrics["kp_action_ce_sum"]
         if accum == 1:
             return objective / jnp.maximum(metrics["token_count"], 1.0), metrics
         return objective, metrics
@@ -431,11 +436,10 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
     def _step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         tokens = jnp.sum(batch["decoder_loss_mask"])
-        robot_dims = jnp.sum(batch["is_robot"].astype(jnp.float32)[:, None]
-                             * (batch["decoder_loss_mask"][:, :NUM_DIMS] > 0))
-        scales = (tokens / jnp.maximum(jnp.sum(batch["locate_mask"]), 1.0)
+        scales = {"locate": tokens / jnp.maximum(jnp.sum(batch["locate_mask"]), 1.0)
                   if locate_weight else 0.0,
-                  tokens / jnp.maximum(robot_dims, 1.0) if kpa_weight else 0.0)
+                  "readout": tokens / jnp.maximum(jnp.sum(recorded_robot_dims(batch)), 1.0)
+                  if kpa_weight else 0.0}
         if accum == 1:
             (_, metrics), grads = grad_fn(state.params, batch, rng, scales)
         else:
