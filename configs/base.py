@@ -17,8 +17,10 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
         keypoint_query=False,    # keypoints conditioned on the prompt
         keypoint_scale=10.0,     # initial inverse temperature of the keypoint softmax
         keypoint_coord="shared",  # (u, v) -> token: one map for all keypoints | per_keypoint
-        keypoint_action_head=False))  # action readout of the keypoints (training only),
-    #                                  trained by train.keypoint_action_weight
+        keypoint_action_head=False,  # action readout of the keypoints (training only),
+        #                              trained by train.keypoint_action_weight
+        keypoint_convs=((32, 1), (32, 1), (64, 2))))  # (channels, stride) of the keypoint
+    #                                                   head's 3x3 convs
     m.vit.update(vit)
     m.encdec = ml_collections.ConfigDict(dict(
         mlp_activation="gelu", rel_pos_buckets=32, rel_pos_max_distance=128, dropout_rate=0.0))

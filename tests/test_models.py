@@ -228,6 +228,49 @@ def test_keypoint_tokens_match_a_hand_computed_spatial_softmax():
         + p["keypoint_id"], atol=1e-5)
 
 
+def test_keypoint_convs_set_the_head_and_its_map_resolution():
+    """vit.keypoint_convs: (channels, stride) per 3x3 conv. A stride-2 first conv scores a map of
+    half the image's side, as the default does; two stride-2 convs a quarter. The scores match
+    the convs computed here on the same weights; the FLOP count follows the layout; a bad layout
+    is refused by name."""
+    from rt2_jax.models import vit
+    from rt2_jax.tools import flops
+
+    image = _inputs()[0]
+    for convs, side in ((((16, 2), (8, 1)), 32), (((8, 2), (8, 2)), 16)):
+        cfg = _config(**{"vit.keypoints": 2, "vit.keypoint_convs": convs})
+        model, variables = _init(cfg)
+        p = variables["params"]["img"]
+        assert sorted(k for k in p if k.startswith("keypoint_Conv")) == [
+            f"keypoint_Conv_{i}" for i in range(len(convs))]
+        x = image.astype(np.float32) / 127.5 - 1.0
+        for i, (channels, stride) in enumerate(convs):
+            assert p[f"keypoint_Conv_{i}"]["kernel"].shape[-1] == channels
+            x = jax.lax.conv_general_dilated(x, p[f"keypoint_Conv_{i}"]["kernel"], (stride,) * 2,
+                                             "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x = jax.nn.gelu(x + p[f"keypoint_Conv_{i}"]["bias"])
+        _, state = model.apply(variables, image, method=lambda m, im: m.img(im),
+                               mutable=["intermediates"])
+        (logits,) = state["intermediates"]["img"]["keypoint_logits"]
+        want = (np.asarray(x) @ p["keypoint_score"]["kernel"]
+                + p["keypoint_score"]["bias"]) * 10.0
+        assert logits.shape == (B, side, side, 2)
+        np.testing.assert_allclose(logits, want, atol=1e-3, rtol=1e-5)
+        want_flops = 0
+        size, cin = 64, 3
+        for channels, stride in convs:
+            size = -(-size // stride)
+            want_flops += 2 * size * size * 9 * cin * channels
+            cin = channels
+        assert vit.keypoint_conv_flops(64, convs) == want_flops
+        counted = flops.vit_forward_flops(cfg.model.vit, 64, 64)["vit_keypoints"]
+        assert counted == want_flops + 2 * side * side * convs[-1][0] * 2 + 2 * 2 * (2 * 64
+                                                                                   + 64 * 64)
+    for bad in ((), ((16, 3),), ((0, 1),), ((16, 1.5),), ((16,),)):
+        with pytest.raises(ValueError, match="keypoint_convs"):
+            _init(_config(**{"vit.keypoints": 2, "vit.keypoint_convs": bad}))
+
+
 def test_per_keypoint_coordinate_maps_let_one_average_hold_an_offset():
     """keypoint_coord="per_keypoint": token k = (u_k, v_k) @ W_k + id_k with W_k [2, width] of
     its own, so with W_1 = -W_0 the mean of tokens 0 and 1 is (uv_0 - uv_1) @ W_0 / 2 plus the

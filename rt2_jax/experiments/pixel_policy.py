@@ -117,6 +117,8 @@ def with_keypoint_head(img_params: dict, path: str, num_keypoints: int) -> dict:
     each array in the dtype and sharding of the one it replaces."""
     import jax
 
+    from rt2_jax.models import vit
+
     def put(new, old):
         if np.shape(new) != old.shape:
             raise ValueError(f"{path}: a keypoint head array of shape {np.shape(new)} cannot "
@@ -124,7 +126,13 @@ def with_keypoint_head(img_params: dict, path: str, num_keypoints: int) -> dict:
         return jax.device_put(np.asarray(new, old.dtype), old.sharding)
 
     img = dict(img_params)
-    for name, value in keypoint_head(path, num_keypoints).items():
+    head = keypoint_head(path, num_keypoints)
+    convs = sorted(k for k in img if k.startswith("keypoint_Conv_"))
+    if convs != sorted(k for k in head if k.startswith("keypoint_Conv_")):
+        raise ValueError(f"{path}: the pixel policy's keypoint head has the default "
+                         f"vit.keypoint_convs {vit.KEYPOINT_CHANNELS}; this image tower's convs "
+                         f"are {convs}: build it with the default layout")
+    for name, value in head.items():
         img[name] = jax.tree.map(put, value, img[name])
     return img
 

@@ -48,8 +48,22 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
     return pe[None].astype(np.float32)
 
 
-# (channels, stride) of the keypoint head's 3x3 convs: full resolution, then half.
+# (channels, stride) of the keypoint head's 3x3 convs (`vit.keypoint_convs`'s default): full
+# resolution, then half.
 KEYPOINT_CHANNELS = ((32, 1), (32, 1), (64, 2))
+
+
+def check_keypoint_convs(convs) -> tuple[tuple[int, int], ...]:
+    """`vit.keypoint_convs` as a tuple of (channels, stride) pairs, or a ValueError naming it."""
+    try:
+        pairs = tuple((int(c), int(s)) for c, s in convs)
+    except (TypeError, ValueError):
+        pairs = ()
+    if not pairs or any(c < 1 or s not in (1, 2) for c, s in pairs) or any(
+            (c, s) != tuple(raw) for (c, s), raw in zip(pairs, convs, strict=True)):
+        raise ValueError(f"vit.keypoint_convs must be a non-empty tuple of (channels >= 1, "
+                         f"stride 1 or 2) pairs, e.g. ((32, 2), (32, 1), (64, 1)); got {convs!r}")
+    return pairs
 # Hidden width of the keypoint head's auxiliary action readout (`keypoint_action_head`).
 KEYPOINT_ACTION_HIDDEN = 256
 
@@ -62,10 +76,11 @@ def num_tokens(vit_config, image_size: int) -> int:
             + int(vit_config.get("keypoints", 0)))
 
 
-def keypoint_conv_flops(image_size: int) -> int:
-    """Forward FLOPs of the keypoint head's convs for one image (before the K scores)."""
+def keypoint_conv_flops(image_size: int, convs=KEYPOINT_CHANNELS) -> int:
+    """Forward FLOPs of the keypoint head's convs (`vit.keypoint_convs`) for one image (before
+    the K scores)."""
     flops, side, channels_in = 0, image_size, 3
-    for channels, stride in KEYPOINT_CHANNELS:
+    for channels, stride in check_keypoint_convs(convs):
         side = -(-side // stride)
         flops += 2 * side * side * 9 * channels_in * channels
         channels_in = channels
@@ -179,6 +194,7 @@ class ViT(nn.Module):
     keypoint_scale: float = 10.0  # initial inverse temperature of the keypoint softmax (learned)
     keypoint_coord: str = "shared"  # (u, v) -> token: one linear map for all | per_keypoint
     keypoint_action_head: bool = False  # an action readout of the keypoints (training only)
+    keypoint_convs: tuple = KEYPOINT_CHANNELS  # (channels, stride) of the keypoint head's convs
     parallel_block: bool = False
     qk_norm: bool = False
     qkv_bias: bool = True
@@ -265,8 +281,9 @@ class ViT(nn.Module):
         """Spatial-softmax keypoints (Levine et al. 2016, "End-to-end training of deep visuomotor
         policies") as `keypoints` extra tokens [B, K, width].
 
-        A small conv net on the pixels (3x3 convs of KEYPOINT_CHANNELS, the last with stride 2)
-        scores every location of a map at half the image resolution for each keypoint k; a
+        A small conv net on the pixels (3x3 convs of `keypoint_convs`, (channels, stride) each;
+        by default two at full resolution and one of stride 2) scores every location of its
+        output map (the image divided by the product of the strides) for each keypoint k; a
         softmax over the locations gives where k is, and its expected position (u, v) in
         [-1, 1] (u to the right, v up) is the keypoint. Its token is a linear map of (u, v) plus
         a learned embedding of k. Patch tokens leave "where is it" to attention learning it from
@@ -281,7 +298,7 @@ class ViT(nn.Module):
         keypoint_log_scale, keypoint_coord (`keypoint_coord="shared"`) or keypoint_coord_kernel
         [K, 2, width] (`"per_keypoint"`), keypoint_id."""
         f = pixels
-        for i, (channels, stride) in enumerate(KEYPOINT_CHANNELS):
+        for i, (channels, stride) in enumerate(check_keypoint_convs(self.keypoint_convs)):
             f = nn.gelu(nn.Conv(
                 channels, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
                 param_dtype=self.param_dtype, name=f"keypoint_Conv_{i}",
@@ -412,6 +429,7 @@ def from_config(cfg: ml_collections.ConfigDict, out_dim: int | None) -> ViT:
         keypoint_scale=v.get("keypoint_scale", 10.0),
         keypoint_coord=v.get("keypoint_coord", "shared"),
         keypoint_action_head=v.get("keypoint_action_head", False),
+        keypoint_convs=check_keypoint_convs(v.get("keypoint_convs", KEYPOINT_CHANNELS)),
         parallel_block=v.parallel_block, qk_norm=v.qk_norm, qkv_bias=v.qkv_bias,
         class_token=v.get("class_token", False), mlp_activation=v.get("mlp_activation", "gelu"),
         layernorm_epsilon=v.get("layernorm_epsilon", 1e-6), dropout_rate=v.dropout_rate,

@@ -44,9 +44,12 @@ def vit_forward_flops(vit: Any, image_size: int, head_dim: int | None) -> dict[s
     out = {"vit_matmul": 2 * tokens * per_token, "vit_attention": attention}
     keypoints = int(vit.get("keypoints", 0))
     if keypoints:   # conv head, scores, coordinate tokens and their projection to d_model
-        side = -(-image_size // 2)
-        last = vit_lib.KEYPOINT_CHANNELS[-1][0]
-        out["vit_keypoints"] = (vit_lib.keypoint_conv_flops(image_size)
+        convs = vit_lib.check_keypoint_convs(vit.get("keypoint_convs", vit_lib.KEYPOINT_CHANNELS))
+        side = image_size
+        for _, stride in convs:
+            side = -(-side // stride)
+        last = convs[-1][0]
+        out["vit_keypoints"] = (vit_lib.keypoint_conv_flops(image_size, convs)
                                 + 2 * side * side * last * keypoints
                                 + 2 * keypoints * (2 * width + width * (head_dim or 0)))
     return out
