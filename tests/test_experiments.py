@@ -218,11 +218,54 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
     located = [r for r in records if "locate_step" in r]
     assert [r["locate_step"] for r in located] == [2]
     assert set(located[0]["locate_dist"]) == {"object", "gripper"}
+    # Robot training then reports the same distances beside the action metrics.
+    assert set(last["locate_dist"]) == {"object", "gripper"}
+    assert set(last["grounding"]) == {"named_nearest", "rule_dx", "rule_dy"}
+    assert next(r["step"] for r in records if "step" in r) == 0   # the starting point
+    # --config.train.locate_weight keeps the localization loss on during robot training (robot
+    # frames and pointing rows carry their points) and reports the same distances.
+    joint = tiny.get_config()
+    joint.lock()   # as absl's config flags hand it over
+    joint.model.vit.keypoints = 2
+    joint.train.locate_weight = 1.0
+    last = imitation_probe.run(joint, point_fraction=0.5, **kw)
+    assert set(last["locate_dist"]) == {"object", "gripper"}
+    joint.model.vit.keypoints = 1
+    with pytest.raises(ValueError, match="keypoints >= 2"):
+        imitation_probe.run(joint, **kw)
     config.model.vit.keypoints = 8
     with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
         imitation_probe.run(config, init_keypoints=path, **kw)
     with pytest.raises(ValueError, match="fixed camera"):
         imitation_probe.run(config, locate_pretrain_steps=2, **{**kw, "camera": "gripper"})
+
+
+def test_grounding_reads_the_named_object_and_the_rule_off_the_keypoints():
+    """locate.grounding: the object keypoint nearest the named object (not a distractor), and
+    the sign rule (object minus gripper, 0 within half a step) against the expert's dx, dy."""
+    from rt2_jax.experiments import locate
+
+    scenes = [np.array([[0.2, 0.2], [0.8, 0.8]]), np.array([[0.5, 0.1], [0.5, 0.9]])]
+    named = np.array([0, 1])
+    # Frame 0: object keypoint on the named object (0.2, 0.2), gripper at (0.5, 0.2): the rule
+    # says dx = -1, dy = 0. Frame 1: object keypoint on the distractor (0.5, 0.1), gripper at
+    # (0.5, 0.5): the rule says dx = 0, dy = -1 where the expert (going to (0.5, 0.9)) says +1.
+    obj = np.array([[0.2, 0.2], [0.52, 0.1]])
+    grip = np.array([[0.5, 0.2], [0.5, 0.5]])
+    predicted = np.stack([locate.table_to_keypoint(obj), locate.table_to_keypoint(grip)], 1)
+    acts = np.zeros((2, 8))
+    acts[0, 1], acts[1, 2] = -0.1, 0.1
+    got = locate.grounding(predicted, scenes, named, acts, 0.1)
+    assert got == {"named_nearest": 0.5, "rule_dx": 1.0, "rule_dy": 0.5}
+    # With the true positions the rule reads both frames, and without whole steps it is not
+    # reported.
+    true_obj = np.array([s[k] for s, k in zip(scenes, named, strict=True)])
+    exact = np.stack([locate.table_to_keypoint(true_obj), locate.table_to_keypoint(grip)], 1)
+    assert locate.grounding(exact, scenes, named, acts, 0.1) == {
+        "named_nearest": 1.0, "rule_dx": 1.0, "rule_dy": 1.0}
+    assert set(locate.grounding(exact, scenes, named, acts, 0.0)) == {"named_nearest"}
+    with pytest.raises(ValueError, match="one scene"):
+        locate.grounding(exact, scenes[:1], named, acts, 0.1)
 
 
 def test_pointing_examples_ask_for_the_gripper_and_the_task_object():

@@ -14,7 +14,13 @@ own train step, and reports every `--log_every` steps, on frames of held-out epi
     closed-loop success on `--eval_episodes` new episodes per task (seeds no training episode
     uses), through `rt2_jax.policy.Policy` like any export; also the share of episodes solved
     at some step (said "done" or not) and, per phase of the expert's plan in the states the
-    policy reached, how often the policy's bin equals the expert's (where closed loop breaks).
+    policy reached, how often the policy's bin equals the expert's (where closed loop breaks);
+  - with localization (`--locate_pretrain_steps`, or `--config.train.locate_weight` to keep
+    regressing keypoint 0 onto the named object during robot training): keypoints 0 and 1's
+    held-out distances from the named object and the gripper, and `grounding`
+    (`rt2_jax.experiments.locate.grounding`): how often keypoint 0 is nearest the named object
+    rather than a distractor, and how often a fixed sign rule on the two keypoints gives the
+    expert's dx, dy (what the keypoints hold of the action), from step 0 on.
 Lines are JSON (stdout, and appended to `--json`). Nothing is written to disk otherwise.
 
 `--robustness` instead measures how precise a policy must be: the scripted expert's success
@@ -74,7 +80,8 @@ def define_flags() -> None:
                         "trained pixel policy's (.npz from `pixel_policy --save`).")
     flags.DEFINE_integer("locate_pretrain_steps", 0,
                          "First train keypoints 0 and 1 by regression onto the task's object "
-                         "and the gripper (rt2_jax.experiments.locate) for this many steps.")
+                         "and the gripper (rt2_jax.experiments.locate) for this many steps; "
+                         "robot training then reports their held-out distances too.")
     flags.DEFINE_float("point_fraction", 0.0,
                        "Share of each batch that is pointing questions about the same training "
                        "frames (\"point to the gripper\", \"point to the <object>\"; answers "
@@ -174,9 +181,11 @@ def perception_robustness(task: str, sigma: float, bias: float, *, episodes: int
                            max_episode_steps=max_episode_steps, make_act=make_act)
 
 
-def collect(env, expert, tasks, n: int, seed0: int, points: list | None = None):
+def collect(env, expert, tasks, n: int, seed0: int, points: list | None = None,
+            scenes: list | None = None):
     """(images uint8 [T,S,S,3], instructions [T], intended actions float32 [T,8]). With a
-    `points` list, appends per frame (gripper xy, task object xy, task object name)."""
+    `points` list, appends per frame (gripper xy, task object xy, task object name); with a
+    `scenes` list, (every object's xy [N, 2], the task object's index)."""
     from rt2_jax.sim import expert as expert_lib
 
     images, instructions, actions = [], [], []
@@ -189,6 +198,9 @@ def collect(env, expert, tasks, n: int, seed0: int, points: list | None = None):
             k = ep.objects.index(ep.task.obj)
             points += [(ep.ee[t, :2], ep.obj_xy[t, k], ep.task.obj)
                        for t in range(len(ep.images))]
+        if scenes is not None:
+            k = ep.objects.index(ep.task.obj)
+            scenes += [(ep.obj_xy[t], k) for t in range(len(ep.images))]
     return np.concatenate(images), instructions, np.concatenate(actions)
 
 
@@ -275,11 +287,11 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         locate.check_model(config, camera)
     if not eval_temperatures or any(t < 0 for t in eval_temperatures):
         raise ValueError(f"eval_temperatures must be >= 0 (0 = greedy), got {eval_temperatures}")
-    points, h_points = [], []
+    points, h_points, h_scenes = [], [], []
     images, instructions, acts = collect(env, expert, tasks, episodes, TRAIN_SEED0, points)
     h_images, h_instr, h_acts = collect(env, expert, tasks, heldout_episodes, HELDOUT_SEED0,
-                                        h_points)
-    h_points = h_points[:heldout_frames]
+                                        h_points, h_scenes)
+    h_points, h_scenes = h_points[:heldout_frames], h_scenes[:heldout_frames]
     h_images, h_instr, h_acts = (h_images[:heldout_frames], h_instr[:heldout_frames],
                                  h_acts[:heldout_frames])
     if render_size != size:
@@ -288,6 +300,18 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
 
     config = config.copy_and_resolve_references()
     config.data.global_batch_size = batch_size
+    # --config.train.locate_weight=W: keypoint 0 keeps being regressed onto the named object
+    # during robot training (rt2_jax.localization's loss, as rt2_jax.train applies it to web
+    # pointing answers); here every robot frame carries its object's true position, and the
+    # pointing rows (--point_fraction) the point they ask for.
+    locate_weight = float(config.train.get("locate_weight", 0.0))
+    if locate_weight:
+        from rt2_jax.experiments import locate
+
+        locate.check_model(config, camera)
+        with config.unlocked():
+            config.data.sources.robot.locate_answers = True
+    track_locate = bool(locate_pretrain_steps or locate_weight)
     config.max_target_len = actions_lib.NUM_DIMS + 1
     tok = tokenizer_lib.Tokenizer(config.tokenizer.get("model_path") or None)
     bounds = actions_lib.ActionBounds(tuple(acts[:, 1:].min(0)), tuple(acts[:, 1:].max(0)))
@@ -340,11 +364,25 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
             logits, target[..., None], -1)[..., 0]
         return nll.mean(0), (jnp.argmax(logits, -1) == target).mean(0)
 
+    if track_locate:
+        # Whether robot training keeps (or learns) what localization teaches: the held-out
+        # distances of keypoints 0 and 1, reported beside the action metrics.
+        _, _, locate_predict = locate.make_fns(model, float(config.train.learning_rate))
+        h_locate = locate.locate_targets(h_points)
+        train_locate = locate.locate_targets(points)
+
     def held_out_report(params) -> dict:
         ce, acc = jax.device_get(teacher_forced(params, h_images, h_tokens, h_mask, h_targets))
         named = list(zip(REPORTED_DIMS, dims, strict=True))
-        return {"tf_ce": {n: round(float(ce[d]), 3) for n, d in named},
-                "tf_acc": {n: round(float(acc[d]), 3) for n, d in named}}
+        report = {"tf_ce": {n: round(float(ce[d]), 3) for n, d in named},
+                  "tf_acc": {n: round(float(acc[d]), 3) for n, d in named}}
+        if track_locate:
+            got = np.asarray(locate_predict(params, h_images, h_tokens, h_mask))
+            report["locate_dist"] = locate.distances(got, h_locate)
+            report["grounding"] = locate.grounding(
+                got, [xy for xy, _ in h_scenes], np.array([k for _, k in h_scenes]), h_acts,
+                move_quantum)
+        return report
 
     if n_point or point_pretrain_steps:
         number_ids = actions_lib.integer_action_ids(tok)   # the ids of "0".."255"
@@ -441,17 +479,24 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     def pointing_batch(n: int) -> dict:
         """n random pointing rows (web rows: no action) about the training frames."""
         rows = rng.integers(0, len(pt_targets), size=n)
-        return {"image": images[rows // 2], "encoder_tokens": pt_tokens[rows],
-                "encoder_mask": pt_mask[rows], "decoder_tokens": pt_targets[rows],
-                "decoder_loss_mask": (pt_targets[rows] > 0).astype(np.float32),
-                "source": np.zeros(n, np.int32), "is_robot": np.zeros(n, bool),
-                "action": np.zeros((n, 8), np.float32)}
+        out = {"image": images[rows // 2], "encoder_tokens": pt_tokens[rows],
+               "encoder_mask": pt_mask[rows], "decoder_tokens": pt_targets[rows],
+               "decoder_loss_mask": (pt_targets[rows] > 0).astype(np.float32),
+               "source": np.zeros(n, np.int32), "is_robot": np.zeros(n, bool),
+               "action": np.zeros((n, 8), np.float32)}
+        if locate_weight:   # row 2t asks for frame t's gripper, row 2t+1 for its object
+            subject = np.where(rows % 2 == 0, locate.GRIPPER_KEYPOINT, locate.OBJECT_KEYPOINT)
+            out.update(locate_uv=train_locate[rows // 2, subject],
+                       locate_mask=np.ones(n, np.float32))
+        return out
 
     for pre in range(1, point_pretrain_steps + 1):
         state, _ = step_fn(state, pointing_batch(batch_size))
         if pre % log_every == 0 or pre == point_pretrain_steps:
             emit(dict(pretrain_step=pre, seconds=round(time.time() - t0),
                       **pointing_report(state.params)))
+    if track_locate:   # where robot training starts from (after any localization pretraining)
+        emit(dict(step=0, seconds=round(time.time() - t0), **held_out_report(state.params)))
     for step in range(1, steps + 1):
         idx = rng.integers(0, len(images), size=batch_size - n_point)
         batch = {"image": images[idx], "encoder_tokens": p_tokens[prompt_index[idx]],
@@ -459,6 +504,9 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
                  "decoder_loss_mask": np.ones(targets[idx].shape, np.float32),
                  "source": np.zeros(len(idx), np.int32), "is_robot": np.ones(len(idx), bool),
                  "action": norm[idx].astype(np.float32)}
+        if locate_weight:
+            batch.update(locate_uv=train_locate[idx, locate.OBJECT_KEYPOINT],
+                         locate_mask=np.ones(len(idx), np.float32))
         if n_point:
             extra = pointing_batch(n_point)
             batch = {key: np.concatenate([value, extra[key]]) for key, value in batch.items()}

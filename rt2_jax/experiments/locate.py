@@ -90,6 +90,36 @@ def distances(predicted: np.ndarray, targets: np.ndarray) -> dict[str, float]:
             "gripper": round(float(d[GRIPPER_KEYPOINT]), 4)}
 
 
+def grounding(predicted: np.ndarray, scene_xy, named: np.ndarray, actions: np.ndarray,
+              quantum: float) -> dict[str, float]:
+    """How far the two keypoints go towards the action, per frame [T]:
+    `named_nearest`, the fraction of frames whose object keypoint is nearer the named object
+    than any other object in the scene (`scene_xy[t]` [N_t, 2] table positions, `named[t]`
+    the named one's index); and, with whole-step motion (`quantum` > 0), `rule_dx`/`rule_dy`,
+    the fraction whose expert label (`actions` [T, 8], dx and dy in table units) equals what a
+    fixed rule reads off the keypoints: the sign of object minus gripper along the axis, 0
+    within half a step. The rule on the true positions reads the expert's dx, dy on (nearly)
+    every frame of a pick's approach; on the keypoints it says how much of dx, dy they hold."""
+    predicted = np.asarray(predicted, np.float64)
+    obj = (predicted[:, OBJECT_KEYPOINT] + 1.0) / 2.0          # back to table units
+    grip = (predicted[:, GRIPPER_KEYPOINT] + 1.0) / 2.0
+    if not len(obj) == len(scene_xy) == len(named) == len(actions):
+        raise ValueError(f"grounding needs one scene, named index and action per frame: got "
+                         f"{len(obj)} keypoints, {len(scene_xy)} scenes, {len(named)} names, "
+                         f"{len(actions)} actions")
+    nearest = [int(np.argmin(np.linalg.norm(np.asarray(xy) - obj[t], axis=-1)) == named[t])
+               for t, xy in enumerate(scene_xy)]
+    out = {"named_nearest": round(float(np.mean(nearest)), 3)}
+    if quantum > 0:
+        actions = np.asarray(actions, np.float64)
+        for axis, name in enumerate(("dx", "dy")):
+            label = np.sign(np.round(actions[:, 1 + axis] / quantum))
+            diff = obj[:, axis] - grip[:, axis]
+            rule = np.where(np.abs(diff) < quantum / 2, 0.0, np.sign(diff))
+            out[f"rule_{name}"] = round(float(np.mean(rule == label)), 3)
+    return out
+
+
 def pretrain(model, params, *, images, tokens, mask, targets, heldout, steps: int,
              batch_size: int, learning_rate: float, seed: int, log_every: int,
              emit: Callable[[dict], None]):
