@@ -41,6 +41,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks import output
 from rt2_jax import actions, decoding, tokenizer
 from rt2_jax.models import params as params_lib
 from rt2_jax.models import vlm
@@ -309,12 +310,7 @@ def main(argv):
         r = bench.time_batch(batch, _ROUNDS.value, _REPS.value, _WARMUP.value, use_hf)
         print(json.dumps({"batch": batch, **r}), flush=True)
         per_batch[str(batch)] = r
-    text = json.dumps(summarize(result, per_batch), indent=2)
-    print(text)
-    if _OUT.value:
-        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    output.emit(summarize(result, per_batch), _OUT.value)
 
 
 if __name__ == "__main__":

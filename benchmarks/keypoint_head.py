@@ -12,13 +12,13 @@ round by round, so a slow spell of a shared machine lands on all of them; each l
 its median and spread, and `ratio_to_default` is its median over the default layout's.
 """
 
-import json
 import platform
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks import output
 from benchmarks import step_common as tt
 from rt2_jax import actions, tokenizer
 from rt2_jax.models import vit
@@ -82,11 +82,7 @@ def main(argv):
                                                      / reference, 3)}
                     for name in runs},
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    output.emit(result, _OUT.value)
 
 
 if __name__ == "__main__":

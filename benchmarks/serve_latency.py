@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import output
 from rt2_jax import actions, checkpoints, client, serve, tokenizer
 from rt2_jax import policy as policy_lib
 from rt2_jax.models import params as params_lib
@@ -191,11 +192,7 @@ def main(argv):
     for name in _CONFIGS.value:
         results["configs"][name] = bench_config(name)
         print(json.dumps({name: results["configs"][name]}), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    output.emit(results, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import json
 import platform
 import statistics
 
@@ -40,6 +39,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks import output
 from benchmarks.step_common import bench_config, full_step_fn, spread, timings_ms
 from rt2_jax import actions, optim, tokenizer, train_state
 from rt2_jax.models import encoder_decoder, vlm
@@ -267,12 +267,7 @@ def main(argv):
         "faster_than_torch": (None if torch_ms is None
                               else result["speedup_vs_torch_encdec"] > 1.0),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if _OUT.value:
-        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    output.emit(result, _OUT.value)
 
 
 if __name__ == "__main__":
