@@ -210,10 +210,15 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
     config = tiny.get_config()
     config.model.vit.keypoints = 16
     # ... and is then pretrained to locate (--locate_pretrain_steps), which reports its held-out
-    # distances (one run for both, as the probe allows them together).
+    # distances, and keeps the localization loss on during robot training
+    # (--config.train.locate_weight: robot frames and pointing rows carry their points); one run
+    # for all three, as the probe allows them together, on a locked config as absl's config
+    # flags hand it over.
+    config.train.locate_weight = 1.0
+    config.lock()
     records = []
     last = imitation_probe.run(config, init_keypoints=path, locate_pretrain_steps=2,
-                               **{**kw, "emit": records.append})
+                               **{**kw, "emit": records.append, "point_fraction": 0.5})
     assert 0 <= last["success"]["pick"] <= 1
     located = [r for r in records if "locate_step" in r]
     assert [r["locate_step"] for r in located] == [2]
@@ -222,17 +227,10 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
     assert set(last["locate_dist"]) == {"object", "gripper"}
     assert set(last["grounding"]) == {"named_nearest", "rule_dx", "rule_dy"}
     assert next(r["step"] for r in records if "step" in r) == 0   # the starting point
-    # --config.train.locate_weight keeps the localization loss on during robot training (robot
-    # frames and pointing rows carry their points) and reports the same distances.
-    joint = tiny.get_config()
-    joint.lock()   # as absl's config flags hand it over
-    joint.model.vit.keypoints = 2
-    joint.train.locate_weight = 1.0
-    last = imitation_probe.run(joint, point_fraction=0.5, **kw)
-    assert set(last["locate_dist"]) == {"object", "gripper"}
-    joint.model.vit.keypoints = 1
+    config.model.vit.keypoints = 1
     with pytest.raises(ValueError, match="keypoints >= 2"):
-        imitation_probe.run(joint, **kw)
+        imitation_probe.run(config, **kw)
+    config.train.locate_weight = 0.0
     config.model.vit.keypoints = 8
     with pytest.raises(ValueError, match=r"vit\.keypoints=16"):
         imitation_probe.run(config, init_keypoints=path, **kw)
