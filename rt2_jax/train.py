@@ -413,10 +413,19 @@ def _check_resumable(saved_meta: dict, config, step: int, directory: str) -> Non
         return   # a checkpoint without a readable config: orbax checks shapes itself
 
     def shape_keys(c) -> dict:
-        flat = flax.traverse_util.flatten_dict(c.model.to_dict(), sep=".")
+        # Through JSON, as the checkpoint's config was saved: tuples become lists on both sides.
+        model = json.loads(c.model.to_json_best_effort())
+        flat = flax.traverse_util.flatten_dict(model, sep=".")
         return {**{f"model.{k}": v for k, v in flat.items()}, "image_size": c.image_size}
 
     mine, theirs = shape_keys(config), shape_keys(saved)
+    # Model options added after checkpoints existed whose default is not off (0, False, ""):
+    # a checkpoint saved without the key had that default.
+    from rt2_jax.models import vit as vit_lib
+
+    for key, value in {"model.vit.keypoint_convs": vit_lib.KEYPOINT_CHANNELS}.items():
+        if key not in theirs:
+            theirs[key] = json.loads(json.dumps(value))
     # A key the checkpoint's config lacks was added to the configs later; off (0, False, "")
     # in this config means the checkpoint's model, which predates the option, had it off too.
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)

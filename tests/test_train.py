@@ -307,6 +307,24 @@ def test_resume_with_a_different_model_is_refused_and_changes_nothing(toy_cache,
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
+def test_resume_check_compares_the_saved_config_as_json():
+    """The checkpoint's config comes back from JSON (tuples as lists): the same config resumes,
+    one saved before `vit.keypoint_convs` existed resumes with the default layout, and a
+    different layout is refused by name."""
+    from configs import tiny
+
+    config = tiny.get_config()
+    meta = {"config": config.to_json_best_effort()}
+    train_lib._check_resumable(meta, config, 2, "ckpt")
+    older = json.loads(meta["config"])
+    del older["model"]["vit"]["keypoint_convs"]
+    train_lib._check_resumable({"config": json.dumps(older)}, config, 2, "ckpt")
+    config.model.vit.keypoint_convs = ((32, 2), (32, 1), (64, 1))
+    for saved in (meta, {"config": json.dumps(older)}):
+        with pytest.raises(ValueError, match=r"model\.vit\.keypoint_convs: checkpoint"):
+            train_lib._check_resumable(saved, config, 2, "ckpt")
+
+
 def test_frozen_groups_keep_optimizer_state_sharded():
     out = subprocess.run(
         [sys.executable, WORKER, "frozenmesh"], cwd=ROOT, capture_output=True, text=True,
