@@ -7,9 +7,10 @@ Each layout is the config with `model.vit.keypoints=16`, `keypoint_query`, the k
 readout (weight 1) and `keypoint_convs` set to the layout's (channels, stride) pairs; `none` is
 the same config without keypoints (the head's whole cost is the difference). The trainer's jitted
 step (`rt2_jax.train_state.make_train_step`) runs on the fixed synthetic batches of
-benchmarks/train_throughput.py (half robot rows). Timed calls alternate between the layouts
-round by round, so a slow spell of a shared machine lands on all of them; each layout reports
-its median and spread, and `ratio_to_default` is its median over the default layout's.
+benchmarks/step_common.py (half robot rows), as in benchmarks/train_throughput.py. Timed calls
+alternate between the layouts round by round, so a slow spell of a shared machine lands on all
+of them; each layout reports its median and spread, and `ratio_to_default` is its median over
+the default layout's.
 """
 
 import platform
@@ -70,16 +71,16 @@ def main(argv):
     for _ in range(_REPS.value):
         for name, (run, _) in runs.items():
             times[name] += tt.timings_ms(run, 1, 0)
-    reference = tt.spread(times["default"])["median_ms"]
+    spreads = {name: tt.spread(t) for name, t in times.items()}
+    reference = spreads["default"]["median_ms"]
     result = {
         "benchmark": "keypoint_head",
         "config": config_flags.get_config_filename(flags.FLAGS["config"]),
         "batch": _BATCH.value, "reps": _REPS.value, "backend": jax.default_backend(),
         "machine": platform.machine(),
         "layouts": {name: {"keypoint_convs": LAYOUTS[name], "params": runs[name][1],
-                           **tt.spread(times[name]),
-                           "ratio_to_default": round(tt.spread(times[name])["median_ms"]
-                                                     / reference, 3)}
+                           **spreads[name],
+                           "ratio_to_default": round(spreads[name]["median_ms"] / reference, 3)}
                     for name in runs},
     }
     output.emit(result, _OUT.value)

@@ -194,12 +194,11 @@ def collect(env, expert, tasks, n: int, seed0: int, points: list | None = None,
         images.append(ep.images)
         instructions += [ep.task.instruction] * len(ep.images)
         actions.append(ep.intended_actions)
+        k = ep.objects.index(ep.task.obj)
         if points is not None:
-            k = ep.objects.index(ep.task.obj)
             points += [(ep.ee[t, :2], ep.obj_xy[t, k], ep.task.obj)
                        for t in range(len(ep.images))]
         if scenes is not None:
-            k = ep.objects.index(ep.task.obj)
             scenes += [(ep.obj_xy[t], k) for t in range(len(ep.images))]
     return np.concatenate(images), instructions, np.concatenate(actions)
 
@@ -334,6 +333,9 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
           "collect_s": round(time.time() - t0, 1),
           "labels": label_baselines(h_bins)})
 
+    if track_locate:   # keypoints 0 and 1's targets, and the held-out scenes for `grounding`
+        train_locate, h_locate = locate.locate_targets(points), locate.locate_targets(h_points)
+        h_scene_xy, h_named = [xy for xy, _ in h_scenes], np.array([k for _, k in h_scenes])
     setup = train_state.make_setup(config)
     state = train_state.init_state(setup, seed)
     if init_keypoints:
@@ -346,8 +348,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         i_tokens, i_mask = p_tokens[prompt_index], p_mask[prompt_index]
         params = locate.pretrain(
             setup.model, state.params, images=images, tokens=i_tokens, mask=i_mask,
-            targets=locate.locate_targets(points),
-            heldout=(h_images, h_tokens, h_mask, locate.locate_targets(h_points)),
+            targets=train_locate, heldout=(h_images, h_tokens, h_mask, h_locate),
             steps=locate_pretrain_steps, batch_size=batch_size,
             learning_rate=float(config.train.learning_rate), seed=seed, log_every=log_every,
             emit=emit)
@@ -368,8 +369,6 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         # Whether robot training keeps (or learns) what localization teaches: the held-out
         # distances of keypoints 0 and 1, reported beside the action metrics.
         _, _, locate_predict = locate.make_fns(model, float(config.train.learning_rate))
-        h_locate = locate.locate_targets(h_points)
-        train_locate = locate.locate_targets(points)
 
     def held_out_report(params) -> dict:
         ce, acc = jax.device_get(teacher_forced(params, h_images, h_tokens, h_mask, h_targets))
@@ -379,9 +378,8 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         if track_locate:
             got = np.asarray(locate_predict(params, h_images, h_tokens, h_mask))
             report["locate_dist"] = locate.distances(got, h_locate)
-            report["grounding"] = locate.grounding(
-                got, [xy for xy, _ in h_scenes], np.array([k for _, k in h_scenes]), h_acts,
-                move_quantum)
+            report["grounding"] = locate.grounding(got, h_scene_xy, h_named, h_acts,
+                                                   move_quantum)
         return report
 
     if n_point or point_pretrain_steps:

@@ -51,6 +51,8 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
 # (channels, stride) of the keypoint head's 3x3 convs (`vit.keypoint_convs`'s default): full
 # resolution, then half.
 KEYPOINT_CHANNELS = ((32, 1), (32, 1), (64, 2))
+# Hidden width of the keypoint head's auxiliary action readout (`keypoint_action_head`).
+KEYPOINT_ACTION_HIDDEN = 256
 
 
 def check_keypoint_convs(convs) -> tuple[tuple[int, int], ...]:
@@ -64,8 +66,14 @@ def check_keypoint_convs(convs) -> tuple[tuple[int, int], ...]:
         raise ValueError(f"vit.keypoint_convs must be a non-empty tuple of (channels >= 1, "
                          f"stride 1 or 2) pairs, e.g. ((32, 2), (32, 1), (64, 1)); got {convs!r}")
     return pairs
-# Hidden width of the keypoint head's auxiliary action readout (`keypoint_action_head`).
-KEYPOINT_ACTION_HIDDEN = 256
+
+
+def keypoint_map_side(image_size: int, convs=KEYPOINT_CHANNELS) -> int:
+    """Side of the keypoint score map: the image side through each conv's stride (SAME)."""
+    side = image_size
+    for _, stride in check_keypoint_convs(convs):
+        side = -(-side // stride)
+    return side
 
 
 def num_tokens(vit_config, image_size: int) -> int:

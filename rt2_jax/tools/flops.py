@@ -45,9 +45,7 @@ def vit_forward_flops(vit: Any, image_size: int, head_dim: int | None) -> dict[s
     keypoints = int(vit.get("keypoints", 0))
     if keypoints:   # conv head, scores, coordinate tokens and their projection to d_model
         convs = vit_lib.check_keypoint_convs(vit.get("keypoint_convs", vit_lib.KEYPOINT_CHANNELS))
-        side = image_size
-        for _, stride in convs:
-            side = -(-side // stride)
+        side = vit_lib.keypoint_map_side(image_size, convs)
         last = convs[-1][0]
         out["vit_keypoints"] = (vit_lib.keypoint_conv_flops(image_size, convs)
                                 + 2 * side * side * last * keypoints
