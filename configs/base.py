@@ -14,7 +14,8 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
     m.vit = ml_collections.ConfigDict(dict(
         posemb="learn", parallel_block=False, qk_norm=False, qkv_bias=True, dropout_rate=0.0,
         keypoints=0,             # > 0: spatial-softmax keypoint tokens (robot policies)
-        keypoint_query=False,    # keypoints conditioned on the prompt
+        keypoint_query=False,    # keypoints conditioned on the prompt (its mean embedding)
+        keypoint_query_attention=False,  # ... on a learned weighting of its words instead
         keypoint_scale=10.0,     # initial inverse temperature of the keypoint softmax
         keypoint_coord="shared",  # (u, v) -> token: one map for all keypoints | per_keypoint
         keypoint_action_head=False,  # action readout of the keypoints (training only),

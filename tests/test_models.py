@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from configs import palix_5b, palix_55b, tiny
 from rt2_jax.models import params as params_lib
@@ -342,6 +344,67 @@ def test_keypoints_conditioned_on_the_prompt_follow_its_mean_embedding():
                                atol=1e-4)
     with pytest.raises(ValueError, match="keypoint_query"):
         model.apply(variables, image, method=lambda m, im: m.img(im))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(0, 6), min_size=1, max_size=4), seed=st.integers(0, 99),
+       scale=st.sampled_from([0.0, 0.5, 3.0]))
+def test_prompt_query_is_a_masked_softmax_weighted_mean(lengths, seed, scale):
+    """vlm.prompt_query against a float64 numpy reference: weights softmax(embedding . score)
+    over the real tokens only; pads (whatever they hold) never count; a zero score is the plain
+    mean; a prompt with no real token gives zeros."""
+    from rt2_jax.models.vlm import prompt_query
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(len(lengths), 6, 5))
+    mask = np.arange(6)[None, :] < np.asarray(lengths)[:, None]
+    score = scale * rng.normal(size=5)
+    want = np.zeros((len(lengths), 5))
+    for b, n in enumerate(lengths):
+        if n:
+            logits = x[b, :n] @ score
+            w = np.exp(logits - logits.max())
+            want[b] = (w / w.sum()) @ x[b, :n]
+    got = np.asarray(prompt_query(jnp.asarray(x, jnp.float32), jnp.asarray(mask),
+                                  jnp.asarray(score, jnp.float32)))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    mean = np.asarray(prompt_query(jnp.asarray(x, jnp.float32), jnp.asarray(mask)))
+    np.testing.assert_allclose(mean, [x[b, :n].mean(0) if n else np.zeros(5)
+                                      for b, n in enumerate(lengths)], atol=1e-5)
+    if scale == 0.0:
+        np.testing.assert_allclose(got, mean, atol=1e-6)
+
+
+def test_keypoint_query_attention_starts_at_the_mean_and_learns_a_weighting():
+    """vit.keypoint_query_attention: one zero-initialized score vector; at initialization the
+    model computes exactly what keypoint_query alone does, with a score it weights the words."""
+    plain = _config(**{"vit.keypoints": 2, "vit.keypoint_query": True})
+    config = _config(**{"vit.keypoints": 2, "vit.keypoint_query": True,
+                        "vit.keypoint_query_attention": True})
+    model, variables = _init(config)
+    score = variables["params"]["keypoint_query_score"]
+    assert score.shape == (config.model.encdec.d_model,) and not np.any(score)
+    image, tokens, mask, targets = _inputs()
+    p = jax.tree.map(lambda x: x, variables)
+    p["params"]["img"]["keypoint_query"]["kernel"] = np.random.default_rng(0).normal(
+        0, 0.01, p["params"]["img"]["keypoint_query"]["kernel"].shape).astype(np.float32)
+    without = {"params": {k: v for k, v in p["params"].items() if k != "keypoint_query_score"}}
+    dec_in = shift_right(targets)
+    np.testing.assert_allclose(model.apply(p, image, tokens, mask, dec_in),
+                               VLM.from_config(plain).apply(without, image, tokens, mask, dec_in),
+                               atol=1e-5)
+
+    def keypoint_logits(variables):
+        _, state = model.apply(variables, image, tokens, mask, method=VLM.encode,
+                               mutable=["intermediates"])
+        return np.asarray(state["intermediates"]["img"]["keypoint_logits"][0])
+
+    weighted = jax.tree.map(lambda x: x, p)
+    weighted["params"]["keypoint_query_score"] = np.random.default_rng(1).normal(
+        0, 1.0, score.shape).astype(np.float32)
+    assert np.abs(keypoint_logits(weighted) - keypoint_logits(p)).max() > 1e-4
+    with pytest.raises(ValueError, match="keypoint_query=True"):
+        _init(_config(**{"vit.keypoints": 2, "vit.keypoint_query_attention": True}))
 
 
 def test_remat_gives_same_loss_and_grads():

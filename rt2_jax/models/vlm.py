@@ -74,6 +74,22 @@ def model_width(model_config) -> int:
     return int(model_config.encdec.d_model)
 
 
+def prompt_query(txt_tokens: Array, mask: Array, score: Array | None = None) -> Array:
+    """What the keypoints look for, from the prompt's token embeddings [B, L, D] and mask
+    [B, L]: their mean (pad excluded) when `score` is None, else their softmax-weighted mean
+    with weights from each embedding's dot product with `score` [D]. A zero `score` is the
+    mean. A row without a real token gives zeros either way."""
+    real = mask.astype(bool)
+    x = txt_tokens.astype(jnp.float32)
+    if score is None:
+        logits = jnp.zeros(real.shape, jnp.float32)
+    else:
+        logits = jnp.einsum("bld,d->bl", x, score.astype(jnp.float32))
+    weights = jax.nn.softmax(jnp.where(real, logits, -jnp.inf), axis=-1)
+    weights = jnp.where(real, weights, 0.0)   # all-pad rows: softmax of -inf is nan
+    return jnp.einsum("bl,bld->bd", weights, x).astype(txt_tokens.dtype)
+
+
 def num_encoder_image_tokens(config) -> int:
     """Encoder positions before the prompt: the ViT's tokens per image, twice in `tokens` mode,
     plus the wrist flag token with a wrist camera (`config` = the experiment config)."""
@@ -99,6 +115,16 @@ class VLM(nn.Module):
             self.llm = decoder_only.from_config(cfg)
         else:
             self.encdec = encoder_decoder.from_config(cfg)
+        if cfg.vit.get("keypoint_query_attention", False):
+            if not cfg.vit.get("keypoint_query", False):
+                raise ValueError("vit.keypoint_query_attention pools the prompt into the "
+                                 "keypoints' query: set vit.keypoint_query=True too.")
+            # Which prompt words say what to look for: one learned score vector, zero at
+            # initialization (= the plain mean, so the option starts where keypoint_query does).
+            self.keypoint_query_score = self.param(
+                "keypoint_query_score", layers.logical_init(nn.initializers.zeros,
+                                                            (layers.EMBED,)),
+                (model_width(cfg),), layers.dtype_from_name(cfg.param_dtype))
         mode = self.wrist_mode
         if mode:
             d_model, dtype = model_width(cfg), layers.dtype_from_name(cfg.param_dtype)
@@ -156,9 +182,11 @@ class VLM(nn.Module):
         txt_tokens = (self.llm if self.is_decoder_only else self.encdec).embed(encoder_tokens)
         query = None
         if self.model_config.vit.get("keypoint_query", False):
-            # The prompt as a bag of words: its mean token embedding (pad excluded).
-            weights = encoder_mask.astype(txt_tokens.dtype)[..., None]
-            query = (txt_tokens * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+            # The prompt as a bag of words: its mean token embedding (pad excluded), or with
+            # keypoint_query_attention a learned weighting of its words.
+            score = (self.keypoint_query_score
+                     if self.model_config.vit.get("keypoint_query_attention", False) else None)
+            query = prompt_query(txt_tokens, encoder_mask, score)
         img_tokens, img_mask = self._image_tokens(image, train, query, wrist)
         x = jnp.concatenate([img_tokens.astype(txt_tokens.dtype), txt_tokens], axis=1)
         mask = jnp.concatenate([img_mask, encoder_mask.astype(bool)], axis=1)
