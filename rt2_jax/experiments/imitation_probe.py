@@ -16,7 +16,8 @@ own train step, and reports every `--log_every` steps, on frames of held-out epi
     at some step (said "done" or not) and, per phase of the expert's plan in the states the
     policy reached, how often the policy's bin equals the expert's (where closed loop breaks);
   - with localization (`--locate_pretrain_steps`, or `--config.train.locate_weight` to keep
-    regressing keypoint 0 onto the named object during robot training): keypoints 0 and 1's
+    regressing keypoint 0 onto the named object during robot training; with
+    `--locate_robot_frames=False` only pointing rows carry points): keypoints 0 and 1's
     held-out distances from the named object and the gripper, and `grounding`
     (`rt2_jax.experiments.locate.grounding`): how often keypoint 0 is nearest the named object
     rather than a distractor, and how often a fixed sign rule on the two keypoints gives the
@@ -86,6 +87,15 @@ def define_flags() -> None:
                        "Share of each batch that is pointing questions about the same training "
                        "frames (\"point to the gripper\", \"point to the <object>\"; answers "
                        "are location tokens), as web data with location answers would teach.")
+    flags.DEFINE_bool("locate_robot_frames", True,
+                      "With --config.train.locate_weight: robot frames carry the named "
+                      "object's true position as a localization label. False: only the "
+                      "pointing rows (--point_fraction, --point_pretrain_steps) carry points, "
+                      "as in RT-2, where grounding comes from web data alone.")
+    flags.DEFINE_bool("locate_gripper_points", True,
+                      "With --config.train.locate_weight: pointing rows that ask for the "
+                      "gripper also regress keypoint 0 onto it. False: they train only their "
+                      "text answer, and keypoint 0 learns objects alone.")
     flags.DEFINE_bool("robustness", False, "Measure the expert's success under action errors.")
     flags.DEFINE_list("eval_temperatures", ["0"],
                       "Closed-loop evaluation once per sampling temperature (0 = greedy). A "
@@ -240,7 +250,8 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         move_quantum, noise_std, objects, seed, emit, point_fraction: float = 0.0,
         gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0,
         eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0,
-        grid: float = 0.0, init_keypoints: str = "", locate_pretrain_steps: int = 0) -> dict:
+        grid: float = 0.0, init_keypoints: str = "", locate_pretrain_steps: int = 0,
+        locate_robot_frames: bool = True, locate_gripper_points: bool = True) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -250,14 +261,15 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
                     batch_size, log_every, eval_every, eval_episodes, max_episode_steps, camera,
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
                     gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
-                    perturb_prob, grid, init_keypoints, locate_pretrain_steps)
+                    perturb_prob, grid, init_keypoints, locate_pretrain_steps,
+                    locate_robot_frames, locate_gripper_points)
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
          move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
          point_pretrain_steps, eval_temperatures, perturb_prob, grid, init_keypoints,
-         locate_pretrain_steps) -> dict:
+         locate_pretrain_steps, locate_robot_frames, locate_gripper_points) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -308,6 +320,10 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         from rt2_jax.experiments import locate
 
         locate.check_model(config, camera)
+        if not (locate_robot_frames or point_fraction or point_pretrain_steps):
+            raise ValueError("locate_robot_frames=False leaves the localization loss "
+                             "(config.train.locate_weight) nothing to train on: add pointing "
+                             "rows (point_fraction > 0 or point_pretrain_steps > 0).")
         with config.unlocked():
             config.data.sources.robot.locate_answers = True
     track_locate = bool(locate_pretrain_steps or locate_weight)
@@ -405,8 +421,18 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         """Held-out pointing: mean distance (table units) of the greedy answer, per subject."""
         got = np.asarray(point_greedy(params, hp_images, hp_tokens, hp_mask), np.float64)
         dist = np.linalg.norm(got - hp_want, axis=1) / 256
-        return {"point_dist": {"gripper": round(float(dist[0::2].mean()), 3),
-                               "object": round(float(dist[1::2].mean()), 3)}}
+        out = {"point_dist": {"gripper": round(float(dist[0::2].mean()), 3),
+                              "object": round(float(dist[1::2].mean()), 3)}}
+        if track_locate:
+            # Keypoint 0 under the pointing prompts themselves (what the localization loss
+            # trains there), next to `locate_dist` under the robot prompts: the gap is how
+            # much of the pointing skill carries over to "pick up the X".
+            kp0 = np.asarray(locate_predict(params, hp_images, hp_tokens, hp_mask))[:, 0]
+            want = h_locate[:, (locate.GRIPPER_KEYPOINT, locate.OBJECT_KEYPOINT)].reshape(-1, 2)
+            d = np.linalg.norm(kp0 - want, axis=-1) / 2.0   # keypoint units -> table units
+            out["point_keypoint_dist"] = {"gripper": round(float(d[0::2].mean()), 4),
+                                          "object": round(float(d[1::2].mean()), 4)}
+        return out
 
     def evaluate(params) -> dict:
         # One policy per temperature; the greedy one (built anyway when asked for) also decodes
@@ -484,8 +510,9 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
                "action": np.zeros((n, 8), np.float32)}
         if locate_weight:   # row 2t asks for frame t's gripper, row 2t+1 for its object
             subject = np.where(rows % 2 == 0, locate.GRIPPER_KEYPOINT, locate.OBJECT_KEYPOINT)
+            on = (rows % 2 == 1) | locate_gripper_points
             out.update(locate_uv=train_locate[rows // 2, subject],
-                       locate_mask=np.ones(n, np.float32))
+                       locate_mask=on.astype(np.float32))
         return out
 
     for pre in range(1, point_pretrain_steps + 1):
@@ -502,9 +529,10 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
                  "decoder_loss_mask": np.ones(targets[idx].shape, np.float32),
                  "source": np.zeros(len(idx), np.int32), "is_robot": np.ones(len(idx), bool),
                  "action": norm[idx].astype(np.float32)}
-        if locate_weight:
+        if locate_weight:   # without locate_robot_frames only the pointing rows count
             batch.update(locate_uv=train_locate[idx, locate.OBJECT_KEYPOINT],
-                         locate_mask=np.ones(len(idx), np.float32))
+                         locate_mask=np.full(len(idx), float(locate_robot_frames),
+                                             np.float32))
         if n_point:
             extra = pointing_batch(n_point)
             batch = {key: np.concatenate([value, extra[key]]) for key, value in batch.items()}
@@ -517,6 +545,8 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
             # The keypoints' own action readout (vit.keypoint_action_head), on this batch.
             report.update({k: round(v, 4) for k, v in
                            train_state.summarize_keypoint_actions(m).items()})
+            if locate_weight:   # rows of this batch the localization loss saw
+                report["batch_locate_rows"] = int(m["locate_count"])
             if n_point or point_pretrain_steps:
                 report.update(pointing_report(state.params))
         if step % eval_every == 0 or step == steps:
@@ -582,7 +612,8 @@ def main(argv):
                                              "point_fraction", "gripper_flip_prob",
                                              "point_pretrain_steps", "eval_temperatures",
                                              "perturb_prob", "grid", "init_keypoints",
-                                             "locate_pretrain_steps")},
+                                             "locate_pretrain_steps", "locate_robot_frames",
+                                             "locate_gripper_points")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -594,7 +625,8 @@ def main(argv):
         point_pretrain_steps=f.point_pretrain_steps,
         eval_temperatures=tuple(float(t) for t in f.eval_temperatures),
         perturb_prob=f.perturb_prob, grid=f.grid, init_keypoints=f.init_keypoints,
-        locate_pretrain_steps=f.locate_pretrain_steps)
+        locate_pretrain_steps=f.locate_pretrain_steps, locate_robot_frames=f.locate_robot_frames,
+        locate_gripper_points=f.locate_gripper_points)
 
 
 if __name__ == "__main__":
