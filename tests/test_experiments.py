@@ -232,20 +232,26 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
     # --locate_robot_frames=False: only the pointing rows carry points (RT-2's setting:
     # grounding from web data alone); with --locate_gripper_points=False only those asking for
     # the object. Of 8 robot rows and 8 pointing rows (random subjects), some but not all 8
-    # pointing rows count, and no robot row.
+    # pointing rows count, and no robot row. (With --terminate_repeats=2 each solved episode
+    # adds two frames labelled "done", training and held-out alike.)
+    frames = next(r["frames"] for r in records if "frames" in r)
     records.clear()
     imitation_probe.run(config, locate_robot_frames=False, locate_gripper_points=False,
+                        terminate_repeats=2,
                         **{**kw, "emit": records.append, "point_fraction": 0.5, "steps": 1,
                            "batch_size": 16, "log_every": 1, "eval_every": 1,
                            "eval_episodes": 1})
     counted = [r["batch_locate_rows"] for r in records if "batch_locate_rows" in r]
     assert len(counted) == 1 and 0 < counted[0] < 8
+    assert next(r["frames"] for r in records if "frames" in r) == frames + 2 * kw["episodes"]
     # Keypoint 0 is also scored under the pointing prompts (how much of pointing carries over).
     pointed = next(r["point_keypoint_dist"] for r in records if "point_keypoint_dist" in r)
     assert set(pointed) == {"gripper", "object"} and all(0 <= d < 2 for d in pointed.values())
     # Without pointing rows that is refused rather than training nothing.
     with pytest.raises(ValueError, match="point_fraction > 0 or point_pretrain_steps"):
         imitation_probe.run(config, locate_robot_frames=False, **kw)
+    with pytest.raises(ValueError, match="terminate_repeats >= 0"):
+        imitation_probe.run(config, terminate_repeats=-1, **kw)
     config.model.vit.keypoints = 1
     with pytest.raises(ValueError, match="keypoints >= 2"):
         imitation_probe.run(config, **kw)

@@ -96,6 +96,10 @@ def define_flags() -> None:
                       "With --config.train.locate_weight: pointing rows that ask for the "
                       "gripper also regress keypoint 0 onto it. False: they train only their "
                       "text answer, and keypoint 0 learns objects alone.")
+    flags.DEFINE_integer("terminate_repeats", 0,
+                         "Expert data: once a task is solved, this many more frames labelled "
+                         "\"done\" while it holds still (sim.ScriptedExpert's "
+                         "terminate_repeats), instead of one per episode.")
     flags.DEFINE_bool("robustness", False, "Measure the expert's success under action errors.")
     flags.DEFINE_list("eval_temperatures", ["0"],
                       "Closed-loop evaluation once per sampling temperature (0 = greedy). A "
@@ -251,7 +255,8 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         gripper_flip_prob: float = 0.0, point_pretrain_steps: int = 0,
         eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0,
         grid: float = 0.0, init_keypoints: str = "", locate_pretrain_steps: int = 0,
-        locate_robot_frames: bool = True, locate_gripper_points: bool = True) -> dict:
+        locate_robot_frames: bool = True, locate_gripper_points: bool = True,
+        terminate_repeats: int = 0) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -262,14 +267,15 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
                     gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
                     perturb_prob, grid, init_keypoints, locate_pretrain_steps,
-                    locate_robot_frames, locate_gripper_points)
+                    locate_robot_frames, locate_gripper_points, terminate_repeats)
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
          log_every, eval_every, eval_episodes, max_episode_steps, camera, image_size,
          move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
          point_pretrain_steps, eval_temperatures, perturb_prob, grid, init_keypoints,
-         locate_pretrain_steps, locate_robot_frames, locate_gripper_points) -> dict:
+         locate_pretrain_steps, locate_robot_frames, locate_gripper_points,
+         terminate_repeats) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -284,7 +290,8 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
     render_size = image_size or max(size, sim.render.MIN_IMAGE_SIZE)
     env = sim.TabletopEnv(image_size=render_size, camera=camera, grid=grid)
     expert = sim.ScriptedExpert(env, noise_std=noise_std, seed=seed, move_quantum=move_quantum,
-                                gripper_flip_prob=gripper_flip_prob, perturb_prob=perturb_prob)
+                                gripper_flip_prob=gripper_flip_prob, perturb_prob=perturb_prob,
+                                terminate_repeats=terminate_repeats)
     t0 = time.time()
     if not 0.0 <= point_fraction < 1.0:
         raise ValueError(f"point_fraction must be in [0, 1), got {point_fraction}")
@@ -613,7 +620,7 @@ def main(argv):
                                              "point_pretrain_steps", "eval_temperatures",
                                              "perturb_prob", "grid", "init_keypoints",
                                              "locate_pretrain_steps", "locate_robot_frames",
-                                             "locate_gripper_points")},
+                                             "locate_gripper_points", "terminate_repeats")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -626,7 +633,7 @@ def main(argv):
         eval_temperatures=tuple(float(t) for t in f.eval_temperatures),
         perturb_prob=f.perturb_prob, grid=f.grid, init_keypoints=f.init_keypoints,
         locate_pretrain_steps=f.locate_pretrain_steps, locate_robot_frames=f.locate_robot_frames,
-        locate_gripper_points=f.locate_gripper_points)
+        locate_gripper_points=f.locate_gripper_points, terminate_repeats=f.terminate_repeats)
 
 
 if __name__ == "__main__":
