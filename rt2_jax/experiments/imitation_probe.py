@@ -434,11 +434,14 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
             # Keypoint 0 under the pointing prompts themselves (what the localization loss
             # trains there), next to `locate_dist` under the robot prompts: the gap is how
             # much of the pointing skill carries over to "pick up the X".
+            # Rows 2t, 2t+1 ask for frame t's gripper and object: keypoint 0's answers to
+            # them, laid out as [T, (object, gripper), 2] like h_locate.
             kp0 = np.asarray(locate_predict(params, hp_images, hp_tokens, hp_mask))[:, 0]
-            want = h_locate[:, (locate.GRIPPER_KEYPOINT, locate.OBJECT_KEYPOINT)].reshape(-1, 2)
-            d = np.linalg.norm(kp0 - want, axis=-1) / 2.0   # keypoint units -> table units
-            out["point_keypoint_dist"] = {"gripper": round(float(d[0::2].mean()), 4),
-                                          "object": round(float(d[1::2].mean()), 4)}
+            pairs = kp0.reshape(-1, 2, 2)   # [T, (gripper row, object row), 2]
+            by_frame = np.empty_like(pairs)
+            by_frame[:, locate.GRIPPER_KEYPOINT], by_frame[:, locate.OBJECT_KEYPOINT] = (
+                pairs[:, 0], pairs[:, 1])
+            out["point_keypoint_dist"] = locate.distances(by_frame, h_locate)
         return out
 
     def evaluate(params) -> dict:
