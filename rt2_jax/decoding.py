@@ -37,16 +37,34 @@ NEG_INF = -1e30
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """temperature 0 = greedy (argmax); top_k 0 = no top-k truncation."""
+    """temperature 0 = greedy (argmax); top_k 0 = no top-k truncation.
+
+    terminate_threshold: the probability of the terminate token (among the two terminate ids,
+    action position 0) above which a greedy decode says "done"; 0.5 is plain argmax. Below 0.5
+    a policy stops more readily: RT-2's data has one terminal frame per episode, so a model
+    that has learned when the task is done may still put terminate just under even odds. It
+    is applied as a bias log((1 - t) / t) on the terminate logit, so when sampling it
+    multiplies the sampled distribution's terminate odds by (1 - t) / t."""
 
     temperature: float = 0.0
     top_k: int = 0
+    terminate_threshold: float = 0.5
 
     def __post_init__(self):
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}.")
+        if not 0.0 < self.terminate_threshold < 1.0:
+            raise ValueError("terminate_threshold must be strictly between 0 and 1 (0.5 = "
+                             f"argmax), got {self.terminate_threshold}.")
+
+    @property
+    def terminate_bias(self) -> float:
+        """What is added to the terminate logit (0 at the default threshold 0.5), scaled by
+        the temperature so the sampled odds change by exactly (1 - t) / t."""
+        t = self.terminate_threshold
+        return float(np.log((1.0 - t) / t)) * (self.temperature or 1.0)
 
 
 def sample_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
@@ -103,6 +121,7 @@ class DecodeSpec:
     pad_id: int = 0
     eos_id: int = 1
     start_id: int = 0
+    terminate_id: int = -1   # the vocabulary id of "terminate" (action position 0); -1: none
 
 
 def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
@@ -126,6 +145,20 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
     marker = jnp.asarray(spec.marker)
     m = marker.shape[0]
     n_act = actions_lib.NUM_DIMS
+    # The terminate threshold is a bias on one column at action position 0 (a static one-hot
+    # over the columns this mode scores); None at the default 0.5.
+    term_bias = None
+    if sampling.terminate_bias != 0.0:
+        if spec.terminate_id < 0:
+            raise ValueError("a terminate_threshold other than 0.5 needs a DecodeSpec that "
+                             "names its terminate_id")
+        cols = (np.asarray(spec.output_ids) if spec.output_ids is not None
+                else np.arange(text_mask.shape[0]))
+        hit = cols == spec.terminate_id
+        if not hit.any():
+            raise ValueError(f"terminate id {spec.terminate_id} is not among the ids this "
+                             f"mode ({spec.mode!r}) can emit")
+        term_bias = jnp.asarray(hit * np.float32(sampling.terminate_bias))
     cot = spec.mode == "cot"
     start_phase = ACTION if spec.mode == "action" else TEXT
 
@@ -137,6 +170,9 @@ def decode_loop(model: VLM, spec: DecodeSpec, sampling: Sampling, params: Any,
         """The token each row writes at step t: sampled within its phase's mask, or forced."""
         if bias is not None:
             logits = logits + jnp.asarray(bias)[None]
+        if term_bias is not None:
+            first = (rows.phase == ACTION) & (rows.index == 0)
+            logits = logits + jnp.where(first[:, None], term_bias[None], 0.0)
         allowed = jnp.where((rows.phase == ACTION)[:, None],
                             pos_masks[jnp.minimum(rows.index, n_act - 1)], text_mask[None])
         tok = sample_token(jnp.where(allowed, logits, NEG_INF), jax.random.fold_in(rng, t),
@@ -258,7 +294,8 @@ class Decoder:
             output_ids=(np.flatnonzero(self._position_masks.any(0)).astype(np.int32)
                         if mode == "action" else None),
             pad_id=tok.pad_id,
-            eos_id=tok.eos_id, start_id=tok.decoder_start_id)
+            eos_id=tok.eos_id, start_id=tok.decoder_start_id,
+            terminate_id=int(self.action_tokenizer.terminate_ids[1]))
 
     def _traced(self, mode: str, sampling: Sampling):
         spec = self.spec(mode)

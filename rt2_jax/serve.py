@@ -191,7 +191,8 @@ class PolicyServer:
                              "[action_low, action_high]"),
             "action_mapping": policy.action_tokenizer.mapping,
             "sampling": {"temperature": policy.sampling.temperature,
-                         "top_k": policy.sampling.top_k},
+                         "top_k": policy.sampling.top_k,
+                         "terminate_threshold": policy.sampling.terminate_threshold},
             "max_batch": self.batcher.max_batch,
             "limits": dataclasses.asdict(self.limits),
         }
@@ -329,6 +330,9 @@ def _define_flags() -> dict:
             "Longest instruction accepted, in characters."),
         "temperature": flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding."),
         "top_k": flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off)."),
+        "terminate_threshold": flags.DEFINE_float(
+            "terminate_threshold", 0.5, "Say 'done' when p(terminate) at action position 0 is "
+            "at least this (0.5 = argmax; lower stops more readily)."),
         "seed": flags.DEFINE_integer("seed", 0, "Sampling seed."),
         "dataset": flags.DEFINE_string("dataset", None, "Robot dataset whose action bounds "
                                        "un-normalize the actions (exports trained on several)."),
@@ -353,9 +357,12 @@ def main(argv):
     limits = wire.Limits(max_message_bytes=int(f["max_message_mb"] * 2**20),
                          max_image_side=f["max_image_side"],
                          max_instruction_chars=f["max_instruction_chars"])
-    policy = policy_lib.Policy.from_export(
-        f["export"], dataset=f["dataset"],
-        sampling=decoding.Sampling(f["temperature"], f["top_k"]), seed=f["seed"])
+    try:
+        sampling = decoding.Sampling(f["temperature"], f["top_k"], f["terminate_threshold"])
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    policy = policy_lib.Policy.from_export(f["export"], dataset=f["dataset"],
+                                           sampling=sampling, seed=f["seed"])
     server = PolicyServer(policy, host=f["host"], port=f["port"], max_batch=f["max_batch"],
                           batch_wait_ms=f["batch_wait_ms"], limits=limits)
     print(f"Compiling the decode loop for batches up to {server.batcher.max_batch} ...",

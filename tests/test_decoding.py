@@ -233,6 +233,77 @@ def test_bad_arguments(setup):
         dec.run("poetry", s["params"], s["image"], s["toks"], s["mask"])
     with pytest.raises(ValueError, match="temperature"):
         decoding.Sampling(temperature=-1.0)
+    for bad in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="terminate_threshold"):
+            decoding.Sampling(terminate_threshold=bad)
+
+
+def _terminate_probability(s) -> np.ndarray:
+    """p(terminate) per row at action position 0, from a plain forward pass (no decode loop):
+    softmax over the two terminate ids of the first decoder position's logits."""
+    start = np.full((B, 1), s["tok"].decoder_start_id, np.int32)
+    logits = np.asarray(s["model"].apply(s["params"], s["image"], s["toks"], s["mask"], start),
+                        np.float64)[:, 0, s["act_tok"].terminate_ids]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e[:, 1] / e.sum(-1)
+
+
+@pytest.mark.parametrize("path", ["action_ids_only", "full_vocabulary"])
+def test_terminate_threshold_is_a_probability_cut(setup, path):
+    """Greedy with threshold t says terminate exactly on the rows whose p(terminate) >= t (p
+    from an independent forward pass); t = 0.5 is plain argmax; only position 0 moves (a row
+    whose terminate did not flip decodes the same 8 ids)."""
+    import dataclasses
+
+    s = setup
+    vocab = s["config"].model.vocab_size
+    dec = decoding.Decoder(s["model"], s["act_tok"], vocab)
+    spec = dec.spec("action")
+    if path == "full_vocabulary":
+        spec = dataclasses.replace(spec, output_ids=None)
+    p = _terminate_probability(s)
+
+    def decode(t):
+        run = jax.jit(lambda *a: decoding.decode_loop(
+            s["model"], spec, decoding.Sampling(terminate_threshold=t), *a))
+        return np.asarray(run(s["params"], s["image"], s["toks"], s["mask"],
+                              jax.random.PRNGKey(0))["action_ids"])
+
+    plain = decode(0.5)
+    np.testing.assert_array_equal(plain[:, 0] == s["act_tok"].terminate_ids[1], p >= 0.5)
+    checked = 0
+    for r in range(B):
+        for t, says in ((p[r] * 0.97, True), (min(p[r] * 1.03, 0.999), False)):
+            if not 0.0 < t < 1.0 or abs(t - p[r]) < 1e-4:
+                continue
+            ids = decode(float(t))
+            assert (ids[r, 0] == s["act_tok"].terminate_ids[1]) == says, (r, p[r], t)
+            flipped = ids[:, 0] != plain[:, 0]
+            np.testing.assert_array_equal(ids[~flipped], plain[~flipped])
+            checked += 1
+    assert checked >= B   # the cut was exercised on both sides for most rows
+
+
+def test_terminate_threshold_reweights_sampled_odds(setup):
+    """Sampling at temperature 1 with threshold t multiplies each row's terminate odds by
+    (1 - t) / t: the share of sampled actions that terminate matches the rate predicted from an
+    independent forward pass's p(terminate), within 4 binomial standard deviations."""
+    s = setup
+    dec = decoding.Decoder(s["model"], s["act_tok"], s["config"].model.vocab_size)
+    reps = 64
+    image = np.repeat(s["image"], reps, axis=0)
+    toks, mask = np.repeat(s["toks"], reps, axis=0), np.repeat(s["mask"], reps, axis=0)
+    p = np.repeat(_terminate_probability(s), reps)
+    rates = {}
+    for t in (0.5, 0.05, 0.01, 0.999):
+        ids = dec.actions(s["params"], image, toks, mask, rng=jax.random.PRNGKey(7),
+                          sampling=decoding.Sampling(temperature=1.0, terminate_threshold=t))
+        rate = float((ids["ids"][:, 0] == s["act_tok"].terminate_ids[1]).mean())
+        k = (1 - t) / t
+        q = p * k / (p * k + 1 - p)
+        assert abs(rate - q.mean()) <= 4 * np.sqrt((q * (1 - q)).sum()) / len(q) + 1e-3, (t, rate)
+        rates[t] = rate
+    assert rates[0.999] <= rates[0.5] < rates[0.05] < rates[0.01]   # the rule moved the rate
 
 
 def test_sample_token_respects_mask():

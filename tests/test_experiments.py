@@ -199,6 +199,13 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
         assert 2 <= sum(p["steps"] for p in last[key]["closed_loop_agreement"].values()) <= 6
     with pytest.raises(ValueError, match="eval_temperatures"):
         imitation_probe.run(tiny.get_config(), eval_temperatures=(-1.0,), **kw)
+    # --eval_terminate_thresholds: one closed-loop report per stopping rule, from one model.
+    last = imitation_probe.run(tiny.get_config(), eval_terminate_thresholds=(0.5, 0.01), **kw)
+    assert {"terminate_threshold_0.5", "terminate_threshold_0.01"} <= set(last)
+    for key in ("terminate_threshold_0.5", "terminate_threshold_0.01"):
+        assert 0 <= last[key]["success"]["pick"] <= 1
+    with pytest.raises(ValueError, match="eval_terminate_thresholds"):
+        imitation_probe.run(tiny.get_config(), eval_terminate_thresholds=(1.0,), **kw)
     # A saved pixel policy's keypoint head starts the image tower's (shapes checked on load;
     # the scores themselves in test_pixel_policy_keypoint_head_starts_a_vlm_image_tower).
     from rt2_jax.experiments import pixel_policy

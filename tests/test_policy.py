@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from absl import flags
+from absl import app, flags
 from PIL import Image
 
 from configs import tiny
@@ -177,6 +177,7 @@ def test_eval_sim_cli_prints_json(export_dir, policy, capsys, monkeypatch):
 
     def from_export(path, **kwargs):   # the module's policy, whose loop is compiled already
         loaded.append(path)
+        assert kwargs["sampling"].terminate_threshold == 0.25   # the flag reaches the decoder
         return policy
 
     monkeypatch.setattr(policy_lib.Policy, "from_export", from_export)
@@ -185,7 +186,7 @@ def test_eval_sim_cli_prints_json(export_dir, policy, capsys, monkeypatch):
     gif = os.path.join(export_dir, "..", "episodes.gif")
     fv(["eval_sim", f"--export={export_dir}", "--episodes=2", "--categories=seen,symbols",
         "--max_episode_steps=2", "--batch_size=2", "--vqa_questions=5", f"--gif={gif}",
-        "--gif_episodes=1", "--json"])
+        "--gif_episodes=1", "--terminate_threshold=0.25", "--json"])
     returned = eval_sim.run(fv)
     out, err = capsys.readouterr()
     result = json.loads(out)
@@ -203,6 +204,9 @@ def test_eval_sim_cli_prints_json(export_dir, policy, capsys, monkeypatch):
         assert image.size[0] > 2 * image.size[1] - 2 * 44
     assert result["camera"] == "fixed"   # the export's training camera (the default)
     assert result == json.loads(json.dumps(returned))
+    fv.terminate_threshold = 1.0   # outside (0, 1): a usage error naming it, before any loading
+    with pytest.raises(app.UsageError, match="terminate_threshold"):
+        eval_sim.make_policy(fv)
 
 
 def test_evaluator_runs_the_camera_it_is_given():

@@ -188,6 +188,7 @@ def test_metadata_and_health(server, policy):
     assert meta["action_names"] == list(actions_lib.ACTION_DIMS)
     np.testing.assert_allclose(meta["action_low"][1:], LOW, rtol=1e-6)
     np.testing.assert_allclose(meta["action_high"][1:], HIGH, rtol=1e-6)
+    assert meta["sampling"] == {"temperature": 0.0, "top_k": 0, "terminate_threshold": 0.5}
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as r:
         assert r.status == 200 and r.read() == b"OK\n"
 
@@ -356,6 +357,15 @@ def test_client_times_out_and_reconnects():
     c.close()
     with pytest.raises(ConnectionError, match="no policy server"):
         client.PolicyClient("127.0.0.1", port, connect_timeout=0.3)
+
+
+def test_serve_command_rejects_a_bad_terminate_threshold(export_dir):
+    """A threshold outside (0, 1) is a usage error that names the flag, before any loading."""
+    proc = subprocess.run([sys.executable, "-m", "rt2_jax.serve", f"--export={export_dir}",
+                           "--port=0", "--terminate_threshold=1.5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "terminate_threshold must be strictly between 0 and 1" in proc.stderr + proc.stdout
 
 
 def test_serve_command_drains_on_sigterm(export_dir, expected):

@@ -106,6 +106,10 @@ def define_flags() -> None:
                       "greedy policy repeats its mistake in a state it does not leave; sampling "
                       "turns a systematic error into a random one, which the world forgives "
                       "(see --robustness).")
+    flags.DEFINE_list("eval_terminate_thresholds", ["0.5"],
+                      "Closed-loop evaluation once per terminate threshold (say \"done\" when "
+                      "p(terminate) >= it; 0.5 = argmax), for each temperature: one trained "
+                      "model, several stopping rules.")
 
 
 # (share of x and y steps off by one quantum, of z steps, of steps with the gripper flipped)
@@ -256,7 +260,8 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
         eval_temperatures: tuple[float, ...] = (0.0,), perturb_prob: float = 0.0,
         grid: float = 0.0, init_keypoints: str = "", locate_pretrain_steps: int = 0,
         locate_robot_frames: bool = True, locate_gripper_points: bool = True,
-        terminate_repeats: int = 0) -> dict:
+        terminate_repeats: int = 0,
+        eval_terminate_thresholds: tuple[float, ...] = (0.5,)) -> dict:
     """Runs the probe; `emit(dict)` receives every report. Returns the last evaluation.
     `objects` (min, max) sets the objects per scene of every episode, evaluation included."""
     from rt2_jax import sim
@@ -267,7 +272,8 @@ def run(config, *, tasks, episodes, heldout_episodes, heldout_frames, steps, bat
                     image_size, move_quantum, noise_std, seed, emit, point_fraction,
                     gripper_flip_prob, point_pretrain_steps, tuple(eval_temperatures),
                     perturb_prob, grid, init_keypoints, locate_pretrain_steps,
-                    locate_robot_frames, locate_gripper_points, terminate_repeats)
+                    locate_robot_frames, locate_gripper_points, terminate_repeats,
+                    tuple(eval_terminate_thresholds))
 
 
 def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, batch_size,
@@ -275,7 +281,7 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
          move_quantum, noise_std, seed, emit, point_fraction, gripper_flip_prob,
          point_pretrain_steps, eval_temperatures, perturb_prob, grid, init_keypoints,
          locate_pretrain_steps, locate_robot_frames, locate_gripper_points,
-         terminate_repeats) -> dict:
+         terminate_repeats, eval_terminate_thresholds) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -305,6 +311,9 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         locate.check_model(config, camera)
     if not eval_temperatures or any(t < 0 for t in eval_temperatures):
         raise ValueError(f"eval_temperatures must be >= 0 (0 = greedy), got {eval_temperatures}")
+    if not eval_terminate_thresholds or any(not 0 < t < 1 for t in eval_terminate_thresholds):
+        raise ValueError("eval_terminate_thresholds must be strictly between 0 and 1 (0.5 = "
+                         f"argmax), got {eval_terminate_thresholds}")
     points, h_points, h_scenes = [], [], []
     images, instructions, acts = collect(env, expert, tasks, episodes, TRAIN_SEED0, points)
     h_images, h_instr, h_acts = collect(env, expert, tasks, heldout_episodes, HELDOUT_SEED0,
@@ -445,21 +454,26 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         return out
 
     def evaluate(params) -> dict:
-        # One policy per temperature; the greedy one (built anyway when asked for) also decodes
-        # the held-out frames, so its compiled decode loop serves both.
-        policies = {t: Policy(params, config, atok, seed=seed,
-                              sampling=decoding.Sampling(temperature=float(t)))
-                    for t in eval_temperatures}
-        greedy = policies.get(0.0) or Policy(params, config, atok)
+        # One policy per (temperature, terminate threshold); the plain greedy one (built anyway
+        # when asked for) also decodes the held-out frames, so its compiled loop serves both.
+        policies = {(t, th): Policy(params, config, atok, seed=seed,
+                                    sampling=decoding.Sampling(temperature=float(t),
+                                                               terminate_threshold=float(th)))
+                    for t in eval_temperatures for th in eval_terminate_thresholds}
+        greedy = policies.get((0.0, 0.5)) or Policy(params, config, atok)
         decoded = greedy.decode(h_images, h_tokens, h_mask)["bins"]
         report = {"decoded_acc": {n: round(float((decoded[:, d] == h_bins[:, d]).mean()), 3)
                                   for n, d in zip(REPORTED_DIMS, dims, strict=True)}}
-        for temperature, policy in policies.items():
+        for (temperature, threshold), policy in policies.items():
             loop = closed_loop(policy)
-            if len(eval_temperatures) == 1:
-                report.update(loop)
+            key = "_".join(
+                ([f"temperature_{temperature:g}"] if len(eval_temperatures) > 1 else [])
+                + ([f"terminate_threshold_{threshold:g}"]
+                   if len(eval_terminate_thresholds) > 1 else []))
+            if key:
+                report[key] = loop
             else:
-                report[f"temperature_{temperature:g}"] = loop
+                report.update(loop)
         return report
 
     def closed_loop(policy) -> dict:
@@ -623,7 +637,8 @@ def main(argv):
                                              "point_pretrain_steps", "eval_temperatures",
                                              "perturb_prob", "grid", "init_keypoints",
                                              "locate_pretrain_steps", "locate_robot_frames",
-                                             "locate_gripper_points", "terminate_repeats")},
+                                             "locate_gripper_points", "terminate_repeats",
+                                             "eval_terminate_thresholds")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
           "learning_rate": f.config.train.learning_rate})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
@@ -636,7 +651,8 @@ def main(argv):
         eval_temperatures=tuple(float(t) for t in f.eval_temperatures),
         perturb_prob=f.perturb_prob, grid=f.grid, init_keypoints=f.init_keypoints,
         locate_pretrain_steps=f.locate_pretrain_steps, locate_robot_frames=f.locate_robot_frames,
-        locate_gripper_points=f.locate_gripper_points, terminate_repeats=f.terminate_repeats)
+        locate_gripper_points=f.locate_gripper_points, terminate_repeats=f.terminate_repeats,
+        eval_terminate_thresholds=tuple(float(t) for t in f.eval_terminate_thresholds))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          "Truncate an episode after this many steps.", flag_values=fv)
     flags.DEFINE_float("temperature", 0.0, "0 = greedy decoding.", flag_values=fv)
     flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).", flag_values=fv)
+    flags.DEFINE_float("terminate_threshold", 0.5, "Say 'done' when p(terminate) at action "
+                       "position 0 is at least this (0.5 = argmax; lower stops more readily).",
+                       flag_values=fv)
     flags.DEFINE_string("dataset", None, "Robot dataset whose action bounds un-normalize the "
                         "actions (for an export trained on several).", flag_values=fv)
     flags.DEFINE_string("gif", "", "Write the first --gif_episodes episodes of the first "
@@ -387,7 +390,11 @@ def make_policy(f: flags.FlagValues):
     from rt2_jax import decoding
     from rt2_jax import policy as policy_lib
 
-    sampling = decoding.Sampling(temperature=f.temperature, top_k=f.top_k)
+    try:
+        sampling = decoding.Sampling(temperature=f.temperature, top_k=f.top_k,
+                                     terminate_threshold=f.terminate_threshold)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     return policy_lib.Policy.from_export(f.export, dataset=f.dataset, sampling=sampling,
                                          seed=f.seed)
 
