@@ -51,7 +51,7 @@ from rt2_jax.sim import render, vqa, world
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1.3.0"   # bump when the generated data changes for the same parameters
+FORMAT_VERSION = "1.4.0"   # bump when the generated data changes for the same parameters
 ROBOT_NAME, VQA_NAME, CAPTIONS_NAME = "toy_world_robot", "toy_world_vqa", "toy_world_captions"
 PARAMS_FILE = "toy_world.json"
 TERMINATE, CONTINUE = [1, 0, 0], [0, 1, 0]
@@ -66,6 +66,8 @@ RELEASE_NOTES = {   # of all three datasets (they share FORMAT_VERSION)
              "gripper starts at 0.2 and hovers at 0.1, grasps reach 0.075 from an object's "
              "centre; the expert may move in whole steps (move_quantum up to 0.1).",
     "1.3.0": "Pointing questions also ask where the gripper is (\"point to the gripper\").",
+    "1.4.0": "A pick lifts to the top of the workspace (0.4; success still needs 0.2), so lifting "
+             "past the expert's \"done\" frame is impossible.",
 }
 
 

@@ -27,6 +27,12 @@ EXPERT_SPEED = 0.08      # per axis and step; below MAX_STEP_XY so noise rarely 
 PUSH_SPEED = 0.04
 HOVER_Z = 0.1            # a multiple of every allowed move_quantum, like the start height
 CARRY_Z = 0.3
+# A pick lifts to the top of the workspace (success needs only world.LIFT_Z). A learned policy
+# that misses the expert's single "done" frame keeps lifting; below the ceiling it climbs into
+# heights no demonstration shows and never says done, at the ceiling its lift does nothing, so it
+# stays on the very frame the expert terminated on. Every "done" between LIFT_Z and the top is
+# a success, so saying it one or two grid steps early costs nothing.
+PICK_Z = world.Z_MAX
 RELEASE_Z = 0.06         # above PUSH_Z: releasing never shoves neighbours
 NEAR_GOAL = 0.12         # where move_near drops the object, from the target's centre
 TOLERANCE = 0.01
@@ -143,7 +149,7 @@ def plan_for(state: State, task: world.Task, slack: float = 0.0) -> list[Phase]:
     max(its tolerance, `slack`) per axis."""
     i = state.index_of(task.obj)
     if task.kind == "pick":
-        return _grasp_phases(i, CARRY_Z, slack)
+        return _grasp_phases(i, PICK_Z, slack)
     if task.kind == "push":
         return _push_phases(state, i, task.direction, slack)
     if task.kind == "move_near":
