@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
         # > 0: web pointing answers ("x y") of sources with locate_answers=True also regress
         # ViT keypoint 0 onto their point, with this weight (rt2_jax/localization.py). 0 = off.
         locate_weight=0.0,
+        # Robot rows whose action says "done" (one frame per episode) count this many times in
+        # their terminate token's loss (train_state.terminate_weight). 1 = unweighted.
+        terminate_weight=1.0,
         # > 0: robot rows also train the keypoint head's own action readout
         # (model.vit.keypoint_action_head) with this weight: a direct path from actions to the
         # keypoints' convs (train_state.keypoint_action_sums). Decoding never uses it. 0 = off.

@@ -175,6 +175,18 @@ def keypoint_action_weight(config) -> float:
     return w
 
 
+def terminate_weight(config) -> float:
+    """`config.train.terminate_weight` (1 = plain cross-entropy): how many times a robot row
+    whose action says "done" counts in the loss of its terminate token. An episode has one
+    such frame and tens that say "continue", so a policy can learn to never stop; weighting
+    the rare class is what repeating the done frame does, without repeating its image."""
+    w = float((config.get("train") or {}).get("terminate_weight", 1.0))
+    if not (np.isfinite(w) and w > 0):
+        raise ValueError(f"train.terminate_weight must be a finite number > 0 (1 = unweighted),"
+                         f" got {w}")
+    return w
+
+
 def keypoint_action_logits(intermediates) -> jax.Array:
     """The image tower's sown auxiliary action logits [B, 8, 256]."""
     try:
@@ -229,9 +241,14 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
     masked = jnp.where(jnp.asarray(tables.position_masks)[None], act_logits, -jnp.inf)
     pred_ids = jnp.argmax(masked, -1)                                      # always valid ids
     pred_bins = jnp.asarray(tables.id_to_bin)[pred_ids]
+    # Robot rows whose action says "done": one frame per episode, against tens that say
+    # "continue" (train.terminate_weight weights their terminate token's loss).
+    stop = (robot * (mask[:, 0] > 0)
+            * (jnp.asarray(tables.id_to_bin)[targets[:, 0]] == actions_lib.TERMINATE))
     return {
         **action_sums(pred_ids, pred_bins, batch, robot),
         "loss_sum": row_loss.sum(), "token_count": row_tokens.sum(),
+        "stop_ce_sum": (token_loss[:, 0] * stop).sum(), "stop_rows": stop.sum(),
         "source_loss_sum": (row_loss[:, None] * onehot).sum(0),
         "source_token_count": (row_tokens[:, None] * onehot).sum(0),
         "source_examples": onehot.sum(0),
@@ -251,6 +268,8 @@ def summarize(sums: dict[str, np.ndarray], source_names: tuple[str, ...]) -> dic
             out[f"loss/{name}"] = s["source_loss_sum"][i] / s["source_token_count"][i]
         out[f"examples/{name}"] = s["source_examples"][i]
     out.update(summarize_actions(s))
+    if s.get("stop_rows", 0.0) > 0:
+        out["loss/terminate_stop"] = s["stop_ce_sum"] / s["stop_rows"]
     out.update(localization.summarize(s))
     out.update(summarize_keypoint_actions(s))
     if s["web_tokens"] > 0:
@@ -392,6 +411,7 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
         raise ValueError(f"train.action_token_noise must be in [0, 1), got {token_noise}")
     locate_weight = localization.weight(config)
     kpa_weight = keypoint_action_weight(config)
+    stop_weight = terminate_weight(config)
     start_id = 0  # T5 convention: the decoder start token is pad
 
     def loss_fn(params, batch, rng, scales):
@@ -416,6 +436,8 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
         # here, and the accumulated gradient divided by the whole batch's token count, so
         # accumulating equals one big batch's objective.
         objective = metrics["loss_sum"]
+        if stop_weight != 1.0:   # the stop rows' terminate token counts stop_weight times
+            objective = objective + (stop_weight - 1.0) * metrics["stop_ce_sum"]
         if locate_weight:
             kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
             metrics.update(localization.sums(kp, batch))

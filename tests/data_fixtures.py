@@ -264,3 +264,31 @@ def synthetic_text_batch(c, rng: np.random.Generator) -> dict:
     }
     batch["decoder_loss_mask"][: b // 2, 9:] = 0.0
     return batch
+
+
+STEP_FIRST_ACTION_ID = 600   # step_tables(): action bins 0..255 are ids 600..855
+
+
+def step_config(**train):
+    """The tiny config for single-step loss/gradient tests: batch 8, targets of 16 tokens,
+    adamw with no clipping, z-loss or warmup (the first step already moves what has a
+    gradient), then `train` on top."""
+    from configs import tiny
+
+    c = tiny.get_config()
+    c.max_target_len = 16
+    c.data.global_batch_size = 8
+    c.train.update(dict(optimizer="adamw", grad_clip_norm=0.0, z_loss=0.0, warmup_steps=0))
+    c.train.update(train)
+    return c
+
+
+def step_tables(vocab_size: int = 1024):
+    """Action tables whose bins 0..255 are ids STEP_FIRST_ACTION_ID.. and every id is allowed at
+    every action position."""
+    from rt2_jax import train_state
+    from rt2_jax.actions import NUM_BINS, NUM_DIMS
+
+    id_to_bin = np.full(vocab_size, -1, np.int32)
+    id_to_bin[STEP_FIRST_ACTION_ID:STEP_FIRST_ACTION_ID + NUM_BINS] = np.arange(NUM_BINS)
+    return train_state.ActionTables(id_to_bin, np.ones((NUM_DIMS, vocab_size), bool))

@@ -8,31 +8,19 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import tiny
 from rt2_jax import train_state
 from rt2_jax.actions import NUM_BINS, NUM_DIMS
 
-FIRST_ACTION_ID = 600   # action bins 0..255 are ids 600..855 in this test's tables
+FIRST_ACTION_ID = data_fixtures.STEP_FIRST_ACTION_ID
+_tables = data_fixtures.step_tables
 
 
 def _config(**train):
-    c = tiny.get_config()
+    c = data_fixtures.step_config(**{"keypoint_action_weight": 1.5, **train})
     c.model.vit.keypoints = 4
     c.model.vit.keypoint_query = True
     c.model.vit.keypoint_action_head = True
-    c.max_target_len = 16
-    c.data.global_batch_size = 8
-    # No warmup: the first step already moves what has a gradient.
-    c.train.update(dict(optimizer="adamw", grad_clip_norm=0.0, z_loss=0.0, warmup_steps=0,
-                        keypoint_action_weight=1.5))
-    c.train.update(train)
     return c
-
-
-def _tables():
-    id_to_bin = np.full(1024, -1, np.int32)
-    id_to_bin[FIRST_ACTION_ID:FIRST_ACTION_ID + NUM_BINS] = np.arange(NUM_BINS)
-    return train_state.ActionTables(id_to_bin, np.ones((NUM_DIMS, 1024), bool))
 
 
 def _batch(c, rng):

@@ -640,7 +640,8 @@ def main(argv):
                                              "locate_gripper_points", "terminate_repeats",
                                              "eval_terminate_thresholds")},
           "vit": f.config.model.vit.to_dict(), "optimizer": f.config.train.optimizer,
-          "learning_rate": f.config.train.learning_rate})
+          "learning_rate": f.config.train.learning_rate,
+          "train": json.loads(f.config.train.to_json_best_effort())})
     run(f.config, tasks=f.tasks, episodes=f.episodes, heldout_episodes=f.heldout_episodes,
         heldout_frames=f.heldout_frames, steps=f.steps, batch_size=f.batch_size,
         log_every=f.log_every, eval_every=f.eval_every, eval_episodes=f.eval_episodes,
