@@ -20,15 +20,18 @@ def robot_source(*, weight, builder_dir="", mapping="fractal20220817_data", toy_
 
 def web_source(*, kind, weight, mapping, builder_dir="", tfds_name="", data_dir="", toy_world="",
                train_split="train", eval_split="validation", answer_choice="random",
-               locate_answers=False):
+               locate_answers=False, locate_exclude=""):
     """A VQA (kind="vqa") or captioning (kind="caption") source from TFDS. `locate_answers`:
     its answers of the form "x y" (integers 0..255 on a 256 grid over the image, x from the
     left, y from the top) are points that also train ViT keypoint 0 when
-    config.train.locate_weight > 0 (rt2_jax/localization.py)."""
+    config.train.locate_weight > 0 (rt2_jax/localization.py). `locate_exclude`: a regular
+    expression (RE2) searched in the question; rows it matches train only their text answer,
+    not the keypoint (e.g. "gripper": keypoint 0 then learns the things a robot prompt names)."""
     return ml_collections.ConfigDict(dict(
         kind=kind, weight=float(weight), builder_dir=builder_dir, tfds_name=tfds_name,
         data_dir=data_dir, toy_world=toy_world, train_split=train_split,
         eval_split=eval_split, answer_choice=answer_choice, locate_answers=bool(locate_answers),
+        locate_exclude=str(locate_exclude),
         mapping=ml_collections.ConfigDict(mappings.get_mapping(mapping))))
 
 
@@ -132,6 +135,8 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             terminate_repeats=0,                 # solved steps labelled terminate, per episode
             move_quantum=0.0,                    # expert motion in multiples of this (0 = exact)
             grid=0.0,                            # robot scenes on multiples of this (0 = anywhere)
+            tasks=(),                            # robot task kinds, cycled (() = all, drawn)
+            pause_prob=0.05,                     # expert pauses per step (executed, not labelled)
             camera="fixed")),                    # robot camera: fixed | gripper (moves with it)
         action_stats_source="",                  # default robot dataset for the policy (""=first)
         weight_robots_by_size=False,             # robot weights x steps (OXE), robot share kept

@@ -40,8 +40,11 @@ def _resolve_toy_world(data, sources):
     toy = data.toy_world
     # Configs saved before these fields existed lack them: the generator's defaults apply.
     extra = {k: toy[k] for k in ("locate_per_scene", "labels", "noise_std", "gripper_flip_prob",
-                                 "terminate_repeats", "camera", "move_quantum", "grid")
+                                 "terminate_repeats", "camera", "move_quantum", "grid", "tasks",
+                                 "pause_prob")
              if k in toy}
+    if "tasks" in extra:
+        extra["tasks"] = tuple(extra["tasks"] or ())
     return toy_world.ensure_toy_world(toy.cache_dir or None, episodes=toy.episodes,
                                       vqa_scenes=toy.vqa_scenes, seed=toy.seed, **extra)
 
@@ -126,6 +129,14 @@ def source_dataset(src, config, *, train, split, seed, counters):
 
     locate = localization.enabled(config)
     locate_answers = bool(src.config.get("locate_answers", False)) and src.config.kind != ROBOT
+    locate_exclude = str(src.config.get("locate_exclude", "") or "")
+    if locate_exclude:
+        try:
+            tf.strings.regex_full_match("", locate_exclude)
+        except (tf.errors.InvalidArgumentError, ValueError) as e:
+            raise ValueError(f"config.data.sources.{src.name}.locate_exclude="
+                             f"{locate_exclude!r} is not a valid RE2 regular expression: "
+                             f"{e}") from None
 
     def finish(index, example_and_rng):
         example, rng = example_and_rng
@@ -134,6 +145,9 @@ def source_dataset(src, config, *, train, split, seed, counters):
             # Wrist cameras are refused with the loss on (localization.weight).
             point, has_point = (web.parse_point(answer) if locate_answers
                                 else (tf.zeros([2], tf.float32), tf.constant(False)))
+            if locate_answers and locate_exclude:   # these rows keep only their text loss
+                has_point &= ~tf.strings.regex_full_match(
+                    example["prompt"], f"(?s).*(?:{locate_exclude}).*")
             image, uv, in_view = images.prepare_image_and_point(
                 example["image"], point, rng, data, int(config.image_size), train)
             cameras = {"image": image, "locate_uv": uv,

@@ -37,6 +37,9 @@ def test_stage_configs(toy_cache):  # noqa: F811
     with pytest.raises(ValueError, match="evals per stage"):
         cofinetune.stage_config(base, "scratch", 0, 7, evals=-1)
     assert base.train.init_from == ""   # the base config is not modified
+    with pytest.raises(ValueError, match="arms must be some of"):   # before anything trains
+        cofinetune.run(base, "/nonexistent", seeds=[0], pretrain_steps=1, finetune_steps=1,
+                       robot_fraction=0.5, episodes=1, vqa_questions=0, arms=("finetune",))
 
 
 def test_load_params_like_takes_matching_params_and_names_mismatches(tmp_path):

@@ -198,6 +198,34 @@ def test_the_mixture_carries_each_pointing_answers_point_and_nothing_else(toy_ca
     assert np.abs(train["locate_uv"][train["locate_mask"] > 0]).max() <= 1.0
 
 
+def test_locate_exclude_leaves_the_rows_it_matches_to_their_text_answer(toy_cache, tmp_path):
+    from rt2_jax import tokenizer as tokenizer_lib
+
+    def val_batches(exclude):
+        c = _locate_config()
+        c.data.toy_world.update(cache_dir=toy_cache, episodes=6, vqa_scenes=24)
+        c.data.cache_dir = str(tmp_path)
+        c.data.eval.max_examples_per_source = 0
+        c.data.sources.vqa.locate_exclude = exclude
+        return list(mixture.build_mixture(c, split="val", progress=False))
+
+    tok = tokenizer_lib.Tokenizer()
+    kept = dropped = 0
+    for plain, excluded in zip(val_batches(""), val_batches("gripper|card"), strict=True):
+        np.testing.assert_array_equal(plain["encoder_tokens"], excluded["encoder_tokens"])
+        for row in np.flatnonzero(plain["valid"]):
+            prompt = tok.decode(plain["encoder_tokens"][row])
+            if "gripper" in prompt or "card" in prompt:
+                assert excluded["locate_mask"][row] == 0, prompt
+                dropped += plain["locate_mask"][row] == 1
+            else:
+                assert excluded["locate_mask"][row] == plain["locate_mask"][row], prompt
+                kept += plain["locate_mask"][row] == 1
+    assert dropped >= 1 and kept >= 1
+    with pytest.raises(ValueError, match="locate_exclude"):
+        val_batches("(unclosed")
+
+
 def test_keypoints_of_a_model_without_them_are_a_clear_error():
     with pytest.raises(ValueError, match="no image keypoints"):
         localization.keypoints({"intermediates": {"img": {}}})

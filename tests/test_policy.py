@@ -254,6 +254,43 @@ def test_evaluator_runs_the_grid_it_is_given_and_defaults_to_the_exports():
     assert eval_sim.grid_for(fv, trained) == 0.0 and eval_sim.camera_for(fv, trained) == "fixed"
 
 
+def test_evaluator_runs_the_task_kinds_it_is_given_and_defaults_to_the_exports():
+    """Episodes cycle through the given task kinds, the expert reference runs the same task on
+    the same seed, and the CLI's default is the export's training kinds: a policy trained on
+    picks alone is scored on picks."""
+    result = eval_sim.evaluate(eval_sim.ExpertPolicy(), episodes=4, batch_size=2, log=None,
+                               tasks=("move_near", "pick"))
+    assert [r["task"] for r in result["episodes"]] == ["move_near", "pick"] * 2
+    assert result["success_rate"] == result["expert_success_rate"] == 1.0
+    drawn = eval_sim.evaluate(eval_sim.ExpertPolicy(), episodes=8, batch_size=4, log=None,
+                              max_episode_steps=1)
+    assert len({r["task"] for r in drawn["episodes"]}) > 1   # the default: the seed draws
+    with pytest.raises(ValueError, match="unknown task kinds"):
+        eval_sim.evaluate(eval_sim.ExpertPolicy(), episodes=1, tasks=("fly",))
+    # 'symbols' tasks are place_on_card: with picks alone that category cannot run.
+    with pytest.raises(ValueError, match="place_on_card"):
+        eval_sim.evaluate(eval_sim.ExpertPolicy(), episodes=1, concepts="symbols",
+                          tasks=("pick",))
+    both = eval_sim.evaluate_all(eval_sim.ExpertPolicy(), categories=["seen", "symbols"],
+                                 episodes=2, batch_size=2, log=None, tasks=("pick",))
+    assert both["success"] == {"seen": 1.0, "symbols": None} and set(both["skipped"]) == {
+        "symbols"}
+    assert "symbols: skipped" in eval_sim.format_summary(both)
+    mixed = eval_sim.evaluate_all(eval_sim.ExpertPolicy(), categories=["symbols"], episodes=2,
+                                  batch_size=2, log=None, tasks=("pick", "place_on_card"))
+    assert [r["task"] for r in mixed["episodes"]] == ["place_on_card"] * 2
+
+    fv = flags.FlagValues()
+    eval_sim.define_flags(fv)
+    fv(["eval_sim"])
+    trained = types.SimpleNamespace(config=ml_collections.ConfigDict(
+        {"data": {"toy_world": {"tasks": ("pick",)}}}))
+    assert eval_sim.tasks_for(fv, trained) == ("pick",)
+    assert eval_sim.tasks_for(fv, eval_sim.ExpertPolicy()) == ()   # no export: drawn
+    fv(["eval_sim", "--tasks=push,pick"])
+    assert eval_sim.tasks_for(fv, trained) == ("push", "pick")
+
+
 @pytest.mark.parametrize("name", ["expert", "random"])
 def test_reference_policies_through_the_same_loop(name):
     """The scripted expert must solve >= 99% through the evaluator; random actions ~never."""

@@ -182,6 +182,16 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
         toy_world.GenerationParams(grid=0.5)
     assert (toy_world.GenerationParams(camera="gripper").cache_key()
             != toy_world.GenerationParams().cache_key())
+    with pytest.raises(ValueError, match="not task kinds"):
+        toy_world.GenerationParams(tasks=("pick", "fly"))
+    with pytest.raises(TypeError, match="sequence of task kinds"):
+        toy_world.GenerationParams(tasks="pick")
+    # Data generated before `tasks` existed keeps its cache key; a task list changes it.
+    assert "tasks" not in toy_world.GenerationParams().to_json()
+    picks = toy_world.GenerationParams(tasks=["pick"])
+    assert picks.tasks == ("pick",)
+    assert picks.cache_key() != toy_world.GenerationParams().cache_key()
+    assert toy_world.GenerationParams.from_json(picks.to_json()) == picks
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):
@@ -194,7 +204,8 @@ def test_command_line(tmp_path, capsys):
                     "--seed", "5", "--held_out_objects", "red ball", "--held_out_backgrounds",
                     "wood", "--noise_std", "0.01", "--gripper_flip_prob", "0.05",
                     "--terminate_repeats", "2", "--camera", "gripper",
-                    "--move_quantum", "0.02", "--grid", "0.1"])
+                    "--move_quantum", "0.02", "--grid", "0.1", "--tasks", "move_near",
+                    "--pause_prob", "0"])
     printed = capsys.readouterr().out
     robot_dir = tmp_path / "data" / "toy_world_robot" / toy_world.FORMAT_VERSION
     robot = tfds.builder_from_directory(str(robot_dir))
@@ -205,8 +216,10 @@ def test_command_line(tmp_path, capsys):
     assert (params["noise_std"], params["gripper_flip_prob"], params["terminate_repeats"]) == (
         0.01, 0.05, 2)
     assert params["camera"] == "gripper" and params["move_quantum"] == 0.02
-    assert params["grid"] == 0.1
+    assert params["grid"] == 0.1 and params["tasks"] == ["move_near"]
+    assert params["pause_prob"] == 0
     for ep in _load(str(robot_dir), "train"):   # the 2 extra solved steps are labelled terminate
+        assert ep["episode_metadata"]["task"] == b"move_near"
         terminate = [s["action"]["terminate_episode"][0] for s in ep["steps"]]
         assert terminate[-3:] == [1, 1, 1] and not any(terminate[:-3])
         open_frames = 0

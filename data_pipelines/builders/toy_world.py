@@ -95,6 +95,9 @@ class GenerationParams:
     labels: str = "intended"
     max_episode_steps: int = sim.MAX_EPISODE_STEPS
     held_out: world.HeldOut = world.DEFAULT_HELD_OUT
+    # Task kinds of the robot episodes, cycled by episode index (empty = each episode draws one
+    # of world.TASK_KINDS). Web scenes are unaffected.
+    tasks: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.episodes < 2 or self.vqa_scenes < 2:
@@ -117,16 +120,28 @@ class GenerationParams:
         world.check_grid(self.grid)
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
+        if isinstance(self.tasks, str):
+            raise TypeError(f"tasks must be a sequence of task kinds, got the string "
+                            f"{self.tasks!r}; write e.g. ('pick',)")
+        object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
+        unknown = [t for t in self.tasks if t not in world.TASK_KINDS]
+        if unknown:
+            raise ValueError(f"tasks {unknown} are not task kinds; use some of "
+                             f"{world.TASK_KINDS} (or none: all of them)")
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out["held_out"] = {k: list(v) for k, v in out["held_out"].items()}
+        out["tasks"] = list(self.tasks)
+        if not self.tasks:   # data generated before the field existed keeps its cache key
+            del out["tasks"]
         return out
 
     @classmethod
     def from_json(cls, data: dict) -> GenerationParams:
         data = dict(data)
         held = data.pop("held_out")
+        data["tasks"] = tuple(data.get("tasks", ()))
         return cls(**data, held_out=world.HeldOut(**{k: tuple(v) for k, v in held.items()}))
 
     def cache_key(self) -> str:
@@ -202,10 +217,12 @@ def make_expert(env: sim.TabletopEnv, params: GenerationParams) -> sim.ScriptedE
 
 def expert_episode(index: int, params: GenerationParams, env: sim.TabletopEnv,
                    expert: sim.ScriptedExpert) -> sim.Episode:
-    """Episode `index` of the dataset: the first successful expert rollout among a few seeds."""
+    """Episode `index` of the dataset: the first successful expert rollout among a few seeds
+    (of task kind `params.tasks[index % len]` when tasks are given)."""
+    task = params.tasks[index % len(params.tasks)] if params.tasks else None
     for retry in range(_MAX_RETRIES):
         seed = _derived_seed(params.seed, _EPISODE_STREAM, index, retry)
-        episode = sim.rollout(env, expert, seed)
+        episode = sim.rollout(env, expert, seed, task)
         if episode.success and episode.terminated:
             return episode
         log.warning("expert failed episode %d with seed %d; retrying", index, seed)
@@ -490,6 +507,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=float, default=GenerationParams.grid,
                         help="robot scenes: objects, cards and the gripper's start on multiples "
                              "of this (0 = anywhere)")
+    parser.add_argument("--tasks", default="",
+                        help=f"comma-separated task kinds of the robot episodes, cycled (some "
+                             f"of {','.join(world.TASK_KINDS)}; empty = all, drawn per episode)")
+    parser.add_argument("--pause_prob", type=float, default=GenerationParams.pause_prob,
+                        help="chance that the expert pauses at a step (not in the labels)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -506,7 +528,8 @@ def main(argv: list[str] | None = None) -> None:
                               gripper_flip_prob=args.gripper_flip_prob,
                               terminate_repeats=args.terminate_repeats, camera=args.camera,
                               move_quantum=args.move_quantum, grid=args.grid,
-                              val_fraction=args.val_fraction, held_out=held_out)
+                              val_fraction=args.val_fraction, held_out=held_out,
+                              tasks=names(args.tasks), pause_prob=args.pause_prob)
     for kind, path in generate(args.out, params).items():
         print(f"{kind}: {path}")
 

@@ -36,6 +36,7 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", "configs/tiny.py", "Base experiment config.")
     flags.DEFINE_string("workdir", None, "Directory for every stage's run and the results.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (each arm runs once per seed).")
+    flags.DEFINE_list("arms", list(ARMS), f"The arms to run (some of {','.join(ARMS)}).")
     flags.DEFINE_integer("pretrain_steps", 2000, "Web-only pretraining steps.")
     flags.DEFINE_integer("finetune_steps", 2000, "Steps of each arm.")
     flags.DEFINE_float("robot_fraction", 0.5, "Robot share of co-fine-tuning batches.")
@@ -132,7 +133,8 @@ def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int,
                                        batch_size=16, vqa_questions=vqa_questions, log=None,
                                        max_episode_steps=max_episode_steps,
                                        camera=eval_sim.trained_world(policy, "camera", "fixed"),
-                                       grid=eval_sim.trained_world(policy, "grid", 0.0))
+                                       grid=eval_sim.trained_world(policy, "grid", 0.0),
+                                       tasks=eval_sim.trained_world(policy, "tasks", ()))
         return {**result["success"], "vqa_accuracy": result["vqa_accuracy"],
                 "vqa_per_type": result["vqa"]["per_type"] if result["vqa"] else None,
                 "expert_success": result["expert_success"],
@@ -239,8 +241,13 @@ def chart(table: dict, path: str) -> None:
 def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
         robot_fraction: float, episodes: int, vqa_questions: int,
         max_episode_steps: int = MAX_EPISODE_STEPS, evals_per_stage: int = 2,
-        log=print) -> dict:
-    """The whole experiment; returns the results dict also written to results.json."""
+        arms=ARMS, log=print) -> dict:
+    """The whole experiment (the `arms` of ARMS); returns the results dict also written to
+    results.json."""
+    arms = tuple(arms)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"arms must be some of {ARMS}, got {list(arms)}")
     start = time.perf_counter()
     workdir = os.path.abspath(workdir)
     pre_dir = os.path.join(workdir, "pretrain")
@@ -248,10 +255,10 @@ def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
                                         evals=evals_per_stage), pre_dir, log)
     pretrain_vqa = evaluate_pretrained_vqa(pre_export, vqa_questions)
     log(f"pretrained VQA accuracy {pretrain_vqa['vqa_accuracy']:.3f}")
-    runs: dict = {arm: {} for arm in ARMS}
+    runs: dict = {arm: {} for arm in arms}
     learning = {"pretrain": curves(pre_dir)}
     for seed in seeds:
-        for arm in ARMS:
+        for arm in arms:
             config = stage_config(base, arm, seed, finetune_steps, robot_fraction, pre_export,
                                   evals_per_stage)
             stage_dir = os.path.join(workdir, f"{arm}_seed{seed}")
@@ -268,7 +275,7 @@ def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
                             "finetune_steps": finetune_steps, "robot_fraction": robot_fraction,
                             "episodes_per_category": episodes, "vqa_questions": vqa_questions,
                             "max_episode_steps": max_episode_steps,
-                            "evals_per_stage": evals_per_stage},
+                            "evals_per_stage": evals_per_stage, "arms": list(arms)},
                "wall_s": round(time.perf_counter() - start, 1)}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -289,7 +296,7 @@ def main(argv):
     run(f.config, f.workdir, seeds=[int(s) for s in f.seeds], pretrain_steps=f.pretrain_steps,
         finetune_steps=f.finetune_steps, robot_fraction=f.robot_fraction, episodes=f.episodes,
         vqa_questions=f.vqa_questions, max_episode_steps=f.max_episode_steps,
-        evals_per_stage=f.evals_per_stage)
+        evals_per_stage=f.evals_per_stage, arms=f.arms)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("grid", -1.0, "Robot scenes on multiples of this (sim.TabletopEnv; 0 = "
                        "anywhere). Default (-1): the grid the export was trained on "
                        "(config.data.toy_world.grid), else 0.", flag_values=fv)
+    flags.DEFINE_list("tasks", [], "Task kinds of the episodes, cycled by episode (some of "
+                      f"{','.join(world.TASK_KINDS)}). Default: the kinds the export was trained "
+                      "on (config.data.toy_world.tasks), else each episode draws one.",
+                      flag_values=fv)
 
 
 # ---------------------------------------------------------------- reference policies
@@ -143,16 +147,19 @@ class _Slot:
     steps: int = 0
     started: float = 0.0
     frames: list | None = None   # (camera image, whole table, action) per step, if recorded
+    task: str | None = None      # the task kind asked for (None: the seed's draw)
 
     @property
     def active(self) -> bool:
         return self.observation is not None
 
 
-def expert_episode(concepts: str, seed: int, max_episode_steps: int, grid: float = 0.0) -> dict:
-    """The scripted expert on the scene and task of `seed` (it reads the state: any camera)."""
+def expert_episode(concepts: str, seed: int, max_episode_steps: int, grid: float = 0.0,
+                   task: str | None = None) -> dict:
+    """The scripted expert on the scene and task of `seed` (and task kind `task`, if given; it
+    reads the state: any camera)."""
     env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts, grid=grid)
-    episode = sim.rollout(env, sim.ScriptedExpert(env), seed=seed)
+    episode = sim.rollout(env, sim.ScriptedExpert(env), seed=seed, task=task)
     return {"success": bool(episode.terminated and episode.success),
             "steps": len(episode.actions), "instruction": episode.task.instruction}
 
@@ -182,7 +189,7 @@ def summarize(records: list[dict]) -> dict:
 def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
              batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
              log: Callable[[str], None] | None = print, record_frames: int = 0,
-             camera: str = "fixed", grid: float = 0.0) -> dict:
+             camera: str = "fixed", grid: float = 0.0, tasks=()) -> dict:
     """Runs `episodes` closed-loop episodes of `policy` in one category and the scripted expert
     on the same seeds; returns the summary with the per-episode records under 'episodes'.
 
@@ -190,7 +197,14 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
     `reset_episode(env, seed)` and `act_envs(envs) -> [B, 8]`. With `record_frames` = n the
     first n episodes keep their frames and decoded actions (record['frames'], ['actions']) and
     the whole table at each step (record['table_frames']). `camera`: sim.CAMERAS; `grid`: scenes on
-    multiples of it (sim.TabletopEnv; the grid the policy was trained on)."""
+    multiples of it (sim.TabletopEnv; the grid the policy was trained on). `tasks`: task kinds
+    cycled by episode (empty: each episode's seed draws one)."""
+    tasks = check_tasks(tasks)
+    if concepts == "symbols" and tasks and "place_on_card" not in tasks:
+        raise ValueError(f"the 'symbols' category's tasks are place_on_card (they name a "
+                         f"held-out card symbol); the task kinds {list(tasks)} have none")
+    if concepts == "symbols":
+        tasks = ("place_on_card",) if tasks else ()
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if batch_size < 1:
@@ -211,7 +225,9 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
             slot.observation = None
             return
         slot.index, slot.seed = next_episode, seed + next_episode
-        slot.observation, _ = slot.env.reset(seed=slot.seed)
+        slot.task = tasks[slot.index % len(tasks)] if tasks else None
+        options = {"task": slot.task} if slot.task else None
+        slot.observation, _ = slot.env.reset(seed=slot.seed, options=options)
         slot.steps, slot.started = 0, time.perf_counter()
         slot.frames = [] if slot.index < record_frames else None
         if uses_env:
@@ -219,7 +235,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         next_episode += 1
 
     def finish(slot: _Slot, info: dict, terminated: bool, reward: float) -> None:
-        expert = expert_episode(concepts, slot.seed, max_episode_steps, grid)
+        expert = expert_episode(concepts, slot.seed, max_episode_steps, grid, slot.task)
         task = info["task"]
         if expert["instruction"] != task.instruction:   # same seed must mean the same task
             raise RuntimeError(f"seed {slot.seed}: the expert got {expert['instruction']!r}, "
@@ -319,6 +335,15 @@ def evaluate_vqa(policy, num_questions: int, *, seed: int = 0, batch_size: int =
 # ---------------------------------------------------------------- all categories
 
 
+def check_tasks(tasks) -> tuple[str, ...]:
+    """`tasks` as a tuple of task kinds, each one of world.TASK_KINDS."""
+    tasks = tuple(str(t).strip() for t in (tasks or ()) if str(t).strip())
+    bad = [t for t in tasks if t not in world.TASK_KINDS]
+    if bad:
+        raise ValueError(f"unknown task kinds {bad}; use some of {world.TASK_KINDS}")
+    return tasks
+
+
 def parse_categories(names) -> list[str]:
     names = [n.strip() for n in names if n.strip()]
     if names == ["all"]:
@@ -332,24 +357,35 @@ def parse_categories(names) -> list[str]:
 def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, seed: int = 0,
                  batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
                  vqa_questions: int = 0, log: Callable[[str], None] | None = print,
-                 record_frames: int = 0, camera: str = "fixed", grid: float = 0.0) -> dict:
+                 record_frames: int = 0, camera: str = "fixed", grid: float = 0.0,
+                 tasks=()) -> dict:
     """`evaluate` for every category, then held-out VQA (when `policy` can answer and
     `vqa_questions` > 0). Returns {'success': category -> rate, 'expert_success', 'categories'
-    (full summaries), 'episodes' (records with their 'category'), 'vqa_accuracy', 'vqa'}."""
-    results, episodes_out = {}, []
+    (full summaries), 'episodes' (records with their 'category'), 'vqa_accuracy', 'vqa',
+    'skipped' (category -> why)}. `tasks` (task kinds, cycled) limit every category; 'symbols'
+    (place_on_card tasks) is skipped, its success None, when they have no place_on_card."""
+    results, episodes_out, skipped = {}, [], {}
+    tasks = check_tasks(tasks)
     for k, category in enumerate(categories):
+        if category == "symbols" and tasks and "place_on_card" not in tasks:
+            skipped[category] = (f"no place_on_card among the task kinds {list(tasks)}: the "
+                                 "category's tasks name a held-out card symbol")
+            if log is not None:
+                log(f"[{category}] skipped: {skipped[category]}")
+            continue
         result = evaluate(policy, episodes=episodes, concepts=category, seed=seed,
                           batch_size=batch_size, max_episode_steps=max_episode_steps, log=log,
                           record_frames=record_frames if k == 0 else 0, camera=camera,
-                          grid=grid)
+                          grid=grid, tasks=tasks)
         episodes_out += [{"category": category, **r} for r in result.pop("episodes")]
         results[category] = result
     vqa_result = None
     if vqa_questions > 0 and hasattr(policy, "answer"):
         vqa_result = evaluate_vqa(policy, vqa_questions, seed=seed)
-    return {"success": {c: r["success_rate"] for c, r in results.items()},
+    return {"success": {c: results[c]["success_rate"] if c in results else None
+                        for c in categories},
             "expert_success": {c: r["expert_success_rate"] for c, r in results.items()},
-            "categories": results, "episodes": episodes_out,
+            "categories": results, "skipped": skipped, "episodes": episodes_out,
             "vqa_accuracy": vqa_result["vqa_accuracy"] if vqa_result else None,
             "vqa": vqa_result}
 
@@ -364,7 +400,10 @@ def format_summary(result: dict) -> str:
                          f"{task_row['success_rate']:>9.2f}"
                          f"{task_row['expert_success_rate']:>8.2f}"
                          f"{task_row['mean_episode_length']:>10.1f}")
-    lines.append("success: " + ", ".join(f"{c} {v:.2f}" for c, v in result["success"].items()))
+    for category, why in result.get("skipped", {}).items():
+        lines.append(f"{category}: skipped ({why})")
+    lines.append("success: " + ", ".join(f"{c} {v:.2f}" for c, v in result["success"].items()
+                                         if v is not None))
     if result.get("vqa"):
         per_type = ", ".join(f"{k} {v:.2f}" for k, v in result["vqa"]["per_type"].items())
         lines.append(f"held-out VQA accuracy {result['vqa_accuracy']:.3f} over "
@@ -421,18 +460,30 @@ def grid_for(f: flags.FlagValues, policy) -> float:
     return trained_world(policy, "grid", 0.0)
 
 
+def tasks_for(f: flags.FlagValues, policy) -> tuple[str, ...]:
+    """--tasks when given, else the task kinds of the export's robot episodes, else () (each
+    episode draws one). A policy trained on one kind would fail the others by construction."""
+    if f.tasks:
+        return check_tasks(f.tasks)
+    return check_tasks(trained_world(policy, "tasks", ()))
+
+
 def run(f: flags.FlagValues) -> dict:
     """Evaluates as the parsed flags `f` say; prints progress and the summary; returns it."""
     categories = parse_categories(f.categories)
     policy = make_policy(f)
     camera, grid = camera_for(f, policy), grid_for(f, policy)
+    try:
+        tasks = tasks_for(f, policy)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     stream = sys.stderr if f.json else sys.stdout
     result = evaluate_all(policy, categories=categories, episodes=f.episodes, seed=f.seed,
                           batch_size=f.batch_size, max_episode_steps=f.max_episode_steps,
                           vqa_questions=f.vqa_questions if f.policy == "export" else 0,
                           log=lambda line: print(line, file=stream, flush=True),
                           record_frames=f.gif_episodes if f.gif else 0, camera=camera,
-                          grid=grid)
+                          grid=grid, tasks=tasks)
     if f.gif:
         frames = write_gif(f.gif, result["episodes"])
         print(f"wrote {f.gif} ({frames} frames)", file=stream, flush=True)
@@ -442,7 +493,8 @@ def run(f: flags.FlagValues) -> dict:
             actions = record.pop("actions", None)
             if actions is not None:
                 record["decoded_actions"] = [np.asarray(a).round(4).tolist() for a in actions]
-    result = {"policy": f.policy, "export": f.export, "camera": camera, "grid": grid, **result}
+    result = {"policy": f.policy, "export": f.export, "camera": camera, "grid": grid,
+              "tasks": list(tasks), **result}
     print(json.dumps(result) if f.json else format_summary(result), flush=True)
     return result
 
