@@ -225,8 +225,9 @@ def chart(table: dict, path: str) -> None:
     width = 0.8 / max(len(table), 1)
     x = np.arange(len(COLUMNS))
     for k, (arm, row) in enumerate(table.items()):
-        means = [row.get(c, {}).get("mean", 0.0) for c in COLUMNS]
-        stds = [row.get(c, {}).get("std", 0.0) for c in COLUMNS]
+        # A column an arm has no value for (a category not run) draws no bar, not a zero.
+        means = [row.get(c, {}).get("mean", np.nan) for c in COLUMNS]
+        stds = [row.get(c, {}).get("std", np.nan) for c in COLUMNS]
         ax.bar(x + k * width, means, width, yerr=stds, capsize=3, label=arm)
     ax.set_xticks(x + width * (len(table) - 1) / 2, [c.replace("_", "\n") for c in COLUMNS])
     ax.set_ylim(0, 1)
