@@ -43,8 +43,6 @@ def _resolve_toy_world(data, sources):
                                  "terminate_repeats", "camera", "move_quantum", "grid", "tasks",
                                  "pause_prob")
              if k in toy}
-    if "tasks" in extra:
-        extra["tasks"] = tuple(extra["tasks"] or ())
     return toy_world.ensure_toy_world(toy.cache_dir or None, episodes=toy.episodes,
                                       vqa_scenes=toy.vqa_scenes, seed=toy.seed, **extra)
 

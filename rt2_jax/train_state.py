@@ -240,11 +240,11 @@ def compute_metrics(logits, batch, num_sources: int, tables: ActionTables, z_los
     act_logits = logits[:, :NUM_DIMS]
     masked = jnp.where(jnp.asarray(tables.position_masks)[None], act_logits, -jnp.inf)
     pred_ids = jnp.argmax(masked, -1)                                      # always valid ids
-    pred_bins = jnp.asarray(tables.id_to_bin)[pred_ids]
+    id_to_bin = jnp.asarray(tables.id_to_bin)
+    pred_bins = id_to_bin[pred_ids]
     # Robot rows whose action says "done": one frame per episode, against tens that say
     # "continue" (train.terminate_weight weights their terminate token's loss).
-    stop = (robot * (mask[:, 0] > 0)
-            * (jnp.asarray(tables.id_to_bin)[targets[:, 0]] == actions_lib.TERMINATE))
+    stop = robot * (mask[:, 0] > 0) * (id_to_bin[targets[:, 0]] == actions_lib.TERMINATE)
     return {
         **action_sums(pred_ids, pred_bins, batch, robot),
         "loss_sum": row_loss.sum(), "token_count": row_tokens.sum(),

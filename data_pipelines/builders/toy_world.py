@@ -141,7 +141,6 @@ class GenerationParams:
     def from_json(cls, data: dict) -> GenerationParams:
         data = dict(data)
         held = data.pop("held_out")
-        data["tasks"] = tuple(data.get("tasks", ()))
         return cls(**data, held_out=world.HeldOut(**{k: tuple(v) for k, v in held.items()}))
 
     def cache_key(self) -> str:

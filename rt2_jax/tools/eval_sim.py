@@ -199,12 +199,11 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
     the whole table at each step (record['table_frames']). `camera`: sim.CAMERAS; `grid`: scenes on
     multiples of it (sim.TabletopEnv; the grid the policy was trained on). `tasks`: task kinds
     cycled by episode (empty: each episode's seed draws one)."""
-    tasks = check_tasks(tasks)
-    if concepts == "symbols" and tasks and "place_on_card" not in tasks:
+    runnable = category_tasks(concepts, tasks)
+    if runnable is None:
         raise ValueError(f"the 'symbols' category's tasks are place_on_card (they name a "
                          f"held-out card symbol); the task kinds {list(tasks)} have none")
-    if concepts == "symbols":
-        tasks = ("place_on_card",) if tasks else ()
+    tasks = runnable
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if batch_size < 1:
@@ -344,6 +343,15 @@ def check_tasks(tasks) -> tuple[str, ...]:
     return tasks
 
 
+def category_tasks(category: str, tasks) -> tuple[str, ...] | None:
+    """The task kinds `category` runs out of `tasks` (checked; () = each seed draws), or None
+    when it can run none of them: 'symbols' tasks are place_on_card only."""
+    tasks = check_tasks(tasks)
+    if category != "symbols" or not tasks:
+        return tasks
+    return ("place_on_card",) if "place_on_card" in tasks else None
+
+
 def parse_categories(names) -> list[str]:
     names = [n.strip() for n in names if n.strip()]
     if names == ["all"]:
@@ -365,9 +373,8 @@ def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, see
     'skipped' (category -> why)}. `tasks` (task kinds, cycled) limit every category; 'symbols'
     (place_on_card tasks) is skipped, its success None, when they have no place_on_card."""
     results, episodes_out, skipped = {}, [], {}
-    tasks = check_tasks(tasks)
     for k, category in enumerate(categories):
-        if category == "symbols" and tasks and "place_on_card" not in tasks:
+        if category_tasks(category, tasks) is None:
             skipped[category] = (f"no place_on_card among the task kinds {list(tasks)}: the "
                                  "category's tasks name a held-out card symbol")
             if log is not None:
