@@ -1,5 +1,5 @@
 # Two entry points that install what they need into ./.venv on first use:
-#   make demo   trains the tiny config on the toy world (the embedded default data)
+#   make demo   co-fine-tunes a shipped web-pretrained toy VLM on pick episodes (minutes)
 #   make test   runs lint and the test suite (with the tpu and parity extras, so the
 #               ahead-of-time TPU compile and the Hugging Face parity tests run too)
 PYTHON ?= python3
@@ -38,13 +38,13 @@ lint: $(TEST_STAMP)
 test: lint $(ROBOT_STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
-# Train (resumes if interrupted), export, then run the policy in closed loop on 100 seen-task
-# episodes next to the scripted expert and write a GIF of the first episodes.
+# Co-fine-tune the shipped web-pretrained toy VLM on pick episodes (configs/demo.py; resumes if
+# interrupted), export, then run the policy in closed loop on 100 seen pick episodes next to the
+# scripted expert, answer 200 held-out web questions and write a GIF of the first episodes.
 demo: $(STAMP)
-	$(BIN)/python -m rt2_jax.train --config=configs/tiny.py --workdir=runs/tiny \
-		--config.train.export_at_end=True
-	$(BIN)/python -m rt2_jax.tools.eval_sim --export=runs/tiny/export --episodes=100 \
-		--categories=seen --vqa_questions=200 --gif=runs/tiny/episodes.gif --batch_size=16
+	$(BIN)/python -m rt2_jax.train --config=configs/demo.py --workdir=runs/demo
+	$(BIN)/python -m rt2_jax.tools.eval_sim --export=runs/demo/export --episodes=100 \
+		--categories=seen --vqa_questions=200 --gif=runs/demo/episodes.gif --batch_size=50
 
 # The recipe that acts (configs/toy_pick.py): web-only pretraining, then co-fine-tuning on pick
 # episodes with a third of each batch web data; closed-loop evaluation per category and a GIF.

@@ -45,7 +45,8 @@ setuptools.setup(
     description="RT-2 vision-language-action models in JAX/Flax",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["rt2_jax*", "data_pipelines*", "configs*"]),
-    package_data={"rt2_jax": ["assets/*"]},
+    # The tokenizer, and the web-pretrained toy VLM `make demo` starts from (an orbax export).
+    package_data={"rt2_jax": ["assets/*", "assets/toy_pick_web/**/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )
