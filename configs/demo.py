@@ -15,7 +15,7 @@ rt2_jax.experiments.cofinetune --config=configs/toy_pick.py, is the same run). T
 pretraining saw the web scenes, never a robot frame) and co-fine-tunes those weights for 1,500
 steps of 32 rows, four fifths robot and one fifth web, the learning rate annealed to 0 at the
 end: about 7 minutes on 2 cores. From random weights the same budget does
-not make a policy that acts (README, The demo).
+not make a policy that acts (README, Quickstart).
 """
 
 import os
