@@ -9,8 +9,8 @@ pointing questions; no robot frame), made with
     python -m rt2_jax.train --config=configs/demo.py:pretrain --workdir=runs/demo_pretrain
     python -m rt2_jax.export --workdir=runs/demo_pretrain --out=rt2_jax/assets/toy_pick_web
 
-(~11 minutes on 2 CPU cores; the experiment's `pretrain` stage, python -m
-rt2_jax.experiments.cofinetune --config=configs/toy_pick.py, is the same run). The demo itself
+(~11 minutes on 2 CPU cores; the variant is the `pretrain` stage of python -m
+rt2_jax.experiments.cofinetune --config=configs/toy_pick.py --pretrain_steps=1500). The demo itself
 (`get_config()`) generates toy_pick's data (2,000 pick episodes, 4,000 web scenes; the
 pretraining saw the web scenes, never a robot frame) and co-fine-tunes those weights for 1,500
 steps of 32 rows, four fifths robot and one fifth web, the learning rate annealed to 0 at the
@@ -32,13 +32,10 @@ def get_config(variant: str = ""):
     """'' = the demo's co-fine-tuning; 'pretrain' = the web-only run that made PRETRAINED."""
     c = toy_pick.get_config()
     if variant == "pretrain":
-        c.data.sources.robot.weight = 0.0   # kept at weight 0: same action bounds as the demo
-        c.data.sources.vqa.weight = 1.0
-        c.train.num_steps = 1500
-        c.train.eval_every = 750
-        c.train.checkpoint_every = 750
-        c.train.export_at_end = True
-        return c
+        # Exactly the experiment's web-only stage (robot source kept at weight 0, so the action
+        # bounds are the demo's; two held-out evaluations; an export at the end).
+        from rt2_jax.experiments import cofinetune
+        return cofinetune.stage_config(c, "pretrain", seed=0, steps=1500)
     if variant:
         raise ValueError(f"configs/demo.py takes no argument (the demo) or ':pretrain' (the "
                          f"web-only run that made its starting weights); got {variant!r}")
