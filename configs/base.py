@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
         # > 0: web pointing answers ("x y") of sources with locate_answers=True also regress
         # ViT keypoint 0 onto their point, with this weight (rt2_jax/localization.py). 0 = off.
         locate_weight=0.0,
+        # Points of a pointing answer that train keypoints 0..P-1 (2: "x1 y1 x2 y2" answers of
+        # the toy world's data.toy_world.locate_pairs_per_scene also train keypoint 1).
+        locate_points=1,
         # Robot rows whose action says "done" (one frame per episode) count this many times in
         # their terminate token's loss (train_state.terminate_weight). 1 = unweighted.
         terminate_weight=1.0,

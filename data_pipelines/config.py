@@ -129,6 +129,7 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             cache_dir="",                        # "" = $RT2_JAX_CACHE or ~/.cache/rt2_jax
             episodes=300, vqa_scenes=2000, seed=0,
             locate_per_scene=2,                  # pointing questions per VQA scene
+            locate_pairs_per_scene=0,            # object-and-card pointing questions per scene
             labels="intended",                   # robot steps record the noise-free plan
             noise_std=0.005,                     # expert motion noise (executed, not labelled)
             gripper_flip_prob=0.0,               # expert gripper slips (executed, not labelled)

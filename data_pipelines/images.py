@@ -76,16 +76,17 @@ def prepare_image(image, seed, data, size, train):
 
 
 def prepare_image_and_point(image, point, seed, data, size, train):
-    """`prepare_image`, and where a point of the input image lands in the output.
+    """`prepare_image`, and where a point (or points) of the input image lands in the output.
 
-    `point`: float32 [2], (x, y) as fractions of the decoded image's width and height (x from
-    the left, y from the top). Returns (uint8 image, float32 [2] (u, v) keypoint coordinates
-    of the point in the output image, bool in_view): u in [-1, 1] to the right, v in [-1, 1]
-    upwards, the ViT's keypoint convention (rt2_jax.models.vit.keypoint_grid); in_view is False
-    when the augmentation's crop or the center_crop aspect mode cut the point off."""
+    `point`: float32 [..., 2], (x, y) as fractions of the decoded image's width and height (x
+    from the left, y from the top). Returns (uint8 image, float32 [..., 2] (u, v) keypoint
+    coordinates of the point in the output image, bool [...] in_view): u in [-1, 1] to the
+    right, v in [-1, 1] upwards, the ViT's keypoint convention
+    (rt2_jax.models.vit.keypoint_grid); in_view is False when the augmentation's crop or the
+    center_crop aspect mode cut the point off."""
     image, (px, py, in_view) = _prepare(image, seed, data, size, train, point)
     height, width = preprocessing.target_shape(size)
-    uv = tf.stack([2.0 * px / width - 1.0, 1.0 - 2.0 * py / height])
+    uv = tf.stack([2.0 * px / width - 1.0, 1.0 - 2.0 * py / height], -1)
     in_view = in_view & (px >= 0) & (px <= width) & (py >= 0) & (py <= height)
     return image, uv, in_view
 
@@ -102,7 +103,7 @@ def _prepare(image, seed, data, size, train, point):
     pixel = None
     if point is not None:
         h, w = _shape_f(image)
-        pixel = (point[0] * w, point[1] * h, tf.constant(True))
+        pixel = (point[..., 0] * w, point[..., 1] * h, tf.ones_like(point[..., 0], tf.bool))
     if train and data.augment.enabled:
         image, box = augment_crop(image, seed, data.augment, with_box=True)
         if pixel is not None:

@@ -19,8 +19,9 @@ With a wrist camera (`config.model.wrist_camera`, rt2_jax/preprocessing.py): `wr
 [B] (False for rows whose source has no wrist camera: their wrist image is black), and in
 `tokens` mode `wrist_image` uint8 [B, H, W, 3]; in `side_by_side` mode `image` holds both cameras.
 With the localization loss (config.train.locate_weight > 0, rt2_jax/localization.py):
-`locate_uv` float32 [B, 2], a pointing answer's point in keypoint coordinates of `image`, and
-`locate_mask` float32 [B], 1 on rows that have one in view.
+`locate_uv` float32 [B, P, 2], a pointing answer's points in keypoint coordinates of `image`
+(P = config.train.locate_points), and `locate_mask` float32 [B, P], 1 where a row has point p in
+view.
 
 The eval variant (split="val") reads each source once, in order, without augmentation or
 shuffling, pads the last batch and adds `valid` bool [B], `answers` bytes [B, K] (the raw

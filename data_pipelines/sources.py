@@ -39,9 +39,9 @@ def _resolve_toy_world(data, sources):
     from data_pipelines.builders import toy_world
     toy = data.toy_world
     # Configs saved before these fields existed lack them: the generator's defaults apply.
-    extra = {k: toy[k] for k in ("locate_per_scene", "labels", "noise_std", "gripper_flip_prob",
-                                 "terminate_repeats", "camera", "move_quantum", "grid", "tasks",
-                                 "pause_prob")
+    extra = {k: toy[k] for k in ("locate_per_scene", "locate_pairs_per_scene", "labels",
+                                 "noise_std", "gripper_flip_prob", "terminate_repeats",
+                                 "camera", "move_quantum", "grid", "tasks", "pause_prob")
              if k in toy}
     return toy_world.ensure_toy_world(toy.cache_dir or None, episodes=toy.episodes,
                                       vqa_scenes=toy.vqa_scenes, seed=toy.seed, **extra)
@@ -126,6 +126,7 @@ def source_dataset(src, config, *, train, split, seed, counters):
     max_answers = int(data.eval.max_answers)
 
     locate = localization.enabled(config)
+    points = localization.num_points(config) if locate else 1
     locate_answers = bool(src.config.get("locate_answers", False)) and src.config.kind != ROBOT
     locate_exclude = str(src.config.get("locate_exclude", "") or "")
     if locate_exclude:
@@ -141,15 +142,18 @@ def source_dataset(src, config, *, train, split, seed, counters):
         answer = web.pick_answer(example["answers"], answer_choice, rng + 3)
         if locate:
             # Wrist cameras are refused with the loss on (localization.weight).
-            point, has_point = (web.parse_point(answer) if locate_answers
-                                else (tf.zeros([2], tf.float32), tf.constant(False)))
+            # Point p of an answer trains keypoint p (localization.num_points of them).
+            point, has_point = (web.parse_points(answer, points) if locate_answers
+                                else (tf.zeros([points, 2], tf.float32),
+                                      tf.zeros([points], tf.bool)))
             if locate_answers and locate_exclude:   # these rows keep only their text loss
                 has_point &= ~tf.strings.regex_full_match(
                     example["prompt"], f"(?s).*(?:{locate_exclude}).*")
             image, uv, in_view = images.prepare_image_and_point(
                 example["image"], point, rng, data, int(config.image_size), train)
-            cameras = {"image": image, "locate_uv": uv,
-                       "locate_mask": tf.cast(has_point & in_view, tf.float32)}
+            has_point &= in_view
+            cameras = {"image": image, "locate_uv": tf.where(has_point[..., None], uv, 0.0),
+                       "locate_mask": tf.cast(has_point, tf.float32)}
         else:
             cameras = images.camera_inputs(example, rng, data, int(config.image_size),
                                            wrist_mode, train)

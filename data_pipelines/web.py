@@ -108,16 +108,36 @@ def pick_answer(answers, mode, seed):
     return answers[index]
 
 
+def parse_points(answer, max_points: int):
+    """An answer string → (float32 [max_points, 2] (x, y) as fractions of the image's width
+    and height, x from the left and y from the top, at the centres of the answer's grid cells;
+    bool [max_points]: which of them the answer gives). A point answer is 2k whitespace-
+    separated integers 0..255, k = 1..max_points ("x y", "x1 y1 x2 y2"); its points fill the
+    first k rows. Anything else (text, an odd count, more than max_points points, a number
+    >= 256) gives no point. The same rule as rt2_jax.sim.vqa.parse_locations (which scores
+    pointing)."""
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    width = 2 * max_points
+    parts = tf.strings.split(tf.strings.strip(answer))
+    count = tf.size(parts)
+    padded = tf.concat([parts, tf.fill([width], "0")], 0)[:width]
+    ok = ((count > 0) & (count % 2 == 0) & (count <= width)
+          & tf.reduce_all(tf.strings.regex_full_match(padded, "[0-9]+")))
+    # Leading zeros and long digit strings: compare the value, not the length.
+    numbers = tf.strings.to_number(tf.where(ok, padded, "0"), tf.float64)
+    ok = ok & tf.reduce_all(numbers < vqa.LOCATION_BINS)
+    given = ok & (tf.range(max_points) < count // 2)
+    points = tf.reshape(tf.cast((numbers + 0.5) / vqa.LOCATION_BINS, tf.float32),
+                        [max_points, 2])
+    return (tf.ensure_shape(tf.where(given[:, None], points, 0.0), [max_points, 2]),
+            tf.ensure_shape(given, [max_points]))
+
+
 def parse_point(answer):
     """An answer string → (float32 [2] (x, y) as fractions of the image's width and height, x
     from the left and y from the top, at the centre of the answer's grid cell; bool: whether
     the answer is a point, two whitespace-separated integers 0..255). Anything else is
-    (0, 0), False. The same rule as rt2_jax.sim.vqa.parse_location (which scores pointing)."""
-    parts = tf.strings.split(tf.strings.strip(answer))
-    two = tf.concat([parts, ["0", "0"]], 0)[:2]
-    ok = tf.equal(tf.size(parts), 2) & tf.reduce_all(tf.strings.regex_full_match(two, "[0-9]+"))
-    # Leading zeros and long digit strings: compare the value, not the length.
-    numbers = tf.strings.to_number(tf.where(ok, two, "0"), tf.float64)
-    ok = ok & tf.reduce_all(numbers < vqa.LOCATION_BINS)
-    point = tf.cast((numbers + 0.5) / vqa.LOCATION_BINS, tf.float32)
-    return tf.ensure_shape(tf.where(ok, point, 0.0), [2]), ok
+    (0, 0), False: `parse_points` with one point."""
+    points, given = parse_points(answer, 1)
+    return points[0], given[0]

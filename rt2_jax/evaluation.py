@@ -107,14 +107,15 @@ class Evaluator:
             "vqa_exact": (match.astype(jnp.float32) * vqa).sum(),
         }
         if "locate_uv" in batch:
-            # Where keypoint 0 points on the pointing questions (one more image-tower pass).
+            # Where keypoints 0..P-1 point on the pointing questions (one more image-tower
+            # pass).
             _, sown = model.apply(params, batch["image"], batch["encoder_tokens"],
                                   batch["encoder_mask"], method="encode",
                                   mutable=["intermediates"])
-            kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
+            kp = localization.keypoints(sown)[:, :batch["locate_uv"].shape[1]]
             out.update(localization.sums(kp, {
                 "locate_uv": batch["locate_uv"],
-                "locate_mask": batch["locate_mask"] * valid.astype(jnp.float32)}))
+                "locate_mask": batch["locate_mask"] * valid.astype(jnp.float32)[:, None]}))
         return out
 
     def _answer_ids(self, answers: np.ndarray, steps: int) -> np.ndarray:

@@ -9,12 +9,15 @@ can supervise them directly: with `config.train.locate_weight` > 0 and the sourc
 `locate_answers=True`, keypoint `LOCATE_KEYPOINT` of such a row is regressed onto the answer's
 point (squared error in keypoint coordinates, u to the right, v up, in [-1, 1]; the data
 pipeline follows the point through the augmentation's crop and the resize) next to the text
-loss on the same answer. A robot prompt ("pick up the X") then asks keypoint 0 for the thing it
+loss on the same answer. With `config.train.locate_points` = 2, answers that name two things
+("point to the red block and the card showing 3" -> "x1 y1 x2 y2") also train keypoint 1 on the
+second point: a place instruction names the same object and card, and keypoint 1 is where the
+card is. A robot prompt ("pick up the X") then asks keypoint 0 for the thing it
 names, which is what the pointing question "point to the X" taught it, including for objects
 the robot data never shows.
 
-Batch keys (with the loss on, both splits): `locate_uv` float32 [B, 2] and `locate_mask`
-float32 [B] (1 on rows with a point in view).
+Batch keys (with the loss on, both splits): `locate_uv` float32 [B, P, 2] and `locate_mask`
+float32 [B, P] (1 where a row has point p in view), P = `num_points(config)`.
 """
 
 from __future__ import annotations
@@ -48,7 +51,19 @@ def weight(config) -> float:
         raise ValueError(f"train.locate_weight={w} but no data source has "
                          "locate_answers=True (a VQA source whose answers are 'x y' points, "
                          "e.g. config.data.sources.vqa.locate_answers=True for the toy world).")
+    num_points(config)
     return w
+
+
+def num_points(config) -> int:
+    """`config.train.locate_points` (default 1): points of an answer that train keypoints
+    0..P-1, checked against the keypoints the image tower has."""
+    p = int((config.get("train") or {}).get("locate_points", 1))
+    keypoints = int(config.model.vit.get("keypoints", 0))
+    if not 1 <= p <= max(keypoints, 1):
+        raise ValueError(f"train.locate_points={p} must be in [1, vit.keypoints={keypoints}] "
+                         "(point p of a pointing answer trains keypoint p)")
+    return p
 
 
 def enabled(config) -> bool:
@@ -66,8 +81,8 @@ def keypoints(intermediates) -> jax.Array:
 
 def sums(predicted_uv: jax.Array, batch) -> dict[str, jax.Array]:
     """Summed squared error (keypoint units) and distance (image units: half the keypoint
-    distance, so 0.1 = a tenth of the image's side) of `predicted_uv` [B, 2] against the
-    batch's points, over rows that have one."""
+    distance, so 0.1 = a tenth of the image's side) of `predicted_uv` [B, P, 2] (keypoints
+    0..P-1) against the batch's points [B, P, 2], over the points a row has."""
     mask = batch["locate_mask"].astype(jnp.float32)
     diff = predicted_uv.astype(jnp.float32) - batch["locate_uv"].astype(jnp.float32)
     sq = jnp.sum(diff * diff, -1)
@@ -77,7 +92,8 @@ def sums(predicted_uv: jax.Array, batch) -> dict[str, jax.Array]:
 
 
 def summarize(s: dict) -> dict[str, float]:
-    """{"locate_dist": mean distance in image units} when any row had a point."""
+    """{"locate_dist": mean distance in image units, "locate_rows": points counted} when any row
+    had a point."""
     count = float(s.get("locate_count", 0.0))
     if count <= 0:
         return {}

@@ -60,8 +60,9 @@ def _locate_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The localization-loss keys of a batch (none with the loss off)."""
     if not localization.enabled(config):
         return {}
-    return {"locate_uv": jax.ShapeDtypeStruct((batch_size, 2), jnp.float32),
-            "locate_mask": jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
+    points = localization.num_points(config)
+    return {"locate_uv": jax.ShapeDtypeStruct((batch_size, points, 2), jnp.float32),
+            "locate_mask": jax.ShapeDtypeStruct((batch_size, points), jnp.float32)}
 
 
 def _wrist_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -439,7 +440,8 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
         if stop_weight != 1.0:   # the stop rows' terminate token counts stop_weight times
             objective = objective + (stop_weight - 1.0) * metrics["stop_ce_sum"]
         if locate_weight:
-            kp = localization.keypoints(sown)[:, localization.LOCATE_KEYPOINT]
+            points = batch["locate_uv"].shape[1]   # keypoint p learns point p of an answer
+            kp = localization.keypoints(sown)[:, :points]
             metrics.update(localization.sums(kp, batch))
             objective = objective + locate_weight * scales["locate"] * metrics["locate_sq_sum"]
         if kpa_weight:

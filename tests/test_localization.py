@@ -31,6 +31,22 @@ def test_point_answers_parse_exactly_as_the_pointing_scorer_reads_them(text):
                                    atol=1e-6)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 300).map(str) | st.sampled_from(["x", "-1", "007", "1.5"]),
+                max_size=7).map(" ".join), st.integers(1, 3))
+def test_multi_point_answers_parse_exactly_as_the_pointing_scorer_reads_them(text, max_points):
+    points, given_ = web.parse_points(tf.constant(text), max_points)
+    reference = vqa.parse_locations(text)
+    if reference is None or len(reference) > max_points:
+        assert not given_.numpy().any() and not points.numpy().any(), text
+        return
+    n = len(reference)
+    np.testing.assert_array_equal(given_.numpy(), np.arange(max_points) < n)
+    np.testing.assert_allclose(points.numpy()[:n], np.stack(
+        [reference[:, 0], 1.0 - reference[:, 1]], -1), atol=1e-6)
+    assert not points.numpy()[n:].any()
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_a_table_point_written_as_an_answer_comes_back_within_half_a_cell(x, y):
@@ -94,20 +110,27 @@ def _locate_config(**train):
     return c
 
 
-def _batch(c, rng):
+def _batch(c, rng, points=1):
     batch = data_fixtures.synthetic_text_batch(c, rng)
-    batch["locate_uv"] = rng.uniform(-0.9, 0.9, (len(batch["source"]), 2)).astype(np.float32)
-    # Three points in the first half of the batch, one in the second: micro-batches of
-    # unequal point counts.
-    batch["locate_mask"] = np.array([1, 1, 1, 0, 0, 0, 1, 0], np.float32)
+    batch["locate_uv"] = rng.uniform(-0.9, 0.9, (len(batch["source"]), points, 2)).astype(
+        np.float32)
+    # Three points 0 in the first half of the batch, one in the second: micro-batches of
+    # unequal point counts (and, with two points, one row with its second point too).
+    mask = np.zeros((8, points), np.float32)
+    mask[[0, 1, 2, 6], 0] = 1
+    if points > 1:
+        mask[1, 1] = 1
+    batch["locate_mask"] = mask
     return batch
 
 
-def test_the_train_step_regresses_keypoint_zero_and_accumulation_matches_one_batch():
+@pytest.mark.parametrize("points", [1, 2])
+def test_the_train_step_regresses_keypoint_zero_and_accumulation_matches_one_batch(points):
     rng = np.random.default_rng(0)
-    configs = {"one": _locate_config(), "accum": _locate_config(grad_accum_steps=2),
+    configs = {"one": _locate_config(locate_points=points),
+               "accum": _locate_config(grad_accum_steps=2, locate_points=points),
                "off": _locate_config(locate_weight=0.0)}
-    batch = _batch(configs["one"], rng)
+    batch = _batch(configs["one"], rng, points)
     tables = train_state.ActionTables(np.full(1024, -1, np.int32), np.ones((8, 1024), bool))
     params, grad_norms, metrics = {}, {}, {}
     for name, c in configs.items():
@@ -116,11 +139,12 @@ def test_the_train_step_regresses_keypoint_zero_and_accumulation_matches_one_bat
         step = train_state.make_train_step(setup, tables, num_sources=3)
         state = train_state.init_state(setup, 0)
         if name == "one":
-            # An independent reading of keypoint 0: the encoder alone, same parameters.
+            # An independent reading of keypoints 0..P-1: the encoder alone, same parameters.
             _, sown = setup.model.apply(
                 {"params": state.params}, batch["image"], batch["encoder_tokens"],
                 batch["encoder_mask"], method="encode", mutable=["intermediates"])
-            kp = np.asarray(sown["intermediates"]["img"]["keypoints"][0][:, 0], np.float64)
+            kp = np.asarray(sown["intermediates"]["img"]["keypoints"][0][:, :points],
+                            np.float64)
         fed = {k: v for k, v in batch.items() if k in setup.batch_sharding}
         state, m = step(state, fed)
         params[name] = jax.tree.map(np.asarray, state.params)
@@ -128,10 +152,12 @@ def test_the_train_step_regresses_keypoint_zero_and_accumulation_matches_one_bat
     sq = ((kp - batch["locate_uv"]) ** 2).sum(-1)
     np.testing.assert_allclose(metrics["one"]["locate_sq_sum"],
                                (sq * batch["locate_mask"]).sum(), rtol=1e-4)
-    assert metrics["one"]["locate_count"] == 4
+    count = batch["locate_mask"].sum()
+    assert metrics["one"]["locate_count"] == count == 4 + (points > 1)
     summary = train_state.summarize(metrics["one"], ("a", "b", "c"))
     np.testing.assert_allclose(summary["locate_dist"],
-                               (np.sqrt(sq) / 2 * batch["locate_mask"]).sum() / 4, rtol=1e-4)
+                               (np.sqrt(sq) / 2 * batch["locate_mask"]).sum() / count,
+                               rtol=1e-4)
     assert "locate_sq_sum" not in metrics["off"] and "locate_dist" not in train_state.summarize(
         metrics["off"], ("a", "b", "c"))
     # The loss adds a gradient (through the image tower) ...
@@ -159,6 +185,9 @@ def test_bad_localization_configs_are_explained():
     with pytest.raises(ValueError, match="wrist camera"):
         localization.weight(c)
     assert localization.weight(_locate_config(locate_weight=0.0)) == 0.0
+    for points in (0, 5):    # point p trains keypoint p: 1..keypoints (4 here)
+        with pytest.raises(ValueError, match="locate_points"):
+            localization.weight(_locate_config(locate_points=points))
 
 
 @pytest.fixture(scope="module")
@@ -178,24 +207,55 @@ def test_the_mixture_carries_each_pointing_answers_point_and_nothing_else(toy_ca
     val = list(mixture.build_mixture(c, split="val", progress=False))
     points = 0
     for b in val:
-        assert b["locate_uv"].shape == (len(b["valid"]), 2) and b["locate_mask"].dtype == np.float32
+        assert b["locate_uv"].shape == (len(b["valid"]), 1, 2)
+        assert b["locate_mask"].shape == (len(b["valid"]), 1)
+        assert b["locate_mask"].dtype == np.float32
         for row in np.flatnonzero(b["valid"]):
             answer = b["answers"][row][0].decode()
             reference = vqa.parse_location(answer) if not b["is_robot"][row] else None
             is_vqa = b["source"][row] == 2      # sources by name: captions, robot, vqa
             if reference is None or not is_vqa:
-                assert b["locate_mask"][row] == 0, answer
+                assert b["locate_mask"][row, 0] == 0, answer
                 continue
             points += 1
             # No augmentation on eval data and the toy images are square: the point is the
             # answer's, in keypoint coordinates (u right, v up).
-            assert b["locate_mask"][row] == 1
-            np.testing.assert_allclose(b["locate_uv"][row], 2 * reference - 1, atol=1e-5)
+            assert b["locate_mask"][row, 0] == 1
+            np.testing.assert_allclose(b["locate_uv"][row, 0], 2 * reference - 1, atol=1e-5)
     assert points >= 4
     train = next(mixture.build_mixture(c, progress=False))
     assert set(localization.BATCH_KEYS) <= set(train)
     assert not train["locate_mask"][train["is_robot"]].any()
     assert np.abs(train["locate_uv"][train["locate_mask"] > 0]).max() <= 1.0
+
+
+def test_two_point_answers_train_keypoints_zero_and_one(tmp_path):
+    # Object-and-card questions ("x1 y1 x2 y2") carry both points; one-point answers only
+    # point 0, so keypoint 1 learns from the pairs alone.
+    from data_pipelines.builders import toy_world
+
+    cache = str(tmp_path / "cache")
+    toy_world.ensure_toy_world(cache, episodes=6, vqa_scenes=60, seed=0,
+                               locate_pairs_per_scene=2)
+    c = _locate_config(locate_points=2)
+    c.data.toy_world.update(cache_dir=cache, episodes=6, vqa_scenes=60,
+                            locate_pairs_per_scene=2)
+    c.data.cache_dir = str(tmp_path)
+    c.data.eval.max_examples_per_source = 0
+    counts = {1: 0, 2: 0}
+    for b in mixture.build_mixture(c, split="val", progress=False):
+        assert b["locate_uv"].shape == (len(b["valid"]), 2, 2)
+        for row in np.flatnonzero(b["valid"] & (b["source"] == 2)):
+            reference = vqa.parse_locations(b["answers"][row][0].decode())
+            if reference is None:
+                assert not b["locate_mask"][row].any()
+                continue
+            n = len(reference)
+            counts[n] += 1
+            np.testing.assert_array_equal(b["locate_mask"][row], np.arange(2) < n)
+            np.testing.assert_allclose(b["locate_uv"][row, :n], 2 * reference - 1, atol=1e-5)
+            assert not b["locate_uv"][row, n:].any()
+    assert counts[1] >= 4 and counts[2] >= 4, counts
 
 
 def test_locate_exclude_leaves_the_rows_it_matches_to_their_text_answer(toy_cache, tmp_path):
@@ -216,11 +276,11 @@ def test_locate_exclude_leaves_the_rows_it_matches_to_their_text_answer(toy_cach
         for row in np.flatnonzero(plain["valid"]):
             prompt = tok.decode(plain["encoder_tokens"][row])
             if "gripper" in prompt or "card" in prompt:
-                assert excluded["locate_mask"][row] == 0, prompt
-                dropped += plain["locate_mask"][row] == 1
+                assert excluded["locate_mask"][row, 0] == 0, prompt
+                dropped += plain["locate_mask"][row, 0] == 1
             else:
-                assert excluded["locate_mask"][row] == plain["locate_mask"][row], prompt
-                kept += plain["locate_mask"][row] == 1
+                assert excluded["locate_mask"][row, 0] == plain["locate_mask"][row, 0], prompt
+                kept += plain["locate_mask"][row, 0] == 1
     assert dropped >= 1 and kept >= 1
     with pytest.raises(ValueError, match="locate_exclude"):
         val_batches("(unclosed")

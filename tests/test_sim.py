@@ -527,6 +527,61 @@ def test_location_scoring():
         vqa.location_correct("1 2", "left")
 
 
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=3))
+def test_multi_point_answers_round_trip(points):
+    text = vqa.location_answer(*points)
+    assert len(text.split()) == 2 * len(points)
+    parsed = vqa.parse_locations(text)
+    assert parsed.shape == (len(points), 2)
+    assert np.all(np.abs(parsed - np.array(points)) <= 1 / vqa.LOCATION_BINS)
+    assert vqa.location_correct(text, text)
+    assert (vqa.parse_location(text) is None) == (len(points) != 1)
+
+
+def test_two_point_scoring_needs_both_points_in_order():
+    answer = "40 40 200 200"
+    assert vqa.location_correct("42 40 200 198", answer)
+    assert not vqa.location_correct("200 200 40 40", answer)     # swapped: the order counts
+    assert not vqa.location_correct("42 40 120 200", answer)     # second point off
+    assert not vqa.location_correct("42 40", answer)             # one point of two
+    assert not vqa.location_correct("40 40 200 200 1 1", answer)
+    assert not vqa.location_correct("40 40 200", answer)
+    with pytest.raises(ValueError):
+        vqa.location_answer()
+
+
+def test_pair_questions_point_at_the_object_then_the_card():
+    rng = np.random.default_rng(0)
+    held = world.DEFAULT_HELD_OUT
+    asked = asked_held = 0
+    for _ in range(60):
+        state = vqa.sample_vqa_scene(rng)
+        before = rng.bit_generator.state
+        assert vqa.locate_pair_questions(state, rng, 0) == []
+        assert rng.bit_generator.state == before     # n = 0 draws nothing: old data unchanged
+        qas = vqa.locate_pair_questions(state, rng, 2)
+        if not state.card_symbols:
+            assert qas == []
+            continue
+        assert 1 <= len(qas) <= 2 and len({qa.question for qa in qas}) == len(qas)
+        for qa in qas:
+            asked += 1
+            assert qa.question_type == "locate_pair"
+            objects = [k for k, name in enumerate(state.names) if f"the {name} " in qa.question]
+            cards = [k for k, sym in enumerate(state.card_symbols)
+                     if f"showing {sym}" in qa.question or f"the {sym} card" in qa.question]
+            assert len(objects) == 1 and len(cards) == 1, qa.question
+            assert qa.answers[0] == vqa.location_answer(state.obj_xy[objects[0]],
+                                                        state.card_xy[cards[0]])
+        pairs = {(n, s) for n in state.names for s in state.card_symbols}
+        if any({n, s} & (set(held.objects) | set(held.symbols)) for n, s in pairs):
+            # a pair with a held-out object or symbol is always asked first
+            assert any(h in qas[0].question for h in (*held.objects, *held.symbols))
+            asked_held += 1
+    assert asked >= 20 and asked_held > 0
+
+
 def test_locate_questions_point_at_their_subject():
     rng = np.random.default_rng(0)
     held = world.DEFAULT_HELD_OUT

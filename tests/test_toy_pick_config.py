@@ -14,9 +14,9 @@ from rt2_jax import tokenizer as tokenizer_lib
 from rt2_jax.sim import vocabulary
 
 
-def _small(tmp_path):
-    c = toy_pick.get_config()
-    c.data.toy_world.update(cache_dir=str(tmp_path / "toy"), episodes=6, vqa_scenes=12)
+def _small(tmp_path, module=toy_pick, vqa_scenes=12):
+    c = module.get_config()
+    c.data.toy_world.update(cache_dir=str(tmp_path / "toy"), episodes=6, vqa_scenes=vqa_scenes)
     c.data.cache_dir = str(tmp_path / "stats")
     c.data.global_batch_size = 12
     c.data.shuffle_buffer = 32
@@ -64,3 +64,30 @@ def test_the_pick_recipe_trains_on_picks_and_is_evaluated_on_picks(tmp_path):
     assert {r["task"] for r in result["episodes"]} == {"pick"}
     assert result["success"]["symbols"] is None
     assert np.isfinite(result["success"]["seen"])
+
+
+def test_the_place_recipe_alternates_pick_and_place_and_points_at_two_things(tmp_path):
+    from configs import toy_place
+
+    c = _small(tmp_path, toy_place, vqa_scenes=40)
+    c.data.global_batch_size = 48
+    c.data.shuffle_buffer = 64
+    assert localization.num_points(c) == 2
+    batch = next(mixture.build_mixture(c, progress=False))
+    assert batch["locate_uv"].shape == (48, 2, 2)
+    tok = tokenizer_lib.Tokenizer()
+    kinds, pairs = set(), 0
+    for row, robot in enumerate(batch["is_robot"]):
+        prompt = tok.decode(batch["encoder_tokens"][row])
+        if robot:
+            kinds.add("place" if "card" in prompt else "pick")
+            assert not batch["locate_mask"][row].any()
+        elif batch["locate_mask"][row, 1]:      # a second point: an object-and-card question
+            pairs += 1
+            assert "card" in prompt and batch["locate_mask"][row, 0], prompt
+    assert kinds == {"pick", "place"} and pairs >= 1
+    (robot_dir,) = [s.builder_dir for s in mixture.sources.open_sources(c) if s.name == "robot"]
+    robot = tfds.builder_from_directory(robot_dir)
+    tasks = {ep["episode_metadata"]["task"]
+             for ep in tfds.as_numpy(robot.as_dataset(split="train"))}
+    assert tasks == {b"pick", b"place_on_card"}

@@ -192,6 +192,13 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
     assert picks.tasks == ("pick",)
     assert picks.cache_key() != toy_world.GenerationParams().cache_key()
     assert toy_world.GenerationParams.from_json(picks.to_json()) == picks
+    # Likewise for the object-and-card pointing questions (off by default).
+    assert "locate_pairs_per_scene" not in toy_world.GenerationParams().to_json()
+    pairs = toy_world.GenerationParams(locate_pairs_per_scene=1)
+    assert pairs.cache_key() != toy_world.GenerationParams().cache_key()
+    assert toy_world.GenerationParams.from_json(pairs.to_json()) == pairs
+    with pytest.raises(ValueError, match="locate_pairs_per_scene"):
+        toy_world.GenerationParams(locate_pairs_per_scene=-1)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):

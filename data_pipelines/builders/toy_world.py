@@ -81,6 +81,9 @@ class GenerationParams:
     seed: int = 0
     questions_per_scene: int = 3
     locate_per_scene: int = 2        # pointing questions ("point to the X" -> "x y") per scene
+    # Two-point questions per scene naming an object and a card ("point to the X and the card
+    # showing 3" -> "x1 y1 x2 y2"); scenes without a card get none.
+    locate_pairs_per_scene: int = 0
     val_fraction: float = 0.1
     noise_std: float = 0.005         # expert action noise (world units)
     pause_prob: float = 0.05         # expert pauses, for diversity
@@ -105,8 +108,9 @@ class GenerationParams:
                              f"val), got episodes={self.episodes}, vqa_scenes={self.vqa_scenes}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.locate_per_scene < 0:
-            raise ValueError(f"locate_per_scene must be >= 0, got {self.locate_per_scene}")
+        if self.locate_per_scene < 0 or self.locate_pairs_per_scene < 0:
+            raise ValueError(f"locate_per_scene and locate_pairs_per_scene must be >= 0, got "
+                             f"{self.locate_per_scene}, {self.locate_pairs_per_scene}")
         if self.questions_per_scene < 1:
             raise ValueError(f"questions_per_scene must be >= 1, got {self.questions_per_scene}")
         if not 0 <= self.gripper_flip_prob < 1 or self.terminate_repeats < 0:
@@ -133,8 +137,11 @@ class GenerationParams:
         out = dataclasses.asdict(self)
         out["held_out"] = {k: list(v) for k, v in out["held_out"].items()}
         out["tasks"] = list(self.tasks)
-        if not self.tasks:   # data generated before the field existed keeps its cache key
+        # Data generated before these fields existed keeps its cache key.
+        if not self.tasks:
             del out["tasks"]
+        if not self.locate_pairs_per_scene:
+            del out["locate_pairs_per_scene"]
         return out
 
     @classmethod
@@ -364,7 +371,8 @@ class ToyWorldVqa(_SceneBuilder):
     _DESCRIPTION = ("Questions about rt2_jax toy-world scenes (color, shape, existence, count, "
                     "position, left/right relations, cards, background) with all acceptable "
                     "short answers, and pointing questions (question_type 'locate') whose "
-                    "answer is a point 'x y' on a 256 x 256 grid over the image. Scenes "
+                    "answer is a point 'x y' on a 256 x 256 grid over the image (two points "
+                    "'x1 y1 x2 y2' for 'locate_pair': an object, then a card). Scenes "
                     "include the objects, backgrounds and card symbols held out of the robot "
                     "episodes.")
 
@@ -376,6 +384,8 @@ class ToyWorldVqa(_SceneBuilder):
                                    self._params.held_out)
         qas += vqa.locate_questions(state, rng, self._params.locate_per_scene,
                                     self._params.held_out)
+        qas += vqa.locate_pair_questions(state, rng, self._params.locate_pairs_per_scene,
+                                         self._params.held_out)
         return [{"question": qa.question, "answers": list(qa.answers),
                  "question_type": qa.question_type} for qa in qas]
 
@@ -495,6 +505,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held_out_symbols", default=",".join(world.DEFAULT_HELD_OUT.symbols),
                         help="comma-separated card symbols kept out of robot episodes")
     parser.add_argument("--locate_per_scene", type=int, default=GenerationParams.locate_per_scene)
+    parser.add_argument("--locate_pairs_per_scene", type=int,
+                        default=GenerationParams.locate_pairs_per_scene)
     parser.add_argument("--labels", choices=LABEL_KINDS, default=GenerationParams.labels)
     parser.add_argument("--noise_std", type=float, default=GenerationParams.noise_std)
     parser.add_argument("--gripper_flip_prob", type=float,
@@ -522,7 +534,9 @@ def main(argv: list[str] | None = None) -> None:
                              symbols=names(args.held_out_symbols))
     params = GenerationParams(episodes=args.episodes, vqa_scenes=args.vqa_scenes,
                               seed=args.seed, questions_per_scene=args.questions_per_scene,
-                              locate_per_scene=args.locate_per_scene, labels=args.labels,
+                              locate_per_scene=args.locate_per_scene,
+                              locate_pairs_per_scene=args.locate_pairs_per_scene,
+                              labels=args.labels,
                               noise_std=args.noise_std,
                               gripper_flip_prob=args.gripper_flip_prob,
                               terminate_repeats=args.terminate_repeats, camera=args.camera,

@@ -535,8 +535,8 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
         if locate_weight:   # row 2t asks for frame t's gripper, row 2t+1 for its object
             subject = np.where(rows % 2 == 0, locate.GRIPPER_KEYPOINT, locate.OBJECT_KEYPOINT)
             on = (rows % 2 == 1) | locate_gripper_points
-            out.update(locate_uv=train_locate[rows // 2, subject],
-                       locate_mask=on.astype(np.float32))
+            out.update(locate_uv=train_locate[rows // 2, subject][:, None],
+                       locate_mask=on.astype(np.float32)[:, None])
         return out
 
     for pre in range(1, point_pretrain_steps + 1):
@@ -554,8 +554,8 @@ def _run(config, sim, tasks, episodes, heldout_episodes, heldout_frames, steps, 
                  "source": np.zeros(len(idx), np.int32), "is_robot": np.ones(len(idx), bool),
                  "action": norm[idx].astype(np.float32)}
         if locate_weight:   # without locate_robot_frames only the pointing rows count
-            batch.update(locate_uv=train_locate[idx, locate.OBJECT_KEYPOINT],
-                         locate_mask=np.full(len(idx), float(locate_robot_frames),
+            batch.update(locate_uv=train_locate[idx, locate.OBJECT_KEYPOINT][:, None],
+                         locate_mask=np.full((len(idx), 1), float(locate_robot_frames),
                                              np.float32))
         if n_point:
             extra = pointing_batch(n_point)

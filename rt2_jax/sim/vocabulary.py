@@ -92,3 +92,7 @@ LOCATE_TEMPLATES = {
     "card": ("point to the card showing {symbol}", "where exactly is the {symbol} card?"),
     "gripper": ("point to the gripper", "where exactly is the gripper?"),
 }
+# Two things in one question, an object and then a card (detection-style: one point per named
+# thing, in the order named). A place_on_card instruction names the same two.
+LOCATE_PAIR_TEMPLATES = ("point to the {obj} and the card showing {symbol}",
+                         "where exactly are the {obj} and the {symbol} card?")

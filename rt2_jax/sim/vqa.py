@@ -13,7 +13,8 @@ import numpy as np
 
 from rt2_jax.sim import vocabulary, world
 
-QUESTION_TYPES = (*vocabulary.VQA_TEMPLATES, "locate")
+QUESTION_TYPES = (*vocabulary.VQA_TEMPLATES, "locate", "locate_pair")
+LOCATE_TYPES = ("locate", "locate_pair")   # answers are points, scored by location_correct
 RELATION_MARGIN = 0.08      # x gap below which left-of/right-of is not asked
 LOCATION_BINS = 256         # a point is two integers 0..255 (x from the left, y from the top)
 # A pointing answer is correct when it lands within this distance (table units) of the centre:
@@ -214,31 +215,51 @@ def caption(state: world.WorldState, rng: np.random.Generator) -> str:
 # ---------------------------------------------------------------- pointing (localization)
 
 
-def location_answer(xy) -> str:
-    """Table point (x right, y up, in [0, 1]) -> "x y": LOCATION_BINS-grid image coordinates."""
-    col = min(int(float(xy[0]) * LOCATION_BINS), LOCATION_BINS - 1)
-    row = min(int((1.0 - float(xy[1])) * LOCATION_BINS), LOCATION_BINS - 1)
-    return f"{max(col, 0)} {max(row, 0)}"
+def location_answer(*points) -> str:
+    """Table points (x right, y up, in [0, 1]) -> "x y" per point, space-separated
+    ("x1 y1 x2 y2" for two): LOCATION_BINS-grid image coordinates, x from the left, y from the
+    top."""
+    if not points:
+        raise ValueError("location_answer needs at least one point")
+    out = []
+    for xy in points:
+        col = min(int(float(xy[0]) * LOCATION_BINS), LOCATION_BINS - 1)
+        row = min(int((1.0 - float(xy[1])) * LOCATION_BINS), LOCATION_BINS - 1)
+        out.append(f"{max(col, 0)} {max(row, 0)}")
+    return " ".join(out)
+
+
+def parse_locations(text: str) -> np.ndarray | None:
+    """"x1 y1 [x2 y2 ...]" -> float64 [n, 2] table points at the centres of those grid cells,
+    or None when `text` is not a non-empty, even count of integers in 0..LOCATION_BINS-1 (a
+    malformed answer scores as wrong, it never raises)."""
+    parts = text.strip().split()
+    if not parts or len(parts) % 2 or not all(p.isdigit() for p in parts):
+        return None
+    values = np.array([int(p) for p in parts], np.float64).reshape(-1, 2)
+    if (values >= LOCATION_BINS).any():
+        return None
+    return np.stack([(values[:, 0] + 0.5) / LOCATION_BINS,
+                     1.0 - (values[:, 1] + 0.5) / LOCATION_BINS], -1)
 
 
 def parse_location(text: str) -> np.ndarray | None:
     """"x y" -> the table point at the centre of that grid cell, or None when `text` is not two
     integers in 0..LOCATION_BINS-1 (a malformed answer scores as wrong, it never raises)."""
-    parts = text.strip().split()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        return None
-    col, row = int(parts[0]), int(parts[1])
-    if col >= LOCATION_BINS or row >= LOCATION_BINS:
-        return None
-    return np.array([(col + 0.5) / LOCATION_BINS, 1.0 - (row + 0.5) / LOCATION_BINS])
+    points = parse_locations(text)
+    return None if points is None or len(points) != 1 else points[0]
 
 
 def location_correct(text: str, answer: str, tolerance: float = POINT_TOLERANCE) -> bool:
-    """Whether the predicted point `text` lands within `tolerance` of the reference `answer`."""
-    predicted, reference = parse_location(text), parse_location(answer)
+    """Whether the predicted points `text` land within `tolerance` of the reference `answer`'s,
+    each of them, in order (a one-point answer: "x y"; two: "x1 y1 x2 y2"); a prediction with
+    another number of points is wrong."""
+    predicted, reference = parse_locations(text), parse_locations(answer)
     if reference is None:
-        raise ValueError(f"reference location {answer!r} is not 'x y' with integers 0..255")
-    return predicted is not None and float(np.linalg.norm(predicted - reference)) <= tolerance
+        raise ValueError(f"reference location {answer!r} is not 'x y' pairs of integers 0..255")
+    if predicted is None or predicted.shape != reference.shape:
+        return False
+    return bool((np.linalg.norm(predicted - reference, axis=-1) <= tolerance).all())
 
 
 def locate_questions(state: world.WorldState, rng: np.random.Generator, n: int,
@@ -261,4 +282,27 @@ def locate_questions(state: world.WorldState, rng: np.random.Generator, n: int,
         template = _pick(rng, t[kind])
         question = template.format(obj=name, symbol=name)
         out.append(QA(question, (location_answer(xy),), "locate"))
+    return out
+
+
+def locate_pair_questions(state: world.WorldState, rng: np.random.Generator, n: int,
+                          held_out: world.HeldOut = world.DEFAULT_HELD_OUT) -> list[QA]:
+    """Up to n questions naming an object and a card of the scene ("point to the red block and
+    the card showing 3"), answered by both points in the order named: "x1 y1 x2 y2". Pairs
+    with a held-out object or symbol come first. None when the scene has no card (and no
+    random draw at all for n = 0, so data made without these questions is unchanged)."""
+    if n <= 0 or not state.card_symbols:
+        return []
+    pairs = [(k, c) for k in range(len(state.names)) for c in range(len(state.card_symbols))]
+    order = list(rng.permutation(len(pairs)))
+    held = set(held_out.objects) | set(held_out.symbols)
+    order.sort(key=lambda i: not ({state.names[pairs[i][0]],
+                                   state.card_symbols[pairs[i][1]]} & held))
+    out = []
+    for i in order[:n]:
+        k, c = pairs[i]
+        template = _pick(rng, vocabulary.LOCATE_PAIR_TEMPLATES)
+        question = template.format(obj=state.names[k], symbol=state.card_symbols[c])
+        out.append(QA(question, (location_answer(state.obj_xy[k], state.card_xy[c]),),
+                      "locate_pair"))
     return out

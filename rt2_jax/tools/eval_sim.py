@@ -311,7 +311,7 @@ def heldout_vqa(num_questions: int, seed: int = 0) -> list[tuple[np.ndarray, vqa
 
 def score_answer(text: str, qa: vqa.QA) -> bool:
     """Exact match of an acceptable answer; a pointing answer is right within POINT_TOLERANCE."""
-    if qa.question_type == "locate":
+    if qa.question_type in vqa.LOCATE_TYPES:
         return vqa.location_correct(text, qa.answers[0])
     return text.strip() in qa.answers
 
