@@ -384,8 +384,7 @@ class ToyWorldVqa(_SceneBuilder):
                                    self._params.held_out)
         qas += vqa.locate_questions(state, rng, self._params.locate_per_scene,
                                     self._params.held_out)
-        qas += vqa.locate_pair_questions(state, rng, self._params.locate_pairs_per_scene,
-                                         self._params.held_out)
+        qas += vqa.locate_pair_questions(state, rng, self._params.locate_pairs_per_scene)
         return [{"question": qa.question, "answers": list(qa.answers),
                  "question_type": qa.question_type} for qa in qas]
 
