@@ -112,7 +112,7 @@ class Evaluator:
             _, sown = model.apply(params, batch["image"], batch["encoder_tokens"],
                                   batch["encoder_mask"], method="encode",
                                   mutable=["intermediates"])
-            kp = localization.keypoints(sown)[:, :batch["locate_uv"].shape[1]]
+            kp = localization.pointing_keypoints(sown, batch)
             out.update(localization.sums(kp, {
                 "locate_uv": batch["locate_uv"],
                 "locate_mask": batch["locate_mask"] * valid.astype(jnp.float32)[:, None]}))

@@ -79,6 +79,12 @@ def keypoints(intermediates) -> jax.Array:
                          "0?)") from e
 
 
+def pointing_keypoints(intermediates, batch) -> jax.Array:
+    """Keypoints 0..P-1 [B, P, 2] of the sown intermediates, P = the batch's points per row:
+    keypoint p answers for point p (the train step's loss and the evaluator both read this)."""
+    return keypoints(intermediates)[:, :batch["locate_uv"].shape[1]]
+
+
 def sums(predicted_uv: jax.Array, batch) -> dict[str, jax.Array]:
     """Summed squared error (keypoint units) and distance (image units: half the keypoint
     distance, so 0.1 = a tenth of the image's side) of `predicted_uv` [B, P, 2] (keypoints

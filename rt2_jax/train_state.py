@@ -440,8 +440,7 @@ def make_train_step(setup: TrainSetup, tables: ActionTables, num_sources: int):
         if stop_weight != 1.0:   # the stop rows' terminate token counts stop_weight times
             objective = objective + (stop_weight - 1.0) * metrics["stop_ce_sum"]
         if locate_weight:
-            points = batch["locate_uv"].shape[1]   # keypoint p learns point p of an answer
-            kp = localization.keypoints(sown)[:, :points]
+            kp = localization.pointing_keypoints(sown, batch)
             metrics.update(localization.sums(kp, batch))
             objective = objective + locate_weight * scales["locate"] * metrics["locate_sq_sum"]
         if kpa_weight:
