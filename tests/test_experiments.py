@@ -122,6 +122,19 @@ def test_miniature_experiment_end_to_end(toy_cache, tmp_path, monkeypatch):  # n
     assert rerun["pretrain_vqa"] == json.loads(json.dumps(results["pretrain_vqa"]))
 
 
+def test_scratch_arm_alone_trains_no_web_pretraining(toy_cache, tmp_path):  # noqa: F811
+    base = small_config(toy_cache, num_steps=3, checkpoint_every=3)
+    lines = []
+    results = cofinetune.run(base, str(tmp_path), seeds=[0], pretrain_steps=3,
+                             finetune_steps=2, robot_fraction=0.5, episodes=1, vqa_questions=4,
+                             max_episode_steps=3, evals_per_stage=0, arms=("scratch",),
+                             log=lines.append)
+    assert not (tmp_path / "pretrain").exists()
+    assert results["pretrain_vqa"] is None and "pretrain" not in results["curves"]
+    assert set(results["table"]) == {"scratch"}
+    assert "Web-pretrained" not in (tmp_path / "results.md").read_text()
+
+
 def test_imitation_probe_reports_learning_and_restores_the_world():
     from configs import tiny
     from rt2_jax.experiments import imitation_probe

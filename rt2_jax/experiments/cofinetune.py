@@ -252,12 +252,16 @@ def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
     start = time.perf_counter()
     workdir = os.path.abspath(workdir)
     pre_dir = os.path.join(workdir, "pretrain")
-    pre_export = run_stage(stage_config(base, "pretrain", 0, pretrain_steps,
-                                        evals=evals_per_stage), pre_dir, log)
-    pretrain_vqa = evaluate_pretrained_vqa(pre_export, vqa_questions)
-    log(f"pretrained VQA accuracy {pretrain_vqa['vqa_accuracy']:.3f}")
+    pre_export, pretrain_vqa, learning = "", None, {}
+    if any(arm != "scratch" for arm in arms):   # scratch starts from random weights
+        pre_export = run_stage(stage_config(base, "pretrain", 0, pretrain_steps,
+                                            evals=evals_per_stage), pre_dir, log)
+        pretrain_vqa = evaluate_pretrained_vqa(pre_export, vqa_questions)
+        log(f"pretrained VQA accuracy {pretrain_vqa['vqa_accuracy']:.3f}")
+        learning["pretrain"] = curves(pre_dir)
+    else:
+        log("only the scratch arm: no web pretraining")
     runs: dict = {arm: {} for arm in arms}
-    learning = {"pretrain": curves(pre_dir)}
     for seed in seeds:
         for arm in arms:
             config = stage_config(base, arm, seed, finetune_steps, robot_fraction, pre_export,
@@ -280,7 +284,7 @@ def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
                "wall_s": round(time.perf_counter() - start, 1)}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    md = markdown(table, pretrain_vqa["vqa_accuracy"], learning)
+    md = markdown(table, pretrain_vqa and pretrain_vqa["vqa_accuracy"], learning)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(md + "\n")
     chart(table, os.path.join(workdir, "results.png"))
