@@ -16,6 +16,8 @@ def model_config(*, vocab_size: int, vit: dict, encdec: dict) -> ml_collections.
         keypoints=0,             # > 0: spatial-softmax keypoint tokens (robot policies)
         keypoint_query=False,    # keypoints conditioned on the prompt (its mean embedding)
         keypoint_query_attention=False,  # ... on a learned weighting of its words instead
+        keypoint_query_per_keypoint=False,  # ... one weighting per keypoint (each keypoint
+        #                                     can read a different word of the prompt)
         keypoint_scale=10.0,     # initial inverse temperature of the keypoint softmax
         keypoint_coord="shared",  # (u, v) -> token: one map for all keypoints | per_keypoint
         keypoint_action_head=False,  # action readout of the keypoints (training only),

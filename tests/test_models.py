@@ -407,6 +407,65 @@ def test_keypoint_query_attention_starts_at_the_mean_and_learns_a_weighting():
         _init(_config(**{"vit.keypoints": 2, "vit.keypoint_query_attention": True}))
 
 
+@settings(max_examples=20, deadline=None)
+@given(lengths=st.lists(st.integers(0, 6), min_size=1, max_size=3), seed=st.integers(0, 99),
+       keypoints=st.integers(1, 3))
+def test_per_keypoint_prompt_queries_are_one_weighting_each(lengths, seed, keypoints):
+    """prompt_query with a score per keypoint [K, D]: query k is the single-score query of
+    score k (the second code path, itself checked against numpy above)."""
+    from rt2_jax.models.vlm import prompt_query
+
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(len(lengths), 6, 5)), jnp.float32)
+    mask = jnp.asarray(np.arange(6)[None, :] < np.asarray(lengths)[:, None])
+    scores = jnp.asarray(rng.normal(size=(keypoints, 5)), jnp.float32)
+    got = np.asarray(prompt_query(x, mask, scores))
+    assert got.shape == (len(lengths), keypoints, 5)
+    for k in range(keypoints):
+        np.testing.assert_allclose(got[:, k], prompt_query(x, mask, scores[k]), atol=1e-6)
+
+
+def test_per_keypoint_query_attention_starts_at_the_shared_one_and_separates_keypoints():
+    """vit.keypoint_query_per_keypoint: a zero score per keypoint [K, D]; at initialization the
+    model computes what one shared (zero) weighting does; keypoint k's score map then depends
+    on its own query only (ViT with per-keypoint queries [B, K, Q] against [B, Q] queries)."""
+    opts = {"vit.keypoints": 3, "vit.keypoint_query": True,
+             "vit.keypoint_query_attention": True, "vit.keypoint_action_head": True}
+    shared = _config(**opts)
+    config = _config(**opts, **{"vit.keypoint_query_per_keypoint": True})
+    model, variables = _init(config)
+    score = variables["params"]["keypoint_query_score"]
+    assert score.shape == (3, config.model.encdec.d_model) and not np.any(score)
+    image, tokens, mask, targets = _inputs()
+    p = jax.tree.map(lambda x: x, variables)
+    kernel = p["params"]["img"]["keypoint_query"]["kernel"]
+    p["params"]["img"]["keypoint_query"]["kernel"] = np.random.default_rng(0).normal(
+        0, 0.01, kernel.shape).astype(np.float32)
+    one = jax.tree.map(lambda x: x, p)
+    one["params"]["keypoint_query_score"] = np.zeros(score.shape[1:], np.float32)
+    dec_in = shift_right(targets)
+    np.testing.assert_allclose(model.apply(p, image, tokens, mask, dec_in),
+                               VLM.from_config(shared).apply(one, image, tokens, mask, dec_in),
+                               atol=1e-5)
+
+    def logits_of(query):
+        _, state = model.apply(p, image, method=lambda m, im: m.img(im, query=query),
+                               mutable=["intermediates"])
+        return np.asarray(state["intermediates"]["img"]["keypoint_logits"][0])
+
+    rng = np.random.default_rng(2)
+    q = jnp.asarray(rng.normal(size=(image.shape[0], kernel.shape[0])), jnp.float32)
+    per = jnp.repeat(q[:, None], 3, axis=1)
+    np.testing.assert_allclose(logits_of(per), logits_of(q), atol=1e-5)
+    moved = per.at[:, 1].set(jnp.asarray(rng.normal(size=q.shape), jnp.float32))
+    a, b = logits_of(per), logits_of(moved)
+    np.testing.assert_allclose(a[..., [0, 2]], b[..., [0, 2]], atol=1e-6)
+    assert np.abs(a[..., 1] - b[..., 1]).max() > 1e-4
+    with pytest.raises(ValueError, match="keypoint_query_attention=True"):
+        _init(_config(**{"vit.keypoints": 2, "vit.keypoint_query": True,
+                         "vit.keypoint_query_per_keypoint": True}))
+
+
 def test_remat_gives_same_loss_and_grads():
     model_a, variables = _init(tiny.get_config())
     model_b = VLM.from_config(_config(remat_policy="nothing_saveable"))

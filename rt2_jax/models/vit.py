@@ -219,7 +219,7 @@ class ViT(nn.Module):
     def __call__(self, image: jax.Array, train: bool = False,
                  query: jax.Array | None = None) -> jax.Array:
         """`query` [B, Q]: what the keypoints look for (with `keypoint_query`; the VLM passes the
-        prompt's mean token embedding)."""
+        prompt's mean token embedding), or [B, K, Q]: one query per keypoint."""
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"ViT expects images [B,H,W,3], got shape {image.shape}.")
         if image.shape[1] % self.patch_size or image.shape[2] % self.patch_size:
@@ -319,11 +319,16 @@ class ViT(nn.Module):
             param_dtype=self.param_dtype, name="keypoint_score")(f.astype(jnp.float32))
         if query is not None:
             channels = f.shape[-1]
+            if query.ndim == 3 and query.shape[1] != self.keypoints:
+                raise ValueError(f"a per-keypoint query must be [B, {self.keypoints}, Q], got "
+                                 f"{query.shape}")
             w = layers.dense_general(
                 (channels, self.keypoints), kernel_axes=(None, None, None),
                 bias_axes=(None, None), dtype=jnp.float32, param_dtype=self.param_dtype,
                 kernel_init=nn.initializers.zeros,   # starts as the unconditioned scores
-                name="keypoint_query")(query.astype(jnp.float32))          # [B, C, K]
+                name="keypoint_query")(query.astype(jnp.float32))  # [B, C, K] or [B, K, C, K]
+            if query.ndim == 3:   # keypoint k's weights from its own query: the k, k diagonal
+                w = jnp.diagonal(w, axis1=1, axis2=3)                      # [B, C, K]
             logits = logits + jnp.einsum("bhwc,bck->bhwk", f.astype(jnp.float32), w)
         # A learned inverse temperature (Levine et al.'s alpha) per keypoint. At scale 1 the
         # initial scores vary by well under one nat across the map, so every keypoint starts at
@@ -378,8 +383,9 @@ class ViT(nn.Module):
         Parameters: keypoint_action_Dense_{0,1}, keypoint_action_out."""
         b = uv.shape[0]
         parts = [uv.reshape(b, -1), features.astype(jnp.float32).mean((1, 2))]
-        if query is not None:
-            parts.append(query.astype(jnp.float32))
+        if query is not None:   # per-keypoint queries: their mean (the same width)
+            q = query.astype(jnp.float32)
+            parts.append(q.mean(1) if q.ndim == 3 else q)
         y = jnp.concatenate(parts, axis=-1)
         for i in range(2):
             y = nn.gelu(layers.dense_general(

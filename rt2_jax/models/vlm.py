@@ -77,17 +77,20 @@ def model_width(model_config) -> int:
 def prompt_query(txt_tokens: Array, mask: Array, score: Array | None = None) -> Array:
     """What the keypoints look for, from the prompt's token embeddings [B, L, D] and mask
     [B, L]: their mean (pad excluded) when `score` is None, else their softmax-weighted mean
-    with weights from each embedding's dot product with `score` [D]. A zero `score` is the
+    with weights from each embedding's dot product with `score` [D] -> [B, D]. A `score`
+    [K, D] gives K weightings, one query per keypoint -> [B, K, D]. A zero `score` is the
     mean. A row without a real token gives zeros either way."""
     real = mask.astype(bool)
     x = txt_tokens.astype(jnp.float32)
-    if score is None:
-        logits = jnp.zeros(real.shape, jnp.float32)
+    scores = None if score is None else score.astype(jnp.float32).reshape(-1, x.shape[-1])
+    if scores is None:
+        logits = jnp.zeros((real.shape[0], 1, real.shape[1]), jnp.float32)
     else:
-        logits = jnp.einsum("bld,d->bl", x, score.astype(jnp.float32))
-    weights = jax.nn.softmax(jnp.where(real, logits, -jnp.inf), axis=-1)
-    weights = jnp.where(real, weights, 0.0)   # all-pad rows: softmax of -inf is nan
-    return jnp.einsum("bl,bld->bd", weights, x).astype(txt_tokens.dtype)
+        logits = jnp.einsum("bld,kd->bkl", x, scores)
+    weights = jax.nn.softmax(jnp.where(real[:, None], logits, -jnp.inf), axis=-1)
+    weights = jnp.where(real[:, None], weights, 0.0)   # all-pad rows: softmax of -inf is nan
+    query = jnp.einsum("bkl,bld->bkd", weights, x).astype(txt_tokens.dtype)
+    return query if score is not None and score.ndim == 2 else query[:, 0]
 
 
 def num_encoder_image_tokens(config) -> int:
@@ -120,11 +123,21 @@ class VLM(nn.Module):
                 raise ValueError("vit.keypoint_query_attention pools the prompt into the "
                                  "keypoints' query: set vit.keypoint_query=True too.")
             # Which prompt words say what to look for: one learned score vector, zero at
-            # initialization (= the plain mean, so the option starts where keypoint_query does).
+            # initialization (= the plain mean, so the option starts where keypoint_query does);
+            # with keypoint_query_per_keypoint one per keypoint [K, D], so keypoint 0 can read
+            # the object a place instruction names and keypoint 1 its card.
+            width = model_width(cfg)
+            if cfg.vit.get("keypoint_query_per_keypoint", False):
+                shape, axes = (int(cfg.vit.get("keypoints", 0)), width), (None, layers.EMBED)
+            else:
+                shape, axes = (width,), (layers.EMBED,)
             self.keypoint_query_score = self.param(
-                "keypoint_query_score", layers.logical_init(nn.initializers.zeros,
-                                                            (layers.EMBED,)),
-                (model_width(cfg),), layers.dtype_from_name(cfg.param_dtype))
+                "keypoint_query_score", layers.logical_init(nn.initializers.zeros, axes),
+                shape, layers.dtype_from_name(cfg.param_dtype))
+        elif cfg.vit.get("keypoint_query_per_keypoint", False):
+            raise ValueError("vit.keypoint_query_per_keypoint gives each keypoint its own "
+                             "weighting of the prompt's words: set vit.keypoint_query=True and "
+                             "vit.keypoint_query_attention=True too.")
         mode = self.wrist_mode
         if mode:
             d_model, dtype = model_width(cfg), layers.dtype_from_name(cfg.param_dtype)
