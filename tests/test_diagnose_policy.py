@@ -142,3 +142,9 @@ def test_diagnose_runs_a_keypoint_model_and_the_command_line(tmp_path, capsys, m
     with pytest.raises(ValueError, match="tasks must be some of"):
         diagnose_policy.diagnose(policy, tasks=("fly",), episodes=1)
     assert "carry" in diagnose_policy.format_report(report)
+    # The symbols category's scenes name a held-out card: only its place tasks run.
+    symbols = diagnose_policy.diagnose(policy, tasks=("pick", "place_on_card"), episodes=1,
+                                       concepts="symbols", log=lambda line: None)
+    assert set(symbols["tasks"]) == {"place_on_card"}
+    with pytest.raises(ValueError, match="place_on_card"):
+        diagnose_policy.diagnose(policy, tasks=("pick",), episodes=1, concepts="symbols")

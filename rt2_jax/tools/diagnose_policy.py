@@ -155,6 +155,11 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
     unknown = [t for t in tasks if t not in world.TASK_KINDS]
     if unknown or not tasks:
         raise ValueError(f"tasks must be some of {world.TASK_KINDS}, got {list(tasks)}")
+    if concepts == "symbols":   # its scenes name a held-out card: place_on_card only
+        if "place_on_card" not in tasks:
+            raise ValueError(f"concepts='symbols' runs place_on_card tasks; tasks are "
+                             f"{list(tasks)}")
+        tasks = ("place_on_card",)
     grid = trained_world(policy, "grid", 0.0)
     quantum = trained_world(policy, "move_quantum", 0.0)
     camera = trained_world(policy, "camera", "fixed")
