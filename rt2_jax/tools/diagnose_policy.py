@@ -32,7 +32,7 @@ from absl import app, flags, logging
 
 from rt2_jax import sim
 from rt2_jax.sim import vqa, world
-from rt2_jax.tools.eval_sim import trained_world
+from rt2_jax.tools.eval_sim import category_tasks, trained_world
 
 DIMS = {"terminate": 0, "dx": 1, "dy": 2, "dz": 3, "gripper": 7}
 
@@ -155,11 +155,10 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
     unknown = [t for t in tasks if t not in world.TASK_KINDS]
     if unknown or not tasks:
         raise ValueError(f"tasks must be some of {world.TASK_KINDS}, got {list(tasks)}")
-    if concepts == "symbols":   # its scenes name a held-out card: place_on_card only
-        if "place_on_card" not in tasks:
-            raise ValueError(f"concepts='symbols' runs place_on_card tasks; tasks are "
-                             f"{list(tasks)}")
-        tasks = ("place_on_card",)
+    runnable = category_tasks(concepts, tasks)   # 'symbols' scenes: place_on_card only
+    if runnable is None:
+        raise ValueError(f"concepts='symbols' runs place_on_card tasks; tasks are {list(tasks)}")
+    tasks = runnable
     grid = trained_world(policy, "grid", 0.0)
     quantum = trained_world(policy, "move_quantum", 0.0)
     camera = trained_world(policy, "camera", "fixed")
