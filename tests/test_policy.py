@@ -254,6 +254,39 @@ def test_evaluator_runs_the_grid_it_is_given_and_defaults_to_the_exports():
     assert eval_sim.grid_for(fv, trained) == 0.0 and eval_sim.camera_for(fv, trained) == "fixed"
 
 
+def test_evaluator_runs_the_card_size_it_is_given_and_defaults_to_the_exports():
+    """Scenes have the cards the evaluator is given (the expert reference too), and the CLI's
+    default is the export's training card size."""
+    sizes = []
+
+    class Recording(eval_sim.ExpertPolicy):
+        def reset_episode(self, env, seed):
+            super().reset_episode(env, seed)
+            sizes.append(env.state.card_half)
+
+    result = eval_sim.evaluate(Recording(), episodes=3, batch_size=3, log=None, grid=0.1,
+                               tasks=("place_on_card",), card_half=0.11)
+    assert sizes == [0.11] * 3
+    assert result["success_rate"] == result["expert_success_rate"] == 1.0
+    fv = flags.FlagValues()
+    eval_sim.define_flags(fv)
+    fv(["eval_sim"])
+    trained = types.SimpleNamespace(config=ml_collections.ConfigDict(
+        {"data": {"toy_world": {"card_half": 0.11}}}))
+    assert eval_sim.card_half_for(fv, trained) == 0.11
+    assert eval_sim.card_half_for(fv, eval_sim.ExpertPolicy()) == world.CARD_HALF
+    fv(["eval_sim", "--card_half=0.1"])
+    assert eval_sim.card_half_for(fv, trained) == 0.1
+    fv(["eval_sim", "--card_half=0.5"])
+    with pytest.raises(ValueError, match="card_half"):
+        eval_sim.card_half_for(fv, trained)
+    # Held-out VQA scenes draw the same cards.
+    image_small = eval_sim.heldout_vqa(4, seed=0)
+    image_big = eval_sim.heldout_vqa(4, seed=0, card_half=0.11)
+    assert len(image_big) == 4 and not all(
+        np.array_equal(a[0], b[0]) for a, b in zip(image_small, image_big, strict=True))
+
+
 def test_evaluator_runs_the_task_kinds_it_is_given_and_defaults_to_the_exports():
     """Episodes cycle through the given task kinds, the expert reference runs the same task on
     the same seed, and the CLI's default is the export's training kinds: a policy trained on

@@ -1,5 +1,6 @@
 """The toy world: determinism, dynamics, rendering, the expert's success rate, VQA ground truth."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -304,6 +305,51 @@ def test_grid_puts_objects_cards_and_the_gripper_start_on_its_multiples():
     for bad in (-0.1, 0.3):
         with pytest.raises(ValueError, match="grid"):
             sim.TabletopEnv(grid=bad)
+
+
+def test_card_half_sets_the_cards_size_where_they_are_drawn_placed_and_scored():
+    """TabletopEnv(card_half=h): cards are squares of side 2h in the frame (their dark outline
+    measured in pixels), far enough from objects and each other, a place counts within
+    h - ON_CARD_MARGIN of the card's centre, and the whole-step expert solves place tasks;
+    web scenes draw the same size; the default leaves the scenes as they were."""
+    size = render.IMAGE_SIZE
+    for h in (world.CARD_HALF, 0.11):
+        env = sim.TabletopEnv(grid=0.1, card_half=h)
+        env.reset(seed=4, options={"task": "place_on_card"})
+        state = env.unwrapped.state
+        assert state.card_half == h
+        static = render.render_static(state, size)
+        bare = render.render_static(dataclasses.replace(state, card_symbols=[],
+                                                        card_xy=np.zeros((0, 2))), size)
+        cx, _ = render._to_px(state.card_xy[0], size)
+        row = int(render._to_px(state.card_xy[0], size)[1])
+        changed = np.flatnonzero(np.any(static[row] != bare[row], axis=-1))
+        changed = changed[np.abs(changed + 0.5 - cx) <= 2 * h * size]   # this card's row
+        assert abs((changed.max() - changed.min() + 1) - 2 * h * size) <= 2, h
+        for xy in state.card_xy:
+            assert np.all(np.linalg.norm(state.obj_xy - xy, axis=-1)
+                          >= h * 1.45 + world.OBJECT_RADIUS - 1e-9)
+        # Success: the object resting within h - margin of the card's centre, per axis.
+        i, card = state.index_of(env.unwrapped.task.obj), state.card_index(
+            env.unwrapped.task.symbol)
+        placed = dataclasses.replace(state, obj_xy=state.obj_xy.copy())
+        placed.obj_xy[i] = state.card_xy[card] + [h - world.ON_CARD_MARGIN - 1e-6, 0.0]
+        assert world.is_success(placed, env.unwrapped.task)
+        placed.obj_xy[i] = state.card_xy[card] + [h - world.ON_CARD_MARGIN + 0.005, 0.0]
+        assert not world.is_success(placed, env.unwrapped.task)
+        expert = sim.ScriptedExpert(env, move_quantum=sim.expert.MAX_MOVE_QUANTUM)
+        episodes = [sim.rollout(env, expert, seed, task="place_on_card") for seed in range(8)]
+        assert all(e.success and e.terminated for e in episodes), h
+        scene = vqa.sample_vqa_scene(np.random.default_rng(1), card_half=h)
+        assert scene.card_half == h
+    # The default draws exactly the scenes it always did.
+    a, b = sim.TabletopEnv(), sim.TabletopEnv(card_half=world.CARD_HALF)
+    a.reset(seed=9)
+    b.reset(seed=9)
+    np.testing.assert_array_equal(a.render(), b.render())
+    for bad in (0.05, 0.2):
+        with pytest.raises(ValueError, match="card_half"):
+            sim.TabletopEnv(card_half=bad)
 
 
 def test_expert_perturbations_are_whole_quanta_and_labels_stay_the_plan():

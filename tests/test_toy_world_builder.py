@@ -199,6 +199,13 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
     assert toy_world.GenerationParams.from_json(pairs.to_json()) == pairs
     with pytest.raises(ValueError, match="locate_pairs_per_scene"):
         toy_world.GenerationParams(locate_pairs_per_scene=-1)
+    # And for the cards' size: the default keeps the old key, larger cards are other data.
+    assert "card_half" not in toy_world.GenerationParams().to_json()
+    big = toy_world.GenerationParams(card_half=0.11)
+    assert big.cache_key() != toy_world.GenerationParams().cache_key()
+    assert toy_world.GenerationParams.from_json(big.to_json()) == big
+    with pytest.raises(ValueError, match="card_half"):
+        toy_world.GenerationParams(card_half=0.3)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):

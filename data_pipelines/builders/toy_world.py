@@ -92,6 +92,8 @@ class GenerationParams:
     camera: str = "fixed"            # robot frames: sim.CAMERAS ("fixed" or "gripper")
     move_quantum: float = 0.0        # expert motion in multiples of this (0 = exact)
     grid: float = 0.0                # robot scenes: objects, cards, gripper start on multiples
+    # Half a card's side, in robot and web scenes alike (world.check_card_half).
+    card_half: float = world.CARD_HALF
     # Which action a step records: "intended" (the plan's action before noise and pauses; the
     # noisy one is executed, so states stay diverse but labels are consistent, as in DART) or
     # "executed" (what moved the robot, noise and pauses included).
@@ -122,6 +124,7 @@ class GenerationParams:
         if self.camera not in sim.CAMERAS:
             raise ValueError(f"camera must be one of {sim.CAMERAS}, got {self.camera!r}")
         world.check_grid(self.grid)
+        world.check_card_half(self.card_half)
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
         if isinstance(self.tasks, str):
@@ -142,6 +145,8 @@ class GenerationParams:
             del out["tasks"]
         if not self.locate_pairs_per_scene:
             del out["locate_pairs_per_scene"]
+        if self.card_half == world.CARD_HALF:
+            del out["card_half"]
         return out
 
     @classmethod
@@ -291,7 +296,7 @@ class ToyWorldRobot(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
         p = self._params
         env = sim.TabletopEnv(max_episode_steps=p.max_episode_steps, held_out=p.held_out,
-                              camera=p.camera, grid=p.grid)
+                              camera=p.camera, grid=p.grid, card_half=p.card_half)
         expert = make_expert(env, p)
         indices = _split_indices(split, p.episodes, p)
         for index in _progress(indices, len(indices), f"robot episodes ({split})"):
@@ -326,7 +331,7 @@ def caption_features() -> tfds.features.FeaturesDict:
 def scene(index: int, params: GenerationParams):
     """(state, png bytes, rng for its text) of VQA/caption scene `index`."""
     rng = np.random.default_rng(_derived_seed(params.seed, _SCENE_STREAM, index))
-    state = vqa.sample_vqa_scene(rng, params.held_out)
+    state = vqa.sample_vqa_scene(rng, params.held_out, card_half=params.card_half)
     return state, _png(render.render(state)), rng
 
 
@@ -517,6 +522,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=float, default=GenerationParams.grid,
                         help="robot scenes: objects, cards and the gripper's start on multiples "
                              "of this (0 = anywhere)")
+    parser.add_argument("--card_half", type=float, default=GenerationParams.card_half,
+                        help="half a card's side, robot and web scenes (table units)")
     parser.add_argument("--tasks", default="",
                         help=f"comma-separated task kinds of the robot episodes, cycled (some "
                              f"of {','.join(world.TASK_KINDS)}; empty = all, drawn per episode)")
@@ -540,6 +547,7 @@ def main(argv: list[str] | None = None) -> None:
                               gripper_flip_prob=args.gripper_flip_prob,
                               terminate_repeats=args.terminate_repeats, camera=args.camera,
                               move_quantum=args.move_quantum, grid=args.grid,
+                              card_half=args.card_half,
                               val_fraction=args.val_fraction, held_out=held_out,
                               tasks=names(args.tasks), pause_prob=args.pause_prob)
     for kind, path in generate(args.out, params).items():

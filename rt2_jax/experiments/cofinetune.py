@@ -24,6 +24,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from rt2_jax.sim import world
 from rt2_jax.sim.env import MAX_EPISODE_STEPS
 
 ARMS = ("robot_only", "cofinetune", "scratch")
@@ -118,9 +119,10 @@ def _kept(path: str, settings: dict, compute) -> dict:
 
 def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int,
                     max_episode_steps: int = MAX_EPISODE_STEPS) -> dict:
-    """Closed loop in every category on the world the export was trained on (its camera and
-    scene grid), and held-out VQA. The result is kept next to the export (eval.json) and read
-    back by a rerun with the same settings, so resuming does not evaluate finished arms again."""
+    """Closed loop in every category on the world the export was trained on (its camera, scene
+    grid and card size), and held-out VQA. The result is kept next to the export (eval.json) and
+    read back by a rerun with the same settings, so resuming does not evaluate finished arms
+    again."""
     settings = {"episodes": episodes, "vqa_questions": vqa_questions, "seed": seed,
                 "max_episode_steps": max_episode_steps}
 
@@ -134,7 +136,9 @@ def evaluate_export(export: str, episodes: int, vqa_questions: int, seed: int,
                                        max_episode_steps=max_episode_steps,
                                        camera=eval_sim.trained_world(policy, "camera", "fixed"),
                                        grid=eval_sim.trained_world(policy, "grid", 0.0),
-                                       tasks=eval_sim.trained_world(policy, "tasks", ()))
+                                       tasks=eval_sim.trained_world(policy, "tasks", ()),
+                                       card_half=eval_sim.trained_world(
+                                           policy, "card_half", world.CARD_HALF))
         return {**result["success"], "vqa_accuracy": result["vqa_accuracy"],
                 "vqa_per_type": result["vqa"]["per_type"] if result["vqa"] else None,
                 "expert_success": result["expert_success"],
@@ -151,8 +155,10 @@ def evaluate_pretrained_vqa(export: str, vqa_questions: int) -> dict:
         from rt2_jax import policy as policy_lib
         from rt2_jax.tools import eval_sim
 
-        return eval_sim.evaluate_vqa(policy_lib.Policy.from_export(export), vqa_questions,
-                                     seed=0)
+        policy = policy_lib.Policy.from_export(export)
+        return eval_sim.evaluate_vqa(policy, vqa_questions, seed=0,
+                                     card_half=eval_sim.trained_world(policy, "card_half",
+                                                                      world.CARD_HALF))
 
     return _kept(os.path.join(os.path.dirname(export.rstrip("/")), "vqa_eval.json"),
                  {"vqa_questions": vqa_questions, "seed": 0}, compute)

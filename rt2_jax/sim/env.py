@@ -45,6 +45,9 @@ class TabletopEnv(gym.Env):
         edge of a decision ("move or stop here?") that a camera policy would have to resolve
         to a fraction of a pixel. Move-near drop points and push approach points stay off the
         grid.
+      card_half: half the side of the cards (world.check_card_half; default world.CARD_HALF,
+        about an object's width: an object held over a card, or set down on it, hides most of
+        it). Placing succeeds with the object's centre world.ON_CARD_MARGIN inside the card.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 5}
@@ -52,7 +55,7 @@ class TabletopEnv(gym.Env):
     def __init__(self, max_episode_steps: int = MAX_EPISODE_STEPS, concepts: str = "seen",
                  held_out: world.HeldOut = world.DEFAULT_HELD_OUT,
                  image_size: int = render.IMAGE_SIZE, render_mode: str | None = "rgb_array",
-                 camera: str = "fixed", grid: float = 0.0):
+                 camera: str = "fixed", grid: float = 0.0, card_half: float = world.CARD_HALF):
         if camera not in CAMERAS:
             raise ValueError(f"camera {camera!r} is not one of {CAMERAS}")
         if not isinstance(image_size, int | np.integer) or image_size < render.MIN_IMAGE_SIZE:
@@ -68,6 +71,7 @@ class TabletopEnv(gym.Env):
         self.image_size = image_size
         self.camera = camera
         self.grid = world.check_grid(grid)
+        self.card_half = world.check_card_half(card_half)
         self.render_mode = render_mode
         self.action_space = gym.spaces.Box(world.ACTION_LOW, world.ACTION_HIGH, dtype=np.float32)
         self.observation_space = gym.spaces.Dict({
@@ -97,7 +101,8 @@ class TabletopEnv(gym.Env):
         if isinstance(task, str) and task not in world.TASK_KINDS:
             raise ValueError(f"task kind {task!r} is not one of {world.TASK_KINDS}")
         self.state, self.task = world.sample_episode(
-            self.np_random, task, held_out=self.held_out, concepts=self.concepts, grid=self.grid)
+            self.np_random, task, held_out=self.held_out, concepts=self.concepts, grid=self.grid,
+            card_half=self.card_half)
         self._static = render.render_static(self.state, self.image_size)
         self._steps = 0
         self._done = False

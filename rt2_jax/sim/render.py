@@ -201,10 +201,10 @@ def glyph_alpha(symbol: str, size_px: int) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def _draw_card(img: np.ndarray, symbol: str, xy) -> None:
+def _draw_card(img: np.ndarray, symbol: str, xy, card_half: float = world.CARD_HALF) -> None:
     size = img.shape[0]
     cx, cy = _to_px(xy, size)
-    half = world.CARD_HALF * size
+    half = card_half * size
     sl, u, v = _window(size, cx, cy, half)
     box = np.maximum(np.abs(u), np.abs(v))
     _paint(img, sl, box <= half, _OUTLINE)
@@ -226,7 +226,7 @@ def render_static(state: world.WorldState, size: int = IMAGE_SIZE) -> np.ndarray
                          "(cards' symbols need a pixel); render larger and resize.")
     img = _background(state.background, size, np.random.default_rng(state.texture_seed))
     for symbol, xy in zip(state.card_symbols, state.card_xy, strict=True):
-        _draw_card(img, symbol, xy)
+        _draw_card(img, symbol, xy, state.card_half)
     return img
 
 

@@ -30,8 +30,10 @@ class QA:
 
 
 def sample_vqa_scene(rng: np.random.Generator, held_out: world.HeldOut = world.DEFAULT_HELD_OUT,
-                     held_out_prob: float = 0.5) -> world.WorldState:
-    """A static scene from the whole world, gripper out of the way.
+                     held_out_prob: float = 0.5,
+                     card_half: float = world.CARD_HALF) -> world.WorldState:
+    """A static scene from the whole world, gripper out of the way; cards of half side
+    `card_half` (the robot scenes' size, so web data shows the cards robot episodes do).
 
     With probability `held_out_prob` it shows a held-out object, and with half that probability
     it is on a held-out background (besides the backgrounds' uniform share), so the VQA and
@@ -52,7 +54,7 @@ def sample_vqa_scene(rng: np.random.Generator, held_out: world.HeldOut = world.D
         background = _pick(rng, held_out.backgrounds)
     else:
         background = _pick(rng, vocabulary.BACKGROUNDS)
-    state = world.build_scene(rng, chosen, symbols, background)
+    state = world.build_scene(rng, chosen, symbols, background, card_half=card_half)
     state.ee = np.array([*_free_spot(rng, state), rng.uniform(0.15, world.Z_MAX)])
     return state
 

@@ -37,7 +37,8 @@ PUSH_CONTACT = EE_RADIUS + OBJECT_RADIUS
 LIFT_Z = 0.2               # pick: the object is held at least this high
 NEAR_DIST = 0.18           # move near: centres at most this far apart
 PUSH_DIST = 0.15           # push: displaced at least this far along the direction
-ON_CARD_TOLERANCE = CARD_HALF - 0.01   # place: centre inside the card, per axis
+ON_CARD_MARGIN = 0.01     # place: the object's centre at least this far inside the card ...
+ON_CARD_TOLERANCE = CARD_HALF - ON_CARD_MARGIN   # ... per axis (default cards)
 
 # ---- scenes ----
 OBJECTS_PER_SCENE = (3, 5)  # robot episodes: objects on the table (task object(s) included)
@@ -150,6 +151,7 @@ class WorldState:
     gripper_closed: bool = False
     held: int = -1              # index of the grasped object, -1 if none
     obj_start_xy: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
+    card_half: float = CARD_HALF    # half the side of this scene's cards (check_card_half)
 
     @property
     def names(self) -> list[str]:
@@ -262,6 +264,20 @@ def _far_from(point: np.ndarray, others: list[np.ndarray], min_dist: float) -> b
     return all(np.linalg.norm(point - other) >= min_dist for other in others)
 
 
+# Card sizes a scene may have (half a side, table units). The default cards are about as wide as
+# an object, so an object held over one, or set down on it, hides most of it (its symbol
+# included); cards of half side 0.11 still show a ring around a held object.
+MIN_CARD_HALF, MAX_CARD_HALF = CARD_HALF, 0.12
+
+
+def check_card_half(card_half: float) -> float:
+    """`card_half` if it is in [MIN_CARD_HALF, MAX_CARD_HALF], else a ValueError naming it."""
+    if not MIN_CARD_HALF <= card_half <= MAX_CARD_HALF:
+        raise ValueError(f"card_half (half a card's side) must be in [{MIN_CARD_HALF}, "
+                         f"{MAX_CARD_HALF}] table units, got {card_half}")
+    return float(card_half)
+
+
 MAX_GRID = 0.2   # coarsest scene grid (table units): coarser leaves too few spots for a scene
 
 
@@ -283,7 +299,8 @@ def _snap(p: np.ndarray, low, high, grid: float) -> np.ndarray:
 
 
 def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Task | None,
-            grid: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+            grid: float = 0.0, card_half: float = CARD_HALF,
+            ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     """Object and card centres without overlaps, or None when rejection sampling gives up."""
     obj_xy: list[np.ndarray] = []
     low, high = _box_for_main(task)
@@ -305,8 +322,8 @@ def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Ta
     for _ in range(num_cards):
         for _ in range(100):
             p = _snap(rng.uniform(0.1, 0.9, size=2), 0.1, 0.9, grid)
-            if _far_from(p, obj_xy, CARD_HALF * 1.45 + OBJECT_RADIUS) and \
-                    _far_from(p, card_xy, 2 * CARD_HALF * 1.45):
+            if _far_from(p, obj_xy, card_half * 1.45 + OBJECT_RADIUS) and \
+                    _far_from(p, card_xy, 2 * card_half * 1.45):
                 card_xy.append(p)
                 break
         else:
@@ -315,11 +332,14 @@ def _layout(rng: np.random.Generator, num_objects: int, num_cards: int, task: Ta
 
 
 def build_scene(rng: np.random.Generator, objects: list[str], symbols: list[str],
-                background: str, task: Task | None = None, grid: float = 0.0) -> WorldState:
+                background: str, task: Task | None = None, grid: float = 0.0,
+                card_half: float = CARD_HALF) -> WorldState:
     """Places `objects` (first = the task's object) and cards showing `symbols` at random;
-    with `grid` > 0 they and the gripper's start sit on multiples of `grid`."""
+    with `grid` > 0 they and the gripper's start sit on multiples of `grid`. Cards are squares
+    of side 2 * `card_half`."""
+    card_half = check_card_half(card_half)
     for _ in range(200):
-        layout = _layout(rng, len(objects), len(symbols), task, grid)
+        layout = _layout(rng, len(objects), len(symbols), task, grid, card_half)
         if layout is not None:
             break
     else:
@@ -336,14 +356,16 @@ def build_scene(rng: np.random.Generator, objects: list[str], symbols: list[str]
         card_xy=np.array(layout[1], dtype=np.float64).reshape(-1, 2),
         ee=np.array([*_snap(rng.uniform(0.15, 0.85, size=2), 0.15, 0.85, grid), START_Z]),
         obj_start_xy=obj_xy.copy(),
+        card_half=card_half,
     )
 
 
 def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
                    held_out: HeldOut = DEFAULT_HELD_OUT, concepts: str = "seen",
-                   grid: float = 0.0) -> tuple[WorldState, Task]:
+                   grid: float = 0.0, card_half: float = CARD_HALF) -> tuple[WorldState, Task]:
     """A scene and task for a robot episode. `task` may be a Task, a task kind or None.
-    `grid` > 0 puts objects, cards and the gripper's start on multiples of it (see TabletopEnv).
+    `grid` > 0 puts objects, cards and the gripper's start on multiples of it (see TabletopEnv);
+    cards are squares of side 2 * `card_half`.
 
     Under every category but 'all', distractor objects and cards are seen ones: only what the
     category tests is new (the task's object, the background or the task's card symbol).
@@ -378,7 +400,7 @@ def sample_episode(rng: np.random.Generator, task: Task | str | None = None, *,
     while len(symbols) < num_cards:
         symbols.append(_choose(rng, pool, exclude=symbols))
     background = _choose(rng, backgrounds)
-    state = build_scene(rng, chosen, symbols, background, task, grid)
+    state = build_scene(rng, chosen, symbols, background, task, grid, card_half)
     if not task.instruction:
         task = dataclasses.replace(task, instruction=instruction_for(task, rng))
     return state, task
@@ -459,4 +481,5 @@ def is_success(state: WorldState, task: Task) -> bool:
         moved = state.obj_xy[i] - state.obj_start_xy[i]
         return resting and float(moved @ DIRECTION_VECTORS[task.direction]) >= PUSH_DIST
     card = state.card_xy[state.card_index(task.symbol)]
-    return resting and bool(np.all(np.abs(state.obj_xy[i] - card) <= ON_CARD_TOLERANCE))
+    tolerance = state.card_half - ON_CARD_MARGIN
+    return resting and bool(np.all(np.abs(state.obj_xy[i] - card) <= tolerance))

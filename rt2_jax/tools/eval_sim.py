@@ -88,6 +88,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("grid", -1.0, "Robot scenes on multiples of this (sim.TabletopEnv; 0 = "
                        "anywhere). Default (-1): the grid the export was trained on "
                        "(config.data.toy_world.grid), else 0.", flag_values=fv)
+    flags.DEFINE_float("card_half", -1.0, "Half a card's side in the scenes (sim.TabletopEnv). "
+                       "Default (-1): the size the export was trained on "
+                       "(config.data.toy_world.card_half), else the world's default.",
+                       flag_values=fv)
     flags.DEFINE_list("tasks", [], "Task kinds of the episodes, cycled by episode (some of "
                       f"{','.join(world.TASK_KINDS)}). Default: the kinds the export was trained "
                       "on (config.data.toy_world.tasks), else each episode draws one.",
@@ -155,10 +159,11 @@ class _Slot:
 
 
 def expert_episode(concepts: str, seed: int, max_episode_steps: int, grid: float = 0.0,
-                   task: str | None = None) -> dict:
+                   task: str | None = None, card_half: float = world.CARD_HALF) -> dict:
     """The scripted expert on the scene and task of `seed` (and task kind `task`, if given; it
     reads the state: any camera)."""
-    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts, grid=grid)
+    env = sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts, grid=grid,
+                          card_half=card_half)
     episode = sim.rollout(env, sim.ScriptedExpert(env), seed=seed, task=task)
     return {"success": bool(episode.terminated and episode.success),
             "steps": len(episode.actions), "instruction": episode.task.instruction}
@@ -189,7 +194,8 @@ def summarize(records: list[dict]) -> dict:
 def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
              batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
              log: Callable[[str], None] | None = print, record_frames: int = 0,
-             camera: str = "fixed", grid: float = 0.0, tasks=()) -> dict:
+             camera: str = "fixed", grid: float = 0.0, tasks=(),
+             card_half: float = world.CARD_HALF) -> dict:
     """Runs `episodes` closed-loop episodes of `policy` in one category and the scripted expert
     on the same seeds; returns the summary with the per-episode records under 'episodes'.
 
@@ -198,7 +204,8 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
     first n episodes keep their frames and decoded actions (record['frames'], ['actions']) and
     the whole table at each step (record['table_frames']). `camera`: sim.CAMERAS; `grid`: scenes on
     multiples of it (sim.TabletopEnv; the grid the policy was trained on). `tasks`: task kinds
-    cycled by episode (empty: each episode's seed draws one)."""
+    cycled by episode (empty: each episode's seed draws one). `card_half`: the cards' size
+    (sim.TabletopEnv; the size the policy was trained on)."""
     runnable = category_tasks(concepts, tasks)
     if runnable is None:
         raise ValueError(f"the 'symbols' category's tasks are place_on_card (they name a "
@@ -211,7 +218,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
     batch_size = min(batch_size, episodes)
     uses_env = getattr(policy, "needs_env", False)
     slots = [_Slot(sim.TabletopEnv(max_episode_steps=max_episode_steps, concepts=concepts,
-                                   camera=camera, grid=grid))
+                                   camera=camera, grid=grid, card_half=card_half))
              for _ in range(batch_size)]
     records: list[dict | None] = [None] * episodes
     next_episode = 0
@@ -234,7 +241,8 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         next_episode += 1
 
     def finish(slot: _Slot, info: dict, terminated: bool, reward: float) -> None:
-        expert = expert_episode(concepts, slot.seed, max_episode_steps, grid, slot.task)
+        expert = expert_episode(concepts, slot.seed, max_episode_steps, grid, slot.task,
+                                card_half)
         task = info["task"]
         if expert["instruction"] != task.instruction:   # same seed must mean the same task
             raise RuntimeError(f"seed {slot.seed}: the expert got {expert['instruction']!r}, "
@@ -294,14 +302,16 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
 # ---------------------------------------------------------------- held-out VQA
 
 
-def heldout_vqa(num_questions: int, seed: int = 0) -> list[tuple[np.ndarray, vqa.QA]]:
+def heldout_vqa(num_questions: int, seed: int = 0,
+                card_half: float = world.CARD_HALF) -> list[tuple[np.ndarray, vqa.QA]]:
     """(image, question) pairs from scenes of a seed stream no training split uses: the regular
-    question types and pointing questions, about held-out concepts as often as the web data."""
+    question types and pointing questions, about held-out concepts as often as the web data
+    (cards of half side `card_half`, as the policy's web data had them)."""
     out: list[tuple[np.ndarray, vqa.QA]] = []
     scene = 0
     while len(out) < num_questions:
         rng = np.random.default_rng([VQA_SEED_OFFSET, seed, scene])
-        state = vqa.sample_vqa_scene(rng)
+        state = vqa.sample_vqa_scene(rng, card_half=card_half)
         image = sim.render.render(state)
         qas = vqa.sample_questions(state, rng, 2) + vqa.locate_questions(state, rng, 1)
         out += [(image, qa) for qa in qas]
@@ -316,10 +326,11 @@ def score_answer(text: str, qa: vqa.QA) -> bool:
     return text.strip() in qa.answers
 
 
-def evaluate_vqa(policy, num_questions: int, *, seed: int = 0, batch_size: int = 32) -> dict:
+def evaluate_vqa(policy, num_questions: int, *, seed: int = 0, batch_size: int = 32,
+                 card_half: float = world.CARD_HALF) -> dict:
     """Answers `num_questions` held-out questions with `policy.answer`; accuracy overall and
     per question type."""
-    pairs = heldout_vqa(num_questions, seed)
+    pairs = heldout_vqa(num_questions, seed, card_half)
     correct: dict[str, list[bool]] = {}
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
@@ -366,7 +377,7 @@ def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, see
                  batch_size: int = 8, max_episode_steps: int = sim.MAX_EPISODE_STEPS,
                  vqa_questions: int = 0, log: Callable[[str], None] | None = print,
                  record_frames: int = 0, camera: str = "fixed", grid: float = 0.0,
-                 tasks=()) -> dict:
+                 tasks=(), card_half: float = world.CARD_HALF) -> dict:
     """`evaluate` for every category, then held-out VQA (when `policy` can answer and
     `vqa_questions` > 0). Returns {'success': category -> rate, 'expert_success', 'categories'
     (full summaries), 'episodes' (records with their 'category'), 'vqa_accuracy', 'vqa',
@@ -383,12 +394,12 @@ def evaluate_all(policy, *, categories=world.EVAL_CATEGORIES, episodes: int, see
         result = evaluate(policy, episodes=episodes, concepts=category, seed=seed,
                           batch_size=batch_size, max_episode_steps=max_episode_steps, log=log,
                           record_frames=record_frames if k == 0 else 0, camera=camera,
-                          grid=grid, tasks=tasks)
+                          grid=grid, tasks=tasks, card_half=card_half)
         episodes_out += [{"category": category, **r} for r in result.pop("episodes")]
         results[category] = result
     vqa_result = None
     if vqa_questions > 0 and hasattr(policy, "answer"):
-        vqa_result = evaluate_vqa(policy, vqa_questions, seed=seed)
+        vqa_result = evaluate_vqa(policy, vqa_questions, seed=seed, card_half=card_half)
     return {"success": {c: results[c]["success_rate"] if c in results else None
                         for c in categories},
             "expert_success": {c: r["expert_success_rate"] for c, r in results.items()},
@@ -467,6 +478,14 @@ def grid_for(f: flags.FlagValues, policy) -> float:
     return trained_world(policy, "grid", 0.0)
 
 
+def card_half_for(f: flags.FlagValues, policy) -> float:
+    """--card_half when given (> 0), else the card size of the export's training scenes, else
+    the default (world.CARD_HALF)."""
+    if f.card_half > 0:
+        return world.check_card_half(f.card_half)
+    return trained_world(policy, "card_half", world.CARD_HALF)
+
+
 def tasks_for(f: flags.FlagValues, policy) -> tuple[str, ...]:
     """--tasks when given, else the task kinds of the export's robot episodes, else () (each
     episode draws one). A policy trained on one kind would fail the others by construction."""
@@ -482,6 +501,7 @@ def run(f: flags.FlagValues) -> dict:
     camera, grid = camera_for(f, policy), grid_for(f, policy)
     try:
         tasks = tasks_for(f, policy)
+        card_half = card_half_for(f, policy)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     stream = sys.stderr if f.json else sys.stdout
@@ -490,7 +510,7 @@ def run(f: flags.FlagValues) -> dict:
                           vqa_questions=f.vqa_questions if f.policy == "export" else 0,
                           log=lambda line: print(line, file=stream, flush=True),
                           record_frames=f.gif_episodes if f.gif else 0, camera=camera,
-                          grid=grid, tasks=tasks)
+                          grid=grid, tasks=tasks, card_half=card_half)
     if f.gif:
         frames = write_gif(f.gif, result["episodes"])
         print(f"wrote {f.gif} ({frames} frames)", file=stream, flush=True)
@@ -501,7 +521,7 @@ def run(f: flags.FlagValues) -> dict:
             if actions is not None:
                 record["decoded_actions"] = [np.asarray(a).round(4).tolist() for a in actions]
     result = {"policy": f.policy, "export": f.export, "camera": camera, "grid": grid,
-              "tasks": list(tasks), **result}
+              "card_half": card_half, "tasks": list(tasks), **result}
     print(json.dumps(result) if f.json else format_summary(result), flush=True)
     return result
 
