@@ -104,6 +104,68 @@ def test_keypoint_distances_use_the_renderer_and_keypoint_grid_conventions(monke
     assert wrong["keypoint_0"]["within_tolerance"] == 0.0
 
 
+def test_keypoint_tracking_measures_every_frame_against_where_things_are():
+    rollouts = _rollouts("place_on_card", 3)
+    n = sum(len(r["images"]) for r in rollouts)
+    objects = np.stack([o for r in rollouts for o in r["object_xys"]])
+    cards = np.stack([c for r in rollouts for c in r["second_xys"]])
+    grippers = np.stack([g for r in rollouts for g in r["gripper_xys"]])
+    # The object rides in the gripper once grasped: its per-frame position must follow.
+    phases = [p for r in rollouts for p in r["phases"]]
+    carry = np.array([p == "carry" for p in phases])
+    np.testing.assert_allclose(objects[carry], grippers[carry], atol=1e-9)
+    kp = np.full((n, 8, 2), -1.0)       # keypoints at the table's corner ...
+    kp[:, 0] = objects * 2 - 1          # ... but 0 on the object, 1 on the card, 5 on the gripper
+    kp[:, 1] = cards * 2 - 1
+    kp[:, 5] = grippers * 2 - 1
+    report = diagnose_policy.keypoint_tracking(kp, rollouts)
+    assert report["gripper_keypoint"] == 5
+    assert report["phases"]["all phases"]["frames"] == n
+    for row in report["phases"].values():
+        assert row["keypoint_0"] < 1e-6 and row["keypoint_1"] < 1e-6 and row["gripper"] < 1e-6
+    # Keypoint 1 left on the card's first-frame spot is right; on the object's first spot it is
+    # wrong once the object is carried away.
+    first = np.stack([r["object_xy"] for r in rollouts for _ in r["images"]])
+    kp[:, 1] = first * 2 - 1
+    moved = diagnose_policy.keypoint_tracking(kp, rollouts)
+    far = np.median(np.linalg.norm(cards - first, axis=-1)[np.array(
+        [p == "release" for p in phases])])
+    assert far > 0.1
+    assert moved["phases"]["release"]["keypoint_1"] == pytest.approx(far, abs=1e-3)
+    # A task naming one thing has no keypoint 1 column.
+    pick = _rollouts("pick", 2)
+    m = sum(len(r["images"]) for r in pick)
+    assert "keypoint_1" not in diagnose_policy.keypoint_tracking(np.zeros((m, 4, 2)),
+                                                                 pick)["phases"]["lift"]
+    # With two keypoints there is none left to look for the gripper among.
+    two = diagnose_policy.keypoint_tracking(kp[:, :2], rollouts)
+    assert two["gripper_keypoint"] is None and "gripper" not in two["phases"]["carry"]
+
+
+def test_card_visible_is_the_share_of_the_named_cards_pixels_left_uncovered():
+    from rt2_jax import sim
+
+    env = sim.TabletopEnv(grid=0.1)
+    env.reset(seed=3, options={"task": "place_on_card"})
+    static = env.unwrapped._static
+    assert diagnose_policy.card_visible(env, static) == 1.0
+    assert diagnose_policy.card_visible(env, 255 - static) == 0.0
+    covered = static.copy()
+    state, task = env.unwrapped.state, env.unwrapped.task
+    _, cy = render._to_px(state.card_xy[state.card_index(task.symbol)], static.shape[0])
+    covered[:int(cy), :] = 0             # everything above the card's centre row painted over
+    assert 0.3 < diagnose_policy.card_visible(env, covered) < 0.7
+    # Over the card, the held object and the gripper hide most of it; on the way they do not.
+    rollouts = _rollouts("place_on_card", 4)
+    seen = {p: [] for p in ("above", "carry", "release")}
+    for r in rollouts:
+        for p, v in zip(r["phases"], r["card_visible"], strict=True):
+            if p in seen:
+                seen[p].append(v)
+    assert np.mean(seen["above"]) > 0.9 and np.mean(seen["release"]) < 0.5
+    assert all(v is None for r in _rollouts("pick", 1) for v in r["card_visible"])
+
+
 def test_diagnose_runs_a_keypoint_model_and_the_command_line(tmp_path, capsys, monkeypatch):
     config = toy_place.get_config()
     out = str(tmp_path / "export")
@@ -113,10 +175,22 @@ def test_diagnose_runs_a_keypoint_model_and_the_command_line(tmp_path, capsys, m
     report = diagnose_policy.diagnose(policy, tasks=("pick", "place_on_card"), episodes=2,
                                       log=lambda line: None)
     assert report["grid"] == 0.1 and report["move_quantum"] == 0.1
+    assert report["card_half"] == world.CARD_HALF      # the export's (toy_place: the default)
     place, pick = report["tasks"]["place_on_card"], report["tasks"]["pick"]
     assert place["expert_solved"] == 1.0 and "carry" in place["agreement"]
     assert set(place["keypoints"]) == {"keypoint_0", "keypoint_1"}
     assert set(pick["keypoints"]) == {"keypoint_0"}
+    # Every frame's keypoints, the image tower's own action readout (toy_place has one) and
+    # the card's visibility, per phase.
+    assert set(place["keypoint_tracking"]["phases"]["carry"]) == {
+        "frames", "keypoint_0", "keypoint_1", "gripper"}
+    assert 2 <= place["keypoint_tracking"]["gripper_keypoint"] < config.model.vit.keypoints
+    assert place["readout_agreement"]["carry"]["frames"] == place["agreement"]["carry"]["frames"]
+    assert 0.0 <= place["card_visible"]["release"] < place["card_visible"]["above"]
+    assert "card_visible" not in pick
+    kp_all, aux = diagnose_policy.tower_readouts(policy, _rollouts("pick", 1), batch_size=4)
+    assert aux.shape == (kp_all.shape[0], 8) and kp_all.shape[1:] == (
+        config.model.vit.keypoints, 2)
     # The keypoints it reads are the ones a full forward pass of the model sows.
     rollouts = _rollouts("pick", 2)
     images = [r["images"][0] for r in rollouts]
@@ -141,7 +215,8 @@ def test_diagnose_runs_a_keypoint_model_and_the_command_line(tmp_path, capsys, m
     assert set(printed["tasks"]) == {"pick"}
     with pytest.raises(ValueError, match="tasks must be some of"):
         diagnose_policy.diagnose(policy, tasks=("fly",), episodes=1)
-    assert "carry" in diagnose_policy.format_report(report)
+    text = diagnose_policy.format_report(report)
+    assert "carry" in text and "action readout" in text and "nearest the gripper" in text
     # The symbols category's scenes name a held-out card: only its place tasks run.
     symbols = diagnose_policy.diagnose(policy, tasks=("pick", "place_on_card"), episodes=1,
                                        concepts="symbols", log=lambda line: None)

@@ -5,20 +5,28 @@ own frames, per task kind and expert phase, and where its keypoints point.
         [--tasks=pick,place_on_card] [--concepts=seen] [--json]
 
 For each task kind, `--episodes` expert rollouts (seeds `--seed + i`) in the world the export was
-trained on (its scene grid, and its expert's move quantum, from the export's config). On every
-frame the policy decodes an action from the frame and the instruction, as it would in closed
-loop, but the expert's action is the one stepped: the policy is scored on the states a correct
-episode passes through, so a phase it never learned shows up even when it fails long before it
-in closed loop. Each dim's decoded bin is compared with the bin of the expert's intended action
-(the clean label the training data carries). Reported per task kind and expert phase ("above",
-"descend", "grasp", "lift", "carry", "lower", "release", "done", ...): frames, and the share of
-frames whose terminate, dx, dy, dz and gripper bins agree, and `all` (all 8 dims).
+trained on (its scene grid and card size, and its expert's move quantum, from the export's
+config). On every frame the policy decodes an action from the frame and the instruction, as it
+would in closed loop, but the expert's action is the one stepped: the policy is scored on the
+states a correct episode passes through, so a phase it never learned shows up even when it
+fails long before it in closed loop. Each dim's decoded bin is compared with the bin of the
+expert's intended action (the clean label the training data carries). Reported per task kind
+and expert phase ("above", "descend", "grasp", "lift", "carry", "lower", "release", "done",
+...): frames, and the share of frames whose terminate, dx, dy, dz and gripper bins agree, and
+`all` (all 8 dims); for place_on_card, the share of the named card's pixels each phase's frames
+show (an object held over the card hides most of it at the default card size).
 
 With a fixed camera and an image tower with keypoints, on each rollout's first frame: how far
 (in image sides) keypoint 0 is from the task's object and keypoint 1 from the second thing the
 instruction names (the card of place_on_card, the target object of move_near): median and the
 share within an object's radius (`rt2_jax.sim.vqa.POINT_TOLERANCE`, the pointing answers'
 tolerance). Keypoint p is what pointing answers' point p trains (`train.locate_points`).
+On every frame, per phase: keypoint 0's distance from the object (which moves once held),
+keypoint 1's from the second thing, and the distance from the gripper of the keypoint nearest
+it overall (no loss names one; a policy that moves the gripper to things must find it). With
+`model.vit.keypoint_action_head`, that readout's argmax bins are scored against the expert like
+the decoded ones: when it agrees where the decoder does not, the image tower holds what the
+action needs and the decoder does not read it.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from rt2_jax import sim
-from rt2_jax.sim import vqa, world
+from rt2_jax.sim import render, vqa, world
 from rt2_jax.tools.eval_sim import category_tasks, trained_world
 
 DIMS = {"terminate": 0, "dx": 1, "dy": 2, "dz": 3, "gripper": 7}
@@ -53,36 +61,92 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.mark_flag_as_required("export", flag_values=flag_values)
 
 
+def _second_xy(state, task) -> np.ndarray | None:
+    """Where the second thing an instruction names is: place_on_card's card, move_near's
+    target object; None for tasks that name one thing."""
+    if task.kind == "place_on_card":
+        return state.card_xy[state.card_index(task.symbol)].copy()
+    if task.kind == "move_near":
+        return state.obj_xy[state.index_of(task.target)].copy()
+    return None
+
+
+def card_visible(env, image: np.ndarray) -> float:
+    """The share of the named card's pixels (place_on_card) that `image`, a frame of `env`'s
+    fixed camera, shows as the table's static layer (table and cards) has them: 1 when nothing
+    covers the card, less where the gripper, an object or a shadow is drawn over it."""
+    state, task = env.unwrapped.state, env.unwrapped.task
+    static = env.unwrapped._static
+    size = image.shape[0]
+    cx, cy = render._to_px(state.card_xy[state.card_index(task.symbol)], size)
+    half = state.card_half * size
+    x0, x1 = max(int(np.floor(cx - half)), 0), min(int(np.ceil(cx + half)), size)
+    y0, y1 = max(int(np.floor(cy - half)), 0), min(int(np.ceil(cy + half)), size)
+    same = np.all(image[y0:y1, x0:x1] == static[y0:y1, x0:x1], axis=-1)
+    return float(same.mean())
+
+
 def expert_frames(task_kind: str, *, episodes: int, seed: int, concepts: str, grid: float,
-                  move_quantum: float) -> list[dict]:
+                  move_quantum: float, card_half: float = world.CARD_HALF) -> list[dict]:
     """Expert rollouts: per episode the frames, instruction, intended actions, phase names,
     and the first frame's positions of the task's object and second named thing."""
-    env = sim.TabletopEnv(concepts=concepts, grid=grid)
+    env = sim.TabletopEnv(concepts=concepts, grid=grid, card_half=card_half)
     expert = sim.ScriptedExpert(env, move_quantum=move_quantum)
     out = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i, options={"task": task_kind})
         expert.reset(seed=seed + i)
         state, task = env.unwrapped.state, env.unwrapped.task
-        second = None
-        if task.kind == "place_on_card":
-            second = state.card_xy[state.card_index(task.symbol)].copy()
-        elif task.kind == "move_near":
-            second = state.obj_xy[state.index_of(task.target)].copy()
+        second = _second_xy(state, task)
         record = {"instruction": task.instruction, "images": [], "actions": [], "phases": [],
                   "object_xy": state.obj_xy[state.index_of(task.obj)].copy(),
-                  "second_xy": second, "solved": False}
+                  "second_xy": second, "solved": False,
+                  # Per frame: where the task's object, the second named thing and the gripper
+                  # are (x, y on the table) when the frame is taken.
+                  "object_xys": [], "second_xys": [], "gripper_xys": [],
+                  # place_on_card: the share of the named card's pixels the frame shows.
+                  "card_visible": []}
         terminated = truncated = False
         info = {}
         while not (terminated or truncated):
             action = expert.act()
+            state = env.unwrapped.state
             record["images"].append(obs["image"])
             record["actions"].append(expert.intended_action.copy())
             record["phases"].append(expert.phase_name)
+            record["object_xys"].append(state.obj_xy[state.index_of(task.obj)].copy())
+            record["second_xys"].append(_second_xy(state, task))
+            record["gripper_xys"].append(state.ee[:2].copy())
+            record["card_visible"].append(
+                card_visible(env, obs["image"]) if task.kind == "place_on_card" else None)
             obs, _, terminated, truncated, info = env.step(action)
         record["solved"] = bool(terminated and info.get("success"))
         out.append(record)
     return out
+
+
+def _phase_rows(phases: list[str]) -> dict[str, list[int]]:
+    """Frame indices per phase, then 'all phases'."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, phase in enumerate(phases):
+        groups[phase].append(k)
+    groups["all phases"] = list(range(len(phases)))
+    return groups
+
+
+def _agreement_table(bins: np.ndarray, expert_bins: np.ndarray, phases: list[str]) -> dict:
+    match = bins == expert_bins
+    report = {}
+    for phase, rows in _phase_rows(phases).items():
+        m = match[rows]
+        report[phase] = {"frames": len(rows),
+                         **{d: round(float(m[:, j].mean()), 3) for d, j in DIMS.items()},
+                         "all": round(float(m.all(axis=1).mean()), 3)}
+    return report
+
+
+def _expert_bins(policy, rollouts: list[dict]) -> np.ndarray:
+    return policy.action_tokenizer.encode(np.stack([a for r in rollouts for a in r["actions"]]))
 
 
 def agreement(policy, rollouts: list[dict], batch_size: int) -> dict:
@@ -91,34 +155,72 @@ def agreement(policy, rollouts: list[dict], batch_size: int) -> dict:
     images = [im for r in rollouts for im in r["images"]]
     instructions = [r["instruction"] for r in rollouts for _ in r["images"]]
     phases = [p for r in rollouts for p in r["phases"]]
-    expert_bins = policy.action_tokenizer.encode(
-        np.stack([a for r in rollouts for a in r["actions"]]))
     bins = np.concatenate([policy.predict(images[s:s + batch_size],
                                           instructions[s:s + batch_size])["bins"]
                            for s in range(0, len(images), batch_size)])
-    match = bins == expert_bins
-    groups: dict[str, list[int]] = defaultdict(list)
-    for k, phase in enumerate(phases):
-        groups[phase].append(k)
-    groups["all phases"] = list(range(len(phases)))
-    report = {}
-    for phase, rows in groups.items():
-        m = match[rows]
-        report[phase] = {"frames": len(rows),
-                         **{d: round(float(m[:, j].mean()), 3) for d, j in DIMS.items()},
-                         "all": round(float(m.all(axis=1).mean()), 3)}
-    return report
+    return _agreement_table(bins, _expert_bins(policy, rollouts), phases)
 
 
-def first_frame_keypoints(policy, images, instructions) -> np.ndarray:
-    """The image tower's keypoints [N, K, 2] (u right, v up, in [-1, 1]) for N observations."""
-    from rt2_jax import localization
+def image_tower_readouts(policy, images, instructions) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image tower's keypoints [N, K, 2] (u right, v up, in [-1, 1]) for N observations, and
+    the argmax bins [N, 8] of its auxiliary action readout (`model.vit.keypoint_action_head`;
+    None without one)."""
+    from rt2_jax import localization, train_state
 
     pixels, _ = policy.prepare_cameras(list(images), None)
     tokens, mask = policy.encode_prompts(list(instructions))
     _, sown = policy.model.apply({"params": policy.params}, pixels, tokens, mask, method="encode",
                                  mutable=["intermediates"])
-    return np.asarray(localization.keypoints(sown), np.float64)
+    kp = np.asarray(localization.keypoints(sown), np.float64)
+    bins = None
+    if policy.config.model.vit.get("keypoint_action_head", False):
+        bins = np.asarray(train_state.keypoint_action_logits(sown)).argmax(-1)
+    return kp, bins
+
+
+def tower_readouts(policy, rollouts: list[dict], batch_size: int):
+    """image_tower_readouts on every frame of `rollouts`, in batches."""
+    images = [im for r in rollouts for im in r["images"]]
+    instructions = [r["instruction"] for r in rollouts for _ in r["images"]]
+    parts = [image_tower_readouts(policy, images[s:s + batch_size],
+                                  instructions[s:s + batch_size])
+             for s in range(0, len(images), batch_size)]
+    kp = np.concatenate([p[0] for p in parts])
+    bins = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+    return kp, bins
+
+
+def keypoint_tracking(keypoints: np.ndarray, rollouts: list[dict]) -> dict:
+    """On every frame: keypoint 0's distance from the task's object, keypoint 1's from the second
+    named thing, and the gripper keypoint's from the gripper (image sides; median per phase).
+    The gripper keypoint is the one after keypoints 0 and 1 whose median distance from the
+    gripper over all frames is least: no loss names one, so this finds which keypoint, if any,
+    the policy learned to put on its own gripper (None with 2 keypoints or fewer). `keypoints`
+    [N, K, 2] are the frames' keypoints in rollout order."""
+    kp_xy = (keypoints + 1.0) / 2.0      # fixed camera: table coordinates * 2 - 1
+    phases = [p for r in rollouts for p in r["phases"]]
+    dists = {"keypoint_0": np.linalg.norm(
+        kp_xy[:, 0] - np.stack([o for r in rollouts for o in r["object_xys"]]), axis=-1)}
+    g = None
+    if keypoints.shape[1] > 2:
+        gripper = np.stack([x for r in rollouts for x in r["gripper_xys"]])
+        to_gripper = np.linalg.norm(kp_xy[:, 2:] - gripper[:, None], axis=-1)   # [N, K - 2]
+        best = int(np.argmin(np.median(to_gripper, axis=0)))
+        g = best + 2
+        dists["gripper"] = to_gripper[:, best]
+    seconds = [x for r in rollouts for x in r["second_xys"]]
+    if keypoints.shape[1] > 1 and all(x is not None for x in seconds):
+        dists["keypoint_1"] = np.linalg.norm(kp_xy[:, 1] - np.stack(seconds), axis=-1)
+    table = {}
+    for phase, rows in _phase_rows(phases).items():
+        table[phase] = {"frames": len(rows),
+                        **{name: round(float(np.median(d[rows])), 4) for name, d in dists.items()}}
+    return {"gripper_keypoint": g, "phases": table}
+
+
+def first_frame_keypoints(policy, images, instructions) -> np.ndarray:
+    """The image tower's keypoints [N, K, 2] (u right, v up, in [-1, 1]) for N observations."""
+    return image_tower_readouts(policy, images, instructions)[0]
 
 
 def keypoint_distances(policy, rollouts: list[dict]) -> dict | None:
@@ -162,35 +264,73 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
     grid = trained_world(policy, "grid", 0.0)
     quantum = trained_world(policy, "move_quantum", 0.0)
     camera = trained_world(policy, "camera", "fixed")
-    report = {"grid": grid, "move_quantum": quantum, "camera": camera, "concepts": concepts,
-              "episodes": episodes, "tasks": {}}
+    card_half = trained_world(policy, "card_half", world.CARD_HALF)
+    report = {"grid": grid, "move_quantum": quantum, "camera": camera, "card_half": card_half,
+              "concepts": concepts, "episodes": episodes, "tasks": {}}
     for kind in tasks:
         rollouts = expert_frames(kind, episodes=episodes, seed=seed, concepts=concepts,
-                                 grid=grid, move_quantum=quantum)
+                                 grid=grid, move_quantum=quantum, card_half=card_half)
         entry = {"expert_solved": round(float(np.mean([r["solved"] for r in rollouts])), 3),
                  "agreement": agreement(policy, rollouts, batch_size)}
-        if camera == "fixed":
-            entry["keypoints"] = keypoint_distances(policy, rollouts)
+        if kind == "place_on_card":   # a world property of the expert's frames
+            phases = [p for r in rollouts for p in r["phases"]]
+            visible = np.array([v for r in rollouts for v in r["card_visible"]])
+            entry["card_visible"] = {phase: round(float(visible[rows].mean()), 3)
+                                     for phase, rows in _phase_rows(phases).items()}
+        if int(policy.config.model.vit.get("keypoints", 0)) >= 1:
+            kp, aux_bins = tower_readouts(policy, rollouts, batch_size)
+            if camera == "fixed":
+                entry["keypoints"] = keypoint_distances(policy, rollouts)
+                entry["keypoint_tracking"] = keypoint_tracking(kp, rollouts)
+            if aux_bins is not None:
+                # The image tower's own action readout against the expert: what its keypoints
+                # and features hold, next to what the decoder makes of them.
+                entry["readout_agreement"] = _agreement_table(
+                    aux_bins, _expert_bins(policy, rollouts),
+                    [p for r in rollouts for p in r["phases"]])
         report["tasks"][kind] = entry
         log(f"{kind}: {sum(len(r['images']) for r in rollouts)} frames of {episodes} expert "
             f"rollouts scored")
     return report
 
 
+def _table(title: str, columns: list[str], rows: dict, fmt: str) -> list[str]:
+    lines = ["", title, "| phase | frames | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
+    for phase, row in rows.items():
+        lines.append(f"| {phase} | {row['frames']} | "
+                     + " | ".join(format(row[c], fmt) for c in columns) + " |")
+    return lines
+
+
 def format_report(report: dict) -> str:
     lines = [f"grid {report['grid']}, expert move quantum {report['move_quantum']}, "
              f"concepts {report['concepts']}, {report['episodes']} expert rollouts per task"]
     for kind, entry in report["tasks"].items():
-        lines += ["", f"{kind} (expert solves {entry['expert_solved']:.0%})",
-                  "| phase | frames | " + " | ".join([*DIMS, "all"]) + " |",
-                  "|---" * (len(DIMS) + 3) + "|"]
-        for phase, row in entry["agreement"].items():
-            lines.append(f"| {phase} | {row['frames']} | "
-                         + " | ".join(f"{row[d]:.2f}" for d in [*DIMS, "all"]) + " |")
+        lines += _table(f"{kind} (expert solves {entry['expert_solved']:.0%}): the decoded "
+                        "action's bins against the expert's", [*DIMS, "all"],
+                        entry["agreement"], ".2f")
+        if entry.get("readout_agreement"):
+            lines += _table("the image tower's own action readout (keypoint_action_head) "
+                            "against the expert", [*DIMS, "all"], entry["readout_agreement"],
+                            ".2f")
         for name, kp in (entry.get("keypoints") or {}).items():
             lines.append(f"{name}: median {kp['median']:.3f} image sides from its thing, "
                          f"{kp['within_tolerance']:.0%} within an object radius "
                          f"({kp['frames']} first frames)")
+        tracking = entry.get("keypoint_tracking")
+        if tracking:
+            columns = [c for c in ("keypoint_0", "keypoint_1", "gripper")
+                       if c in tracking["phases"]["all phases"]]
+            title = ("median distance on every frame (image sides): keypoint 0 from the object, "
+                     "keypoint 1 from the second named thing")
+            if tracking["gripper_keypoint"] is not None:
+                title += (f", keypoint {tracking['gripper_keypoint']} (of the others, the one "
+                          "nearest the gripper) from the gripper")
+            lines += _table(title, columns, tracking["phases"], ".3f")
+        if entry.get("card_visible"):
+            lines += ["", "share of the named card's pixels the frame shows: " + ", ".join(
+                f"{phase} {v:.2f}" for phase, v in entry["card_visible"].items())]
     return "\n".join(lines)
 
 
