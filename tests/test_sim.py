@@ -627,6 +627,50 @@ def test_pair_questions_point_at_the_object_then_the_card():
     assert asked >= 20 and asked_held > 0 and asked_seen > asked_held
 
 
+def test_cover_prob_puts_an_object_over_a_card_and_pair_questions_ask_that_pair_first():
+    """sample_vqa_scene(cover_prob=1): every scene with a card has an object over one, resting
+    under the open gripper or held by the closed gripper at a place's heights; it overlaps no
+    other object, hides part of the card in the rendered image, and the scene's first pair
+    question names it with its card. cover_prob=0 draws the scenes it always did."""
+    resting = held = 0
+    for seed in range(60):
+        plain = vqa.sample_vqa_scene(np.random.default_rng(seed), card_half=0.11)
+        same = vqa.sample_vqa_scene(np.random.default_rng(seed), card_half=0.11, cover_prob=0.0)
+        np.testing.assert_array_equal(plain.obj_xy, same.obj_xy)
+        np.testing.assert_array_equal(plain.ee, same.ee)
+        rng = np.random.default_rng(seed)
+        state = vqa.sample_vqa_scene(rng, card_half=0.11, cover_prob=1.0)
+        pairs = vqa.covering_pairs(state)
+        if not state.card_symbols:
+            assert pairs == [] and state.held == -1
+            continue
+        assert len(pairs) == 1
+        k, c = pairs[0]
+        np.testing.assert_allclose(state.ee[:2], state.obj_xy[k])
+        if state.held == k:
+            held += 1
+            assert state.gripper_closed and state.obj_z[k] == state.ee[2]
+            assert 0.06 <= state.ee[2] <= 0.3
+        else:
+            resting += 1
+            assert state.held == -1 and not state.gripper_closed and state.obj_z[k] == 0.0
+        gaps = np.linalg.norm(state.obj_xy[:, None] - state.obj_xy[None], axis=-1)
+        assert np.all(gaps[~np.eye(len(gaps), dtype=bool)] >= 2 * world.OBJECT_RADIUS)
+        # The card is partly hidden: some of its pixels differ from the bare table-and-cards.
+        size = render.IMAGE_SIZE
+        image, static = render.render(state, size), render.render_static(state, size)
+        cx, cy = render._to_px(state.card_xy[c], size)
+        half = int(0.11 * size) - 1
+        window = (slice(int(cy) - half, int(cy) + half), slice(int(cx) - half, int(cx) + half))
+        hidden = np.any(image[window] != static[window], axis=-1).mean()
+        assert 0.1 < hidden < 0.9, hidden
+        qas = vqa.locate_pair_questions(state, rng, 2)
+        assert qas[0].answers[0] == vqa.location_answer(state.obj_xy[k], state.card_xy[c])
+    assert resting >= 5 and held >= 5
+    with pytest.raises(ValueError, match="cover_prob"):
+        vqa.sample_vqa_scene(np.random.default_rng(0), cover_prob=1.5)
+
+
 def test_locate_questions_point_at_their_subject():
     rng = np.random.default_rng(0)
     held = world.DEFAULT_HELD_OUT

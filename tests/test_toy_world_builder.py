@@ -206,6 +206,12 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
     assert toy_world.GenerationParams.from_json(big.to_json()) == big
     with pytest.raises(ValueError, match="card_half"):
         toy_world.GenerationParams(card_half=0.3)
+    assert "card_cover_prob" not in toy_world.GenerationParams().to_json()
+    covered = toy_world.GenerationParams(card_cover_prob=0.3)
+    assert covered.cache_key() != toy_world.GenerationParams().cache_key()
+    assert toy_world.GenerationParams.from_json(covered.to_json()) == covered
+    with pytest.raises(ValueError, match="card_cover_prob"):
+        toy_world.GenerationParams(card_cover_prob=2.0)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):

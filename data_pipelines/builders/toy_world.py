@@ -94,6 +94,9 @@ class GenerationParams:
     grid: float = 0.0                # robot scenes: objects, cards, gripper start on multiples
     # Half a card's side, in robot and web scenes alike (world.check_card_half).
     card_half: float = world.CARD_HALF
+    # Share of web scenes with a card where an object rests on, or is held over, one of them
+    # (sim.vqa.sample_vqa_scene's cover_prob): cards partly hidden, as a place's last frames show.
+    card_cover_prob: float = 0.0
     # Which action a step records: "intended" (the plan's action before noise and pauses; the
     # noisy one is executed, so states stay diverse but labels are consistent, as in DART) or
     # "executed" (what moved the robot, noise and pauses included).
@@ -125,6 +128,8 @@ class GenerationParams:
             raise ValueError(f"camera must be one of {sim.CAMERAS}, got {self.camera!r}")
         world.check_grid(self.grid)
         world.check_card_half(self.card_half)
+        if not 0 <= self.card_cover_prob <= 1:
+            raise ValueError(f"card_cover_prob must be in [0, 1], got {self.card_cover_prob}")
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
         if isinstance(self.tasks, str):
@@ -147,6 +152,8 @@ class GenerationParams:
             del out["locate_pairs_per_scene"]
         if self.card_half == world.CARD_HALF:
             del out["card_half"]
+        if not self.card_cover_prob:
+            del out["card_cover_prob"]
         return out
 
     @classmethod
@@ -331,7 +338,8 @@ def caption_features() -> tfds.features.FeaturesDict:
 def scene(index: int, params: GenerationParams):
     """(state, png bytes, rng for its text) of VQA/caption scene `index`."""
     rng = np.random.default_rng(_derived_seed(params.seed, _SCENE_STREAM, index))
-    state = vqa.sample_vqa_scene(rng, params.held_out, card_half=params.card_half)
+    state = vqa.sample_vqa_scene(rng, params.held_out, card_half=params.card_half,
+                                 cover_prob=params.card_cover_prob)
     return state, _png(render.render(state)), rng
 
 
@@ -524,6 +532,8 @@ def main(argv: list[str] | None = None) -> None:
                              "of this (0 = anywhere)")
     parser.add_argument("--card_half", type=float, default=GenerationParams.card_half,
                         help="half a card's side, robot and web scenes (table units)")
+    parser.add_argument("--card_cover_prob", type=float, default=GenerationParams.card_cover_prob,
+                        help="share of web scenes with an object on or held over a card")
     parser.add_argument("--tasks", default="",
                         help=f"comma-separated task kinds of the robot episodes, cycled (some "
                              f"of {','.join(world.TASK_KINDS)}; empty = all, drawn per episode)")
@@ -548,6 +558,7 @@ def main(argv: list[str] | None = None) -> None:
                               terminate_repeats=args.terminate_repeats, camera=args.camera,
                               move_quantum=args.move_quantum, grid=args.grid,
                               card_half=args.card_half,
+                              card_cover_prob=args.card_cover_prob,
                               val_fraction=args.val_fraction, held_out=held_out,
                               tasks=names(args.tasks), pause_prob=args.pause_prob)
     for kind, path in generate(args.out, params).items():

@@ -29,16 +29,30 @@ class QA:
     question_type: str
 
 
+# Where a covered card's object sits (cover_prob): within this share of the place tolerance of
+# the card's centre, and at these heights when held over it (a place's release and carry
+# heights; resting, the open gripper hovers 0.06-0.2 above it, as after a release).
+_COVER_SPREAD = 0.5
+_COVER_HELD_Z = (0.06, 0.3)
+_COVER_HOVER_Z = (0.06, 0.2)
+
+
 def sample_vqa_scene(rng: np.random.Generator, held_out: world.HeldOut = world.DEFAULT_HELD_OUT,
-                     held_out_prob: float = 0.5,
-                     card_half: float = world.CARD_HALF) -> world.WorldState:
+                     held_out_prob: float = 0.5, card_half: float = world.CARD_HALF,
+                     cover_prob: float = 0.0) -> world.WorldState:
     """A static scene from the whole world, gripper out of the way; cards of half side
     `card_half` (the robot scenes' size, so web data shows the cards robot episodes do).
 
     With probability `held_out_prob` it shows a held-out object, and with half that probability
     it is on a held-out background (besides the backgrounds' uniform share), so the VQA and
-    caption data name those concepts often.
+    caption data name those concepts often. With probability `cover_prob` a scene with a card
+    has an object over one of its cards: resting on it with the open gripper above (as a place
+    leaves it), or held over it by the closed gripper (as a place carries and lowers it). The
+    card is then partly hidden, as it is in those frames of a robot episode; objects otherwise
+    never touch a card. `cover_prob` = 0 makes no extra random draw (scenes as before).
     """
+    if not 0 <= cover_prob <= 1:
+        raise ValueError(f"cover_prob must be in [0, 1], got {cover_prob}")
     num_objects = int(rng.integers(2, 7))
     chosen: list[str] = []
     if held_out.objects and rng.random() < held_out_prob:
@@ -56,7 +70,36 @@ def sample_vqa_scene(rng: np.random.Generator, held_out: world.HeldOut = world.D
         background = _pick(rng, vocabulary.BACKGROUNDS)
     state = world.build_scene(rng, chosen, symbols, background, card_half=card_half)
     state.ee = np.array([*_free_spot(rng, state), rng.uniform(0.15, world.Z_MAX)])
+    if cover_prob > 0 and symbols and rng.random() < cover_prob:
+        _cover_a_card(state, rng)
     return state
+
+
+def _cover_a_card(state: world.WorldState, rng: np.random.Generator) -> None:
+    """Moves a random object over a random card of `state` (see sample_vqa_scene). Other objects
+    keep their distance from every card (world._layout), so the moved one overlaps none."""
+    k = int(rng.integers(len(state.obj_xy)))
+    c = int(rng.integers(len(state.card_xy)))
+    reach = _COVER_SPREAD * (state.card_half - world.ON_CARD_MARGIN)
+    xy = state.card_xy[c] + rng.uniform(-reach, reach, size=2)
+    state.obj_xy[k] = xy
+    if rng.random() < 0.5:      # resting on the card, the open gripper above it
+        state.obj_z[k] = 0.0
+        state.ee = np.array([*xy, rng.uniform(*_COVER_HOVER_Z)])
+        state.gripper_closed, state.held = False, -1
+    else:                       # held over the card
+        z = rng.uniform(*_COVER_HELD_Z)
+        state.obj_z[k] = z
+        state.ee = np.array([*xy, z])
+        state.gripper_closed, state.held = True, k
+
+
+def covering_pairs(state: world.WorldState) -> list[tuple[int, int]]:
+    """(object, card) index pairs of `state` whose object's centre is over the card (within its
+    place tolerance per axis, at any height)."""
+    tolerance = state.card_half - world.ON_CARD_MARGIN
+    return [(k, c) for k in range(len(state.obj_xy)) for c in range(len(state.card_xy))
+            if bool(np.all(np.abs(state.obj_xy[k] - state.card_xy[c]) <= tolerance))]
 
 
 def _free_spot(rng: np.random.Generator, state: world.WorldState) -> np.ndarray:
@@ -295,11 +338,15 @@ def locate_pair_questions(state: world.WorldState, rng: np.random.Generator,
     the one-point questions ask them, they crowded out the seen cards that place episodes
     name (a keypoint trained that way found held-out symbol cards and missed seen ones). None
     when the scene has no card (and no random draw at all for n = 0, so data made without
-    these questions is unchanged)."""
+    these questions is unchanged). A pair whose object is over its card is asked first."""
     if n <= 0 or not state.card_symbols:
         return []
     pairs = [(k, c) for k in range(len(state.names)) for c in range(len(state.card_symbols))]
-    order = rng.permutation(len(pairs))
+    order = list(rng.permutation(len(pairs)))
+    # An object over a card (cover_prob scenes) is asked with that card first: the pair a place
+    # names in its last frames, when the object hides the card.
+    covering = set(covering_pairs(state))
+    order.sort(key=lambda i: pairs[i] not in covering)   # stable
     out = []
     for i in order[:n]:
         k, c = pairs[i]
