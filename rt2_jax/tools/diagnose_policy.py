@@ -161,33 +161,55 @@ def agreement(policy, rollouts: list[dict], batch_size: int) -> dict:
     return _agreement_table(bins, _expert_bins(policy, rollouts), phases)
 
 
+def _readout_fn(policy):
+    """The image tower's readouts as one jitted function of (params, pixels, tokens, mask), made
+    once per policy (an unjitted apply dispatches every op and is many times slower)."""
+    fn = getattr(policy, "_diagnose_readouts", None)
+    if fn is None:
+        import jax
+
+        from rt2_jax import localization, train_state
+
+        aux = bool(policy.config.model.vit.get("keypoint_action_head", False))
+
+        def readouts(params, pixels, tokens, mask):
+            _, sown = policy.model.apply({"params": params}, pixels, tokens, mask,
+                                         method="encode", mutable=["intermediates"])
+            logits = train_state.keypoint_action_logits(sown) if aux else None
+            return localization.keypoints(sown), logits
+
+        fn = jax.jit(readouts)
+        policy._diagnose_readouts = fn
+    return fn
+
+
 def image_tower_readouts(policy, images, instructions) -> tuple[np.ndarray, np.ndarray | None]:
     """The image tower's keypoints [N, K, 2] (u right, v up, in [-1, 1]) for N observations, and
     the argmax bins [N, 8] of its auxiliary action readout (`model.vit.keypoint_action_head`;
     None without one)."""
-    from rt2_jax import localization, train_state
-
     pixels, _ = policy.prepare_cameras(list(images), None)
     tokens, mask = policy.encode_prompts(list(instructions))
-    _, sown = policy.model.apply({"params": policy.params}, pixels, tokens, mask, method="encode",
-                                 mutable=["intermediates"])
-    kp = np.asarray(localization.keypoints(sown), np.float64)
-    bins = None
-    if policy.config.model.vit.get("keypoint_action_head", False):
-        bins = np.asarray(train_state.keypoint_action_logits(sown)).argmax(-1)
-    return kp, bins
+    kp, logits = _readout_fn(policy)(policy.params, pixels, tokens, mask)
+    bins = None if logits is None else np.asarray(logits).argmax(-1)
+    return np.asarray(kp, np.float64), bins
 
 
 def tower_readouts(policy, rollouts: list[dict], batch_size: int):
-    """image_tower_readouts on every frame of `rollouts`, in batches."""
+    """image_tower_readouts on every frame of `rollouts`, in batches of `batch_size` (the last
+    padded with copies of its last frame, so one compiled shape serves them all)."""
     images = [im for r in rollouts for im in r["images"]]
     instructions = [r["instruction"] for r in rollouts for _ in r["images"]]
-    parts = [image_tower_readouts(policy, images[s:s + batch_size],
-                                  instructions[s:s + batch_size])
-             for s in range(0, len(images), batch_size)]
-    kp = np.concatenate([p[0] for p in parts])
-    bins = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
-    return kp, bins
+    kps, bins = [], []
+    for s in range(0, len(images), batch_size):
+        chunk_images = images[s:s + batch_size]
+        chunk_text = instructions[s:s + batch_size]
+        n = len(chunk_images)
+        pad = batch_size - n if len(images) > batch_size else 0
+        kp, b = image_tower_readouts(policy, chunk_images + [chunk_images[-1]] * pad,
+                                     chunk_text + [chunk_text[-1]] * pad)
+        kps.append(kp[:n])
+        bins.append(None if b is None else b[:n])
+    return np.concatenate(kps), None if bins[0] is None else np.concatenate(bins)
 
 
 def keypoint_tracking(keypoints: np.ndarray, rollouts: list[dict]) -> dict:
