@@ -245,14 +245,18 @@ def first_frame_keypoints(policy, images, instructions) -> np.ndarray:
     return image_tower_readouts(policy, images, instructions)[0]
 
 
-def keypoint_distances(policy, rollouts: list[dict]) -> dict | None:
+def keypoint_distances(policy, rollouts: list[dict],
+                       first_keypoints: np.ndarray | None = None) -> dict | None:
     """Keypoint 0 from the task's object and keypoint 1 from the second named thing, on each
     rollout's first frame (image sides): median, and share within POINT_TOLERANCE. None when
-    the image tower has no keypoints."""
+    the image tower has no keypoints. `first_keypoints` [R, K, 2]: the rollouts' first-frame
+    keypoints when already computed (else read from the policy)."""
     if int(policy.config.model.vit.get("keypoints", 0)) < 1:
         return None
-    kp = first_frame_keypoints(policy, [r["images"][0] for r in rollouts],
-                               [r["instruction"] for r in rollouts])
+    kp = first_keypoints
+    if kp is None:
+        kp = first_frame_keypoints(policy, [r["images"][0] for r in rollouts],
+                                   [r["instruction"] for r in rollouts])
     # Keypoints are in [-1, 1], u right and v up: the fixed camera's table coordinates * 2 - 1.
     kp_xy = (kp + 1.0) / 2.0
     out = {}
@@ -294,22 +298,23 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
                                  grid=grid, move_quantum=quantum, card_half=card_half)
         entry = {"expert_solved": round(float(np.mean([r["solved"] for r in rollouts])), 3),
                  "agreement": agreement(policy, rollouts, batch_size)}
+        phases = [p for r in rollouts for p in r["phases"]]
         if kind == "place_on_card":   # a world property of the expert's frames
-            phases = [p for r in rollouts for p in r["phases"]]
             visible = np.array([v for r in rollouts for v in r["card_visible"]])
             entry["card_visible"] = {phase: round(float(visible[rows].mean()), 3)
                                      for phase, rows in _phase_rows(phases).items()}
         if int(policy.config.model.vit.get("keypoints", 0)) >= 1:
             kp, aux_bins = tower_readouts(policy, rollouts, batch_size)
             if camera == "fixed":
-                entry["keypoints"] = keypoint_distances(policy, rollouts)
+                # Each rollout's first frame is among the frames just read.
+                first = np.cumsum([0] + [len(r["images"]) for r in rollouts[:-1]])
+                entry["keypoints"] = keypoint_distances(policy, rollouts, kp[first])
                 entry["keypoint_tracking"] = keypoint_tracking(kp, rollouts)
             if aux_bins is not None:
                 # The image tower's own action readout against the expert: what its keypoints
                 # and features hold, next to what the decoder makes of them.
                 entry["readout_agreement"] = _agreement_table(
-                    aux_bins, _expert_bins(policy, rollouts),
-                    [p for r in rollouts for p in r["phases"]])
+                    aux_bins, _expert_bins(policy, rollouts), phases)
         report["tasks"][kind] = entry
         log(f"{kind}: {sum(len(r['images']) for r in rollouts)} frames of {episodes} expert "
             f"rollouts scored")
