@@ -205,21 +205,20 @@ def test_imitation_probe_evaluates_once_per_sampling_temperature(tmp_path):
               batch_size=4, log_every=2, eval_every=2, eval_episodes=2, max_episode_steps=3,
               camera="fixed", image_size=0, move_quantum=0.1, noise_std=0.0, objects=["1", "1"],
               seed=0, emit=lambda record: None, grid=0.1)
+    # With --eval_terminate_thresholds too: one closed-loop report per temperature and stopping
+    # rule, all from one model.
     last = imitation_probe.run(tiny.get_config(), eval_temperatures=(0.0, 1.0),
-                               perturb_prob=0.2, **kw)
-    assert {"decoded_acc", "temperature_0", "temperature_1"} <= set(last)
+                               eval_terminate_thresholds=(0.5, 0.01), perturb_prob=0.2, **kw)
+    keys = {f"temperature_{t}_terminate_threshold_{th}" for t in ("0", "1")
+            for th in ("0.5", "0.01")}
+    assert {"decoded_acc", *keys} <= set(last)
     assert "success" not in last
-    for key in ("temperature_0", "temperature_1"):
+    for key in keys:
         assert set(last[key]) == {"success", "solved_any_step", "closed_loop_agreement"}
         assert 0 <= last[key]["success"]["pick"] <= 1
         assert 2 <= sum(p["steps"] for p in last[key]["closed_loop_agreement"].values()) <= 6
     with pytest.raises(ValueError, match="eval_temperatures"):
         imitation_probe.run(tiny.get_config(), eval_temperatures=(-1.0,), **kw)
-    # --eval_terminate_thresholds: one closed-loop report per stopping rule, from one model.
-    last = imitation_probe.run(tiny.get_config(), eval_terminate_thresholds=(0.5, 0.01), **kw)
-    assert {"terminate_threshold_0.5", "terminate_threshold_0.01"} <= set(last)
-    for key in ("terminate_threshold_0.5", "terminate_threshold_0.01"):
-        assert 0 <= last[key]["success"]["pick"] <= 1
     with pytest.raises(ValueError, match="eval_terminate_thresholds"):
         imitation_probe.run(tiny.get_config(), eval_terminate_thresholds=(1.0,), **kw)
     # A saved pixel policy's keypoint head starts the image tower's (shapes checked on load;

@@ -475,6 +475,38 @@ def test_pick_says_done_at_the_ceiling_where_lifting_more_changes_nothing():
         assert env.unwrapped.state.ee[2] == pytest.approx(world.Z_MAX)
 
 
+def test_retreat_z_ends_a_place_at_the_ceiling_the_default_where_it_always_did():
+    # retreat_z=Z_MAX: after the release the open gripper rises to the top, and that "done"
+    # frame is the only one in the episode with an open gripper above the start height (every
+    # approach to an object shows an open gripper at the hover height, as the default's last
+    # frame does). Success and everything before the release are unchanged.
+    for quantum in (0.0, 0.1):
+        for seed in range(4):
+            env = sim.TabletopEnv(grid=0.1 if quantum else 0.0)
+            high = sim.rollout(env, sim.ScriptedExpert(env, move_quantum=quantum,
+                                                       retreat_z=world.Z_MAX),
+                               seed=seed, task="place_on_card")
+            low = sim.rollout(env, sim.ScriptedExpert(env, move_quantum=quantum),
+                              seed=seed, task="place_on_card")
+            assert high.success and high.terminated and high.actions[-1, 0] == 1.0
+            assert low.success and low.terminated and low.actions[-1, 0] == 1.0
+            assert high.ee[-1, 2] == pytest.approx(world.Z_MAX, abs=1e-6)
+            assert low.ee[-1, 2] == pytest.approx(sim.expert.HOVER_Z, abs=0.02)
+            opened = high.actions[:, 7] < 0.5
+            assert np.flatnonzero(opened & (high.ee[:, 2] > world.START_Z + 1e-6)).max() == \
+                len(high.ee) - 1
+            assert np.sum(opened & (high.ee[:, 2] >= world.Z_MAX - 1e-6)) == 1
+            # The two agree up to the retreat: same frames, same actions.
+            grasp = int(np.flatnonzero(low.actions[:, 7] > 0.5).min())
+            release = grasp + int(np.flatnonzero(low.actions[grasp:, 7] < 0.5).min())
+            np.testing.assert_array_equal(low.images[:release + 1], high.images[:release + 1])
+            np.testing.assert_array_equal(low.actions[:release + 1], high.actions[:release + 1])
+    with pytest.raises(ValueError, match="retreat_z must be in"):
+        sim.ScriptedExpert(sim.TabletopEnv(), retreat_z=world.Z_MAX + 0.1)
+    with pytest.raises(ValueError, match="retreat_z must be in"):
+        sim.ScriptedExpert(sim.TabletopEnv(), retreat_z=0.05)
+
+
 def test_slips_and_terminate_holds_keep_labels_right_and_the_expert_successful():
     env = sim.TabletopEnv()
     expert = sim.ScriptedExpert(env, noise_std=0.01, pause_prob=0.05, gripper_flip_prob=0.05,

@@ -212,6 +212,13 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
     assert toy_world.GenerationParams.from_json(covered.to_json()) == covered
     with pytest.raises(ValueError, match="card_cover_prob"):
         toy_world.GenerationParams(card_cover_prob=2.0)
+    assert "retreat_z" not in toy_world.GenerationParams().to_json()
+    high = toy_world.GenerationParams(retreat_z=0.4)
+    assert high.cache_key() != toy_world.GenerationParams().cache_key()
+    assert toy_world.GenerationParams.from_json(high.to_json()) == high
+    assert toy_world.make_expert(sim.TabletopEnv(), high).retreat_z == 0.4
+    with pytest.raises(ValueError, match="retreat_z"):
+        toy_world.GenerationParams(retreat_z=0.5)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):
