@@ -139,6 +139,7 @@ def get_data_config(*, sources=None, global_batch_size=16, eval_batch_size=None,
             card_half=0.07,                      # half a card's side (sim.world.check_card_half)
             card_cover_prob=0.0,                 # web scenes with an object over a card
             retreat_z=0.1,                       # expert's height after a release (place)
+            release_z=0.06,                      # ... and where it releases (up to 0.3)
             tasks=(),                            # robot task kinds, cycled (() = all, drawn)
             pause_prob=0.05,                     # expert pauses per step (executed, not labelled)
             camera="fixed")),                    # robot camera: fixed | gripper (moves with it)

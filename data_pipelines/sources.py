@@ -42,7 +42,8 @@ def _resolve_toy_world(data, sources):
     extra = {k: toy[k] for k in ("locate_per_scene", "locate_pairs_per_scene", "labels",
                                  "noise_std", "gripper_flip_prob", "terminate_repeats",
                                  "camera", "move_quantum", "grid", "tasks", "pause_prob",
-                                 "card_half", "card_cover_prob", "retreat_z")
+                                 "card_half", "card_cover_prob", "retreat_z",
+                                 "release_z")
              if k in toy}
     return toy_world.ensure_toy_world(toy.cache_dir or None, episodes=toy.episodes,
                                       vqa_scenes=toy.vqa_scenes, seed=toy.seed, **extra)

@@ -336,6 +336,45 @@ def test_reference_policies_through_the_same_loop(name):
         else:
             assert rate <= 0.08, (category, rate)
     assert result["vqa_accuracy"] is None   # neither policy answers questions
+    seen = result["categories"]["seen"]
+    if name == "expert":   # grasps what it is told to; push shoves with a closed, empty gripper
+        for kind, row in seen["per_task"].items():
+            grasps = kind != "push"
+            assert row["grasped_named_rate"] == float(grasps), kind
+            assert row["done_before_grasp_rate"] == float(not grasps), kind
+            assert row["grasped_other_rate"] == 0.0, kind
+    else:
+        assert seen["grasped_named_rate"] <= 0.2
+
+
+def test_evaluator_says_which_object_was_grasped_first():
+    """first_grasp: 'other' when the policy picks up an object the instruction does not name;
+    done_before_grasp counts a "done" said before any grasp."""
+
+    class PicksTheWrongOne(eval_sim.ExpertPolicy):
+        def reset_episode(self, env, seed):
+            super().reset_episode(env, seed)
+            state, task = env.unwrapped.state, env.unwrapped.task
+            other = next(n for n in state.names if n != task.obj)
+            self._experts[id(env)]._plan = sim.expert.plan_for(state, world.Task("pick", other))
+
+    result = eval_sim.evaluate(PicksTheWrongOne(), episodes=4, batch_size=2, log=None,
+                               tasks=("pick",))
+    assert [r["first_grasp"] for r in result["episodes"]] == ["other"] * 4
+    assert result["grasped_other_rate"] == 1.0 and result["grasped_named_rate"] == 0.0
+    # (The expert then sees its plan end unsolved, drops that one and picks the named one.)
+    assert result["done_before_grasp_rate"] == 0.0
+
+    class SaysDone(eval_sim.RandomPolicy):
+        def act_batch(self, images, instructions):
+            actions = super().act_batch(images, instructions)
+            actions[:, 0] = 1.0
+            return actions
+
+    stopped = eval_sim.evaluate(SaysDone(seed=0), episodes=3, batch_size=3, log=None)
+    assert stopped["done_before_grasp_rate"] == 1.0 and stopped["mean_episode_length"] == 1.0
+    assert "grasped named" in eval_sim.format_summary(
+        {"categories": {"seen": stopped}, "success": {"seen": 0.0}})
 
 
 def test_heldout_vqa_is_scored_by_type():

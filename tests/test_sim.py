@@ -507,6 +507,30 @@ def test_retreat_z_ends_a_place_at_the_ceiling_the_default_where_it_always_did()
         sim.ScriptedExpert(sim.TabletopEnv(), retreat_z=0.05)
 
 
+def test_release_z_drops_the_object_where_it_was_carried():
+    # release_z=CARRY_Z: no lowering; the gripper opens over the card at the carry height, the
+    # object falls onto the card (a success as before), and from then on the open gripper is
+    # higher than it ever is before the grasp. Move near releases there too.
+    for task in ("place_on_card", "move_near"):
+        for seed in range(4):
+            env = sim.TabletopEnv(grid=0.1)
+            expert = sim.ScriptedExpert(env, move_quantum=0.1, release_z=sim.expert.CARRY_Z,
+                                        retreat_z=world.Z_MAX)
+            ep = sim.rollout(env, expert, seed=seed, task=task)
+            assert ep.success and ep.terminated, (task, seed)
+            grasp = int(np.flatnonzero(ep.actions[:, 7] > 0.5).min())
+            release = grasp + int(np.flatnonzero(ep.actions[grasp:, 7] < 0.5).min())
+            assert ep.ee[release, 2] == pytest.approx(sim.expert.CARRY_Z, abs=1e-6)
+            assert ep.actions[release, 3] == 0.0   # opens without moving down
+            assert ep.ee[release + 1:, 2].min() > ep.ee[:grasp, 2].max() + 0.05
+            i = env.unwrapped.state.index_of(ep.task.obj)
+            assert env.unwrapped.state.obj_z[i] == 0.0   # it fell onto the table
+    with pytest.raises(ValueError, match="release_z must be in"):
+        sim.ScriptedExpert(sim.TabletopEnv(), release_z=0.35)
+    with pytest.raises(ValueError, match="retreat_z must be in"):   # would go down again
+        sim.ScriptedExpert(sim.TabletopEnv(), release_z=0.3, retreat_z=0.2)
+
+
 def test_slips_and_terminate_holds_keep_labels_right_and_the_expert_successful():
     env = sim.TabletopEnv()
     expert = sim.ScriptedExpert(env, noise_std=0.01, pause_prob=0.05, gripper_flip_prob=0.05,

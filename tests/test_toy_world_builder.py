@@ -219,6 +219,13 @@ def test_default_cache_dir_and_bad_inputs(tmp_path, monkeypatch):
     assert toy_world.make_expert(sim.TabletopEnv(), high).retreat_z == 0.4
     with pytest.raises(ValueError, match="retreat_z"):
         toy_world.GenerationParams(retreat_z=0.5)
+    assert "release_z" not in toy_world.GenerationParams().to_json()
+    dropped = toy_world.GenerationParams(release_z=0.3, retreat_z=0.4)
+    assert dropped.cache_key() not in (high.cache_key(), toy_world.GenerationParams().cache_key())
+    assert toy_world.GenerationParams.from_json(dropped.to_json()) == dropped
+    assert toy_world.make_expert(sim.TabletopEnv(), dropped).release_z == 0.3
+    with pytest.raises(ValueError, match="retreat_z"):   # the default retreat is below 0.3
+        toy_world.GenerationParams(release_z=0.3)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="occupied"):

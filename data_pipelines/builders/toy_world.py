@@ -100,6 +100,9 @@ class GenerationParams:
     # Height the expert's open gripper rises to after releasing an object (place, move near)
     # before "done" (sim.expert.RETREAT_Z; world.Z_MAX makes that last frame unlike any approach).
     retreat_z: float = sim.expert.RETREAT_Z
+    # Height at which the expert opens the gripper over the goal (sim.expert.RELEASE_Z: lowered
+    # first; up to CARRY_Z: released where it was carried).
+    release_z: float = sim.expert.RELEASE_Z
     # Which action a step records: "intended" (the plan's action before noise and pauses; the
     # noisy one is executed, so states stay diverse but labels are consistent, as in DART) or
     # "executed" (what moved the robot, noise and pauses included).
@@ -133,7 +136,7 @@ class GenerationParams:
         world.check_card_half(self.card_half)
         if not 0 <= self.card_cover_prob <= 1:
             raise ValueError(f"card_cover_prob must be in [0, 1], got {self.card_cover_prob}")
-        sim.expert.check_retreat_z(self.retreat_z)
+        sim.expert.check_retreat_z(self.retreat_z, sim.expert.check_release_z(self.release_z))
         if self.labels not in LABEL_KINDS:
             raise ValueError(f"labels must be one of {LABEL_KINDS}, got {self.labels!r}")
         if isinstance(self.tasks, str):
@@ -160,6 +163,8 @@ class GenerationParams:
             del out["card_cover_prob"]
         if self.retreat_z == sim.expert.RETREAT_Z:
             del out["retreat_z"]
+        if self.release_z == sim.expert.RELEASE_Z:
+            del out["release_z"]
         return out
 
     @classmethod
@@ -236,7 +241,8 @@ def make_expert(env: sim.TabletopEnv, params: GenerationParams) -> sim.ScriptedE
     return sim.ScriptedExpert(env, noise_std=params.noise_std, pause_prob=params.pause_prob,
                               gripper_flip_prob=params.gripper_flip_prob,
                               terminate_repeats=params.terminate_repeats,
-                              move_quantum=params.move_quantum, retreat_z=params.retreat_z)
+                              move_quantum=params.move_quantum, retreat_z=params.retreat_z,
+                              release_z=params.release_z)
 
 
 def expert_episode(index: int, params: GenerationParams, env: sim.TabletopEnv,
@@ -543,6 +549,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retreat_z", type=float, default=GenerationParams.retreat_z,
                         help="height the expert's open gripper rises to after releasing an "
                              "object (place, move near) before 'done'")
+    parser.add_argument("--release_z", type=float, default=GenerationParams.release_z,
+                        help="height at which the expert opens the gripper over the goal (place, "
+                             "move near)")
     parser.add_argument("--tasks", default="",
                         help=f"comma-separated task kinds of the robot episodes, cycled (some "
                              f"of {','.join(world.TASK_KINDS)}; empty = all, drawn per episode)")
@@ -568,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
                               move_quantum=args.move_quantum, grid=args.grid,
                               card_half=args.card_half,
                               card_cover_prob=args.card_cover_prob,
-                              retreat_z=args.retreat_z,
+                              retreat_z=args.retreat_z, release_z=args.release_z,
                               val_fraction=args.val_fraction, held_out=held_out,
                               tasks=names(args.tasks), pause_prob=args.pause_prob)
     for kind, path in generate(args.out, params).items():

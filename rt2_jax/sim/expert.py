@@ -33,14 +33,19 @@ CARRY_Z = 0.3
 # stays on the very frame the expert terminated on. Every "done" between LIFT_Z and the top is
 # a success, so saying it one or two grid steps early costs nothing.
 PICK_Z = world.Z_MAX
+# Where the expert opens the gripper over the goal (place, move near) by default; opening drops
+# the held object onto the table below from any height (world.apply_action). Lowered first, the
+# frame after the release (an open gripper just above an object resting on the table) is what the
+# frame before every grasp shows too: only whether the object lies on the named card tells "go
+# up" from "go down". A `release_z` up to CARRY_Z releases it where it was carried, so after the
+# release the open gripper is higher than any approach brings it.
 RELEASE_Z = 0.06         # above PUSH_Z: releasing never shoves neighbours
-# Where the open gripper goes after releasing an object (place, move near) before the episode
-# ends. HOVER_Z (default) makes the last frame an open gripper just above an object resting on
-# the table, which is also what every approach to an object looks like: a policy that cannot
-# tell "on the card" from "beside it" then says "done" before it has picked anything up. The
-# top of the workspace (world.Z_MAX) gives a place the last frame a pick has, the gripper at the
-# ceiling, which no other phase shows with an open gripper, and the same fixed point: a policy
-# that misses the "done" frame keeps rising, and at the ceiling it stays on that frame.
+# Where the open gripper goes after the release before the episode ends. HOVER_Z (default) makes
+# the last frame again an open gripper just above an object resting on the table, what every
+# approach looks like: a policy that cannot tell "on the card" from "beside it" then says "done"
+# before it has picked anything up. The top of the workspace (world.Z_MAX) gives a place the last
+# frame a pick has, the gripper at the ceiling, which no other phase shows with an open gripper,
+# and the same fixed point: a policy that misses the "done" frame keeps rising and stays on it.
 RETREAT_Z = HOVER_Z
 NEAR_GOAL = 0.12         # where move_near drops the object, from the target's centre
 TOLERANCE = 0.01
@@ -95,21 +100,31 @@ def _grasp_phases(i: int, lift_z: float, slack: float = 0.0) -> list[Phase]:
     ]
 
 
-def check_retreat_z(retreat_z: float) -> float:
-    """`retreat_z` as a float if the expert can retreat there; else a ValueError naming it."""
-    if not HOVER_Z <= retreat_z <= world.Z_MAX:
-        raise ValueError(f"retreat_z must be in [{HOVER_Z}, {world.Z_MAX}] (the hover height up "
-                         f"to the top of the workspace), got {retreat_z}")
+def check_retreat_z(retreat_z: float, release_z: float = RELEASE_Z) -> float:
+    """`retreat_z` as a float if the expert can retreat there after releasing at `release_z`;
+    else a ValueError naming it."""
+    if not max(HOVER_Z, release_z) <= retreat_z <= world.Z_MAX:
+        raise ValueError(f"retreat_z must be in [{max(HOVER_Z, release_z)}, {world.Z_MAX}] (from "
+                         f"the hover height or the release height {release_z}, whichever is "
+                         f"higher, up to the top of the workspace), got {retreat_z}")
     return float(retreat_z)
 
 
-def _drop_phases(goal_xy: np.ndarray, slack: float = 0.0,
-                 retreat_z: float = RETREAT_Z) -> list[Phase]:
+def check_release_z(release_z: float) -> float:
+    """`release_z` as a float if the expert can release there; else a ValueError naming it."""
+    if not RELEASE_Z <= release_z <= CARRY_Z:
+        raise ValueError(f"release_z must be in [{RELEASE_Z}, {CARRY_Z}] (just above the table "
+                         f"up to the carry height), got {release_z}")
+    return float(release_z)
+
+
+def _drop_phases(goal_xy: np.ndarray, slack: float = 0.0, retreat_z: float = RETREAT_Z,
+                 release_z: float = RELEASE_Z) -> list[Phase]:
     goal = lambda s: goal_xy
     tol, align = max(TOLERANCE, slack), max(ALIGN_TOLERANCE, slack)
     return [
         Phase("carry", _at(goal, CARRY_Z), 1.0, tolerance=align),
-        Phase("lower", _at(goal, RELEASE_Z), 1.0, tolerance=tol),
+        Phase("lower", _at(goal, release_z), 1.0, tolerance=tol),
         Phase("release", _here, 0.0, done=lambda s: not s.gripper_closed),
         Phase("retreat", lambda s: np.array([*s.ee[:2], retreat_z]), 0.0, tolerance=tol),
     ]
@@ -162,10 +177,10 @@ def _push_phases(s: State, i: int, direction: str, slack: float = 0.0) -> list[P
 
 
 def plan_for(state: State, task: world.Task, slack: float = 0.0,
-             retreat_z: float = RETREAT_Z) -> list[Phase]:
+             retreat_z: float = RETREAT_Z, release_z: float = RELEASE_Z) -> list[Phase]:
     """The phases that solve `task` from `state`; a phase's target counts as reached within
-    max(its tolerance, `slack`) per axis. After releasing an object (place, move near) the
-    gripper retreats to `retreat_z`."""
+    max(its tolerance, `slack`) per axis. Place and move near release the object at
+    `release_z` and then retreat to `retreat_z`."""
     i = state.index_of(task.obj)
     if task.kind == "pick":
         return _grasp_phases(i, PICK_Z, slack)
@@ -175,7 +190,7 @@ def plan_for(state: State, task: world.Task, slack: float = 0.0,
         goal = _near_goal(state, i, state.index_of(task.target))
     else:
         goal = state.card_xy[state.card_index(task.symbol)].copy()
-    return _grasp_phases(i, CARRY_Z, slack) + _drop_phases(goal, slack, retreat_z)
+    return _grasp_phases(i, CARRY_Z, slack) + _drop_phases(goal, slack, retreat_z, release_z)
 
 
 class ScriptedExpert:
@@ -196,7 +211,10 @@ class ScriptedExpert:
         moving dim takes a handful of values (0, +-q, +-2q, ...) instead of a continuum; at most
         MAX_MOVE_QUANTUM so every phase still reaches its target. 0 (default): exact.
       retreat_z: the height the open gripper rises to after releasing an object (place, move
-        near) before "done"; in [HOVER_Z, world.Z_MAX] (see RETREAT_Z). Success is unaffected.
+        near) before "done"; in [max(HOVER_Z, release_z), world.Z_MAX] (see RETREAT_Z).
+      release_z: the height at which it opens the gripper over the goal (place, move near); in
+        [RELEASE_Z, CARRY_Z] (see RELEASE_Z's comment). Both change the last phases' frames and
+        labels, not what counts as success.
       perturb_prob: chance per step and motion dim (dx, dy, dz) that the executed motion is off
         by one move quantum, either way; the label (`intended_action`) is kept. DART-style data:
         states a learned policy drifts into (too low, beside the object), each labelled with
@@ -211,8 +229,10 @@ class ScriptedExpert:
     def __init__(self, env: TabletopEnv, noise_std: float = 0.0, pause_prob: float = 0.0,
                  seed: int | None = None, *, gripper_flip_prob: float = 0.0,
                  terminate_repeats: int = 0, move_quantum: float = 0.0,
-                 perturb_prob: float = 0.0, retreat_z: float = RETREAT_Z):
-        self.retreat_z = check_retreat_z(retreat_z)
+                 perturb_prob: float = 0.0, retreat_z: float = RETREAT_Z,
+                 release_z: float = RELEASE_Z):
+        self.release_z = check_release_z(release_z)
+        self.retreat_z = check_retreat_z(retreat_z, self.release_z)
         if not 0 <= move_quantum <= MAX_MOVE_QUANTUM:
             raise ValueError(f"move_quantum must be in [0, {MAX_MOVE_QUANTUM}] so every phase "
                              f"reaches its target, got {move_quantum}")
@@ -248,7 +268,8 @@ class ScriptedExpert:
         env = self.env.unwrapped
         if env.state is None:
             raise RuntimeError("reset the environment before the expert")
-        self._plan = plan_for(env.state, env.task, self.move_quantum / 2, self.retreat_z)
+        self._plan = plan_for(env.state, env.task, self.move_quantum / 2, self.retreat_z,
+                              self.release_z)
         self._phase = 0
         self.attempts = 1
         self._holds = 0
@@ -281,7 +302,7 @@ class ScriptedExpert:
                 return self.intended_action.copy()
             self.attempts += 1
             self._plan, self._phase = plan_for(state, task, self.move_quantum / 2,
-                                                  self.retreat_z), 0
+                                                  self.retreat_z, self.release_z), 0
             return self.act()
         delta = phase.target(state) - state.ee
         if self.move_quantum:

@@ -88,11 +88,13 @@ def card_visible(env, image: np.ndarray) -> float:
 
 def expert_frames(task_kind: str, *, episodes: int, seed: int, concepts: str, grid: float,
                   move_quantum: float, card_half: float = world.CARD_HALF,
-                  retreat_z: float = sim.expert.RETREAT_Z) -> list[dict]:
+                  retreat_z: float = sim.expert.RETREAT_Z,
+                  release_z: float = sim.expert.RELEASE_Z) -> list[dict]:
     """Expert rollouts: per episode the frames, instruction, intended actions, phase names,
     and the first frame's positions of the task's object and second named thing."""
     env = sim.TabletopEnv(concepts=concepts, grid=grid, card_half=card_half)
-    expert = sim.ScriptedExpert(env, move_quantum=move_quantum, retreat_z=retreat_z)
+    expert = sim.ScriptedExpert(env, move_quantum=move_quantum, retreat_z=retreat_z,
+                                release_z=release_z)
     out = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i, options={"task": task_kind})
@@ -293,12 +295,13 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
     camera = trained_world(policy, "camera", "fixed")
     card_half = trained_world(policy, "card_half", world.CARD_HALF)
     retreat_z = trained_world(policy, "retreat_z", sim.expert.RETREAT_Z)
+    release_z = trained_world(policy, "release_z", sim.expert.RELEASE_Z)
     report = {"grid": grid, "move_quantum": quantum, "camera": camera, "card_half": card_half,
-              "retreat_z": retreat_z, "concepts": concepts, "episodes": episodes, "tasks": {}}
+              "retreat_z": retreat_z, "release_z": release_z, "concepts": concepts, "episodes": episodes, "tasks": {}}
     for kind in tasks:
         rollouts = expert_frames(kind, episodes=episodes, seed=seed, concepts=concepts,
                                  grid=grid, move_quantum=quantum, card_half=card_half,
-                                 retreat_z=retreat_z)
+                                 retreat_z=retreat_z, release_z=release_z)
         entry = {"expert_solved": round(float(np.mean([r["solved"] for r in rollouts])), 3),
                  "agreement": agreement(policy, rollouts, batch_size)}
         phases = [p for r in rollouts for p in r["phases"]]

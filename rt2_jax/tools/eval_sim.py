@@ -152,6 +152,7 @@ class _Slot:
     started: float = 0.0
     frames: list | None = None   # (camera image, whole table, action) per step, if recorded
     task: str | None = None      # the task kind asked for (None: the seed's draw)
+    grasped: str = "none"        # the first object the gripper held: "named", "other" or "none"
 
     @property
     def active(self) -> bool:
@@ -184,6 +185,12 @@ def summarize(records: list[dict]) -> dict:
             "mean_episode_length": _rate([r["steps"] for r in rows]),
             "expert_success_rate": _rate([r["expert_success"] for r in rows]),
             "expert_mean_episode_length": _rate([r["expert_steps"] for r in rows]),
+            # How episodes go wrong: the first object grasped was the named one or another,
+            # and "done" said before any grasp.
+            "grasped_named_rate": _rate([r["first_grasp"] == "named" for r in rows]),
+            "grasped_other_rate": _rate([r["first_grasp"] == "other" for r in rows]),
+            "done_before_grasp_rate": _rate([r["terminated"] and r["first_grasp"] == "none"
+                                             for r in rows]),
         }
 
     kinds = [k for k in sim.TASK_KINDS if any(r["task"] == k for r in records)]
@@ -236,6 +243,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
         slot.observation, _ = slot.env.reset(seed=slot.seed, options=options)
         slot.steps, slot.started = 0, time.perf_counter()
         slot.frames = [] if slot.index < record_frames else None
+        slot.grasped = "none"
         if uses_env:
             policy.reset_episode(slot.env, slot.seed)
         next_episode += 1
@@ -252,7 +260,7 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
             "instruction": task.instruction, "success": bool(terminated and reward > 0),
             "solved_at_end": bool(info["success"]), "terminated": bool(terminated),
             "steps": slot.steps, "expert_success": expert["success"],
-            "expert_steps": expert["steps"],
+            "expert_steps": expert["steps"], "first_grasp": slot.grasped,
         }
         if slot.frames is not None:
             record["frames"], record["table_frames"], record["actions"] = (
@@ -288,6 +296,10 @@ def evaluate(policy, *, episodes: int, concepts: str = "seen", seed: int = 0,
             slot.steps += 1
             steps_total += 1
             slot.observation = obs
+            state = slot.env.unwrapped.state
+            if slot.grasped == "none" and state.held >= 0:
+                named = state.index_of(slot.env.unwrapped.task.obj)
+                slot.grasped = "named" if state.held == named else "other"
             if terminated or truncated:
                 finish(slot, info, terminated, reward)
                 start_next(slot)
@@ -412,12 +424,16 @@ def format_summary(result: dict) -> str:
     lines = []
     for category, row in result["categories"].items():
         lines.append(f"{category}: episodes={row['num_episodes']} seed={row['seed']}")
-        lines.append(f"  {'task':<14}{'n':>4}{'success':>9}{'expert':>8}{'mean len':>10}")
+        lines.append(f"  {'task':<14}{'n':>4}{'success':>9}{'expert':>8}{'mean len':>10}"
+                     f"{'grasped named':>15}{'other':>7}{'done before grasp':>19}")
         for name, task_row in [*row["per_task"].items(), ("all", row)]:
             lines.append(f"  {name:<14}{task_row['num_episodes']:>4}"
                          f"{task_row['success_rate']:>9.2f}"
                          f"{task_row['expert_success_rate']:>8.2f}"
-                         f"{task_row['mean_episode_length']:>10.1f}")
+                         f"{task_row['mean_episode_length']:>10.1f}"
+                         f"{task_row['grasped_named_rate']:>15.2f}"
+                         f"{task_row['grasped_other_rate']:>7.2f}"
+                         f"{task_row['done_before_grasp_rate']:>19.2f}")
     for category, why in result.get("skipped", {}).items():
         lines.append(f"{category}: skipped ({why})")
     lines.append("success: " + ", ".join(f"{c} {v:.2f}" for c, v in result["success"].items()
