@@ -297,7 +297,8 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
     retreat_z = trained_world(policy, "retreat_z", sim.expert.RETREAT_Z)
     release_z = trained_world(policy, "release_z", sim.expert.RELEASE_Z)
     report = {"grid": grid, "move_quantum": quantum, "camera": camera, "card_half": card_half,
-              "retreat_z": retreat_z, "release_z": release_z, "concepts": concepts, "episodes": episodes, "tasks": {}}
+              "retreat_z": retreat_z, "release_z": release_z, "concepts": concepts,
+              "episodes": episodes, "tasks": {}}
     for kind in tasks:
         rollouts = expert_frames(kind, episodes=episodes, seed=seed, concepts=concepts,
                                  grid=grid, move_quantum=quantum, card_half=card_half,
