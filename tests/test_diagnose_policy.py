@@ -142,6 +142,23 @@ def test_keypoint_tracking_measures_every_frame_against_where_things_are():
     assert two["gripper_keypoint"] is None and "gripper" not in two["phases"]["carry"]
 
 
+def test_the_experts_world_is_the_exports():
+    """diagnose_policy replays the expert the export's data came from: toy_place_high_release's
+    larger cards and its release where it carries; an older config's defaults otherwise."""
+    from configs import toy_place_high_release
+
+    high = diagnose_policy.export_world(_Replay([], toy_place_high_release.get_config()))
+    assert high == {"grid": 0.1, "move_quantum": 0.1, "card_half": 0.11, "retreat_z": 0.4,
+                    "release_z": 0.3, "camera": "fixed"}
+    old = diagnose_policy.export_world(_Replay([], toy_place.get_config()))
+    assert (old["card_half"], old["retreat_z"], old["release_z"]) == (0.07, 0.1, 0.06)
+    del high["camera"]
+    (rollout,) = diagnose_policy.expert_frames("place_on_card", episodes=1, seed=0,
+                                               concepts="seen", **high)
+    assert rollout["solved"] and "lower" not in rollout["phases"]
+    assert "release" in rollout["phases"] and rollout["phases"][-1] == "done"
+
+
 def test_card_visible_is_the_share_of_the_named_cards_pixels_left_uncovered():
     from rt2_jax import sim
 

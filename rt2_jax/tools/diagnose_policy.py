@@ -5,16 +5,16 @@ own frames, per task kind and expert phase, and where its keypoints point.
         [--tasks=pick,place_on_card] [--concepts=seen] [--json]
 
 For each task kind, `--episodes` expert rollouts (seeds `--seed + i`) in the world the export was
-trained on (its scene grid and card size, and its expert's move quantum, from the export's
-config). On every frame the policy decodes an action from the frame and the instruction, as it
-would in closed loop, but the expert's action is the one stepped: the policy is scored on the
-states a correct episode passes through, so a phase it never learned shows up even when it
-fails long before it in closed loop. Each dim's decoded bin is compared with the bin of the
-expert's intended action (the clean label the training data carries). Reported per task kind
-and expert phase ("above", "descend", "grasp", "lift", "carry", "lower", "release", "done",
-...): frames, and the share of frames whose terminate, dx, dy, dz and gripper bins agree, and
-`all` (all 8 dims); for place_on_card, the share of the named card's pixels each phase's frames
-show (an object held over the card hides most of it at the default card size).
+trained on (its scene grid and card size, and its expert's move quantum, release and retreat
+heights, from the export's config). On every frame the policy decodes an action from the frame and
+the instruction, as it would in closed loop, but the expert's action is the one stepped: the policy
+is scored on the states a correct episode passes through, so a phase it never learned shows up even
+when it fails long before it in closed loop. Each dim's decoded bin is compared with the bin of the
+expert's intended action (the clean label the training data carries). Reported per task kind and
+expert phase ("above", "descend", "grasp", "lift", "carry", "lower", "release", "done", ...):
+frames, and the share of frames whose terminate, dx, dy, dz and gripper bins agree, and `all` (all
+8 dims); for place_on_card, the share of the named card's pixels each phase's frames show (an
+object held over the card hides most of it at the default card size).
 
 With a fixed camera and an image tower with keypoints, on each rollout's first frame: how far
 (in image sides) keypoint 0 is from the task's object and keypoint 1 from the second thing the
@@ -84,6 +84,18 @@ def card_visible(env, image: np.ndarray) -> float:
     y0, y1 = max(int(np.floor(cy - half)), 0), min(int(np.ceil(cy + half)), size)
     same = np.all(image[y0:y1, x0:x1] == static[y0:y1, x0:x1], axis=-1)
     return float(same.mean())
+
+
+def export_world(policy) -> dict:
+    """The world and expert the policy's robot data came from (its config's data.toy_world;
+    the defaults where an older config lacks a field): grid, move_quantum, card_half,
+    retreat_z, release_z and camera."""
+    return {"grid": trained_world(policy, "grid", 0.0),
+            "move_quantum": trained_world(policy, "move_quantum", 0.0),
+            "card_half": trained_world(policy, "card_half", world.CARD_HALF),
+            "retreat_z": trained_world(policy, "retreat_z", sim.expert.RETREAT_Z),
+            "release_z": trained_world(policy, "release_z", sim.expert.RELEASE_Z),
+            "camera": trained_world(policy, "camera", "fixed")}
 
 
 def expert_frames(task_kind: str, *, episodes: int, seed: int, concepts: str, grid: float,
@@ -290,19 +302,13 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
     if runnable is None:
         raise ValueError(f"concepts='symbols' runs place_on_card tasks; tasks are {list(tasks)}")
     tasks = runnable
-    grid = trained_world(policy, "grid", 0.0)
-    quantum = trained_world(policy, "move_quantum", 0.0)
-    camera = trained_world(policy, "camera", "fixed")
-    card_half = trained_world(policy, "card_half", world.CARD_HALF)
-    retreat_z = trained_world(policy, "retreat_z", sim.expert.RETREAT_Z)
-    release_z = trained_world(policy, "release_z", sim.expert.RELEASE_Z)
-    report = {"grid": grid, "move_quantum": quantum, "camera": camera, "card_half": card_half,
-              "retreat_z": retreat_z, "release_z": release_z, "concepts": concepts,
-              "episodes": episodes, "tasks": {}}
+    trained = export_world(policy)
+    camera = trained.pop("camera")
+    report = {**trained, "camera": camera, "concepts": concepts, "episodes": episodes,
+              "tasks": {}}
     for kind in tasks:
         rollouts = expert_frames(kind, episodes=episodes, seed=seed, concepts=concepts,
-                                 grid=grid, move_quantum=quantum, card_half=card_half,
-                                 retreat_z=retreat_z, release_z=release_z)
+                                 **trained)
         entry = {"expert_solved": round(float(np.mean([r["solved"] for r in rollouts])), 3),
                  "agreement": agreement(policy, rollouts, batch_size)}
         phases = [p for r in rollouts for p in r["phases"]]
