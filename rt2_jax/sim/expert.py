@@ -268,11 +268,13 @@ class ScriptedExpert:
         env = self.env.unwrapped
         if env.state is None:
             raise RuntimeError("reset the environment before the expert")
-        self._plan = plan_for(env.state, env.task, self.move_quantum / 2, self.retreat_z,
-                              self.release_z)
+        self._plan = self._plan_for(env.state, env.task)
         self._phase = 0
         self.attempts = 1
         self._holds = 0
+
+    def _plan_for(self, state: State, task: world.Task) -> list[Phase]:
+        return plan_for(state, task, self.move_quantum / 2, self.retreat_z, self.release_z)
 
     @property
     def phase_name(self) -> str:
@@ -301,8 +303,7 @@ class ScriptedExpert:
                     return self._action(self._noise(), gripper)
                 return self.intended_action.copy()
             self.attempts += 1
-            self._plan, self._phase = plan_for(state, task, self.move_quantum / 2,
-                                                  self.retreat_z, self.release_z), 0
+            self._plan, self._phase = self._plan_for(state, task), 0
             return self.act()
         delta = phase.target(state) - state.ee
         if self.move_quantum:

@@ -303,9 +303,8 @@ def diagnose(policy, *, tasks, episodes: int, seed: int = 0, concepts: str = "se
         raise ValueError(f"concepts='symbols' runs place_on_card tasks; tasks are {list(tasks)}")
     tasks = runnable
     trained = export_world(policy)
-    camera = trained.pop("camera")
-    report = {**trained, "camera": camera, "concepts": concepts, "episodes": episodes,
-              "tasks": {}}
+    report = {**trained, "concepts": concepts, "episodes": episodes, "tasks": {}}
+    camera = trained.pop("camera")   # the expert's rollouts read the state: any camera
     for kind in tasks:
         rollouts = expert_frames(kind, episodes=episodes, seed=seed, concepts=concepts,
                                  **trained)
