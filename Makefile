@@ -46,28 +46,28 @@ demo: $(STAMP)
 	$(BIN)/python -m rt2_jax.tools.eval_sim --export=runs/demo/export --episodes=100 \
 		--categories=seen --vqa_questions=200 --gif=runs/demo/episodes.gif --batch_size=50
 
-# The recipe that acts (configs/toy_pick.py): web-only pretraining, then co-fine-tuning on pick
-# episodes with a third of each batch web data; closed-loop evaluation per category and a GIF.
-# About an hour on 2 cores (README, The co-fine-tuning experiment).
-pick: $(STAMP)
-	$(BIN)/python -m rt2_jax.experiments.cofinetune --config=configs/toy_pick.py \
-		--workdir=runs/pick --arms=cofinetune --seeds=0 --pretrain_steps=1500 \
-		--finetune_steps=3000 --robot_fraction=0.67 --episodes=40 --vqa_questions=200
-	$(BIN)/python -m rt2_jax.tools.eval_sim --export=runs/pick/cofinetune_seed0/export \
-		--episodes=8 --categories=seen --vqa_questions=0 --gif=runs/pick/episodes.gif \
+# The co-fine-tuning recipes: web-only pretraining, then co-fine-tuning with a third of each
+# batch web data (seed 0), closed-loop evaluation per category, and a GIF of 8 seen episodes.
+# $(1): config, $(2): workdir, $(3): co-fine-tuning steps.
+define cofinetune_and_gif
+	$(BIN)/python -m rt2_jax.experiments.cofinetune --config=$(1) \
+		--workdir=$(2) --arms=cofinetune --seeds=0 --pretrain_steps=1500 \
+		--finetune_steps=$(3) --robot_fraction=0.67 --episodes=40 --vqa_questions=200
+	$(BIN)/python -m rt2_jax.tools.eval_sim --export=$(2)/cofinetune_seed0/export \
+		--episodes=8 --categories=seen --vqa_questions=0 --gif=$(2)/episodes.gif \
 		--batch_size=8
+endef
 
-# Pick and place on a named card (configs/toy_place_high_release.py): the same stages with
-# pick and place_on_card episodes and 6,000 co-fine-tuning steps; evaluation per category
-# (symbols: card symbols that only the web data shows) and a GIF of seen episodes. About an
-# hour and a half on 2 cores (README, Status of the toy-world policy).
+# The recipe that acts (configs/toy_pick.py), on pick episodes. About an hour on 2 cores
+# (README, The co-fine-tuning experiment).
+pick: $(STAMP)
+	$(call cofinetune_and_gif,configs/toy_pick.py,runs/pick,3000)
+
+# Pick and place on a named card (configs/toy_place_high_release.py), 6,000 co-fine-tuning
+# steps; the evaluation adds the symbols category (card symbols only the web data shows).
+# About an hour and a half on 2 cores (README, Status of the toy-world policy).
 place: $(STAMP)
-	$(BIN)/python -m rt2_jax.experiments.cofinetune --config=configs/toy_place_high_release.py \
-		--workdir=runs/place --arms=cofinetune --seeds=0 --pretrain_steps=1500 \
-		--finetune_steps=6000 --robot_fraction=0.67 --episodes=40 --vqa_questions=200
-	$(BIN)/python -m rt2_jax.tools.eval_sim --export=runs/place/cofinetune_seed0/export \
-		--episodes=8 --categories=seen --vqa_questions=0 --gif=runs/place/episodes.gif \
-		--batch_size=8
+	$(call cofinetune_and_gif,configs/toy_place_high_release.py,runs/place,6000)
 
 clean:
 	rm -rf $(VENV) $(ROBOT_VENV) runs *.egg-info
