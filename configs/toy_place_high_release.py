@@ -20,7 +20,7 @@ and 34 of 40; `make place`).
 Measured results: README, status of the toy-world policy.
 
     python -m rt2_jax.experiments.cofinetune --config=configs/toy_place_high_release.py \\
-        --workdir=runs/place_high_release --arms=cofinetune,robot_only --seeds=0,1,2 \\
+        --workdir=runs/place_high_release --arms=robot_only,cofinetune,scratch --seeds=0,1,2 \\
         --pretrain_steps=1500 --finetune_steps=6000 --robot_fraction=0.67 --episodes=40 \\
         --vqa_questions=200 --evals_per_stage=4
 """
