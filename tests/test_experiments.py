@@ -532,3 +532,41 @@ def _leaf(tree, path):
     for key in path:
         tree = tree[getattr(key, "key", key)]
     return tree
+
+
+def test_stages_run_in_worker_processes_and_are_read_back(toy_cache, tmp_path):  # noqa: F811
+    base = small_config(toy_cache, num_steps=3, checkpoint_every=3)
+    lines = []
+    kw = dict(seeds=[0], pretrain_steps=3, finetune_steps=2, robot_fraction=0.5, episodes=1,
+              vqa_questions=4, max_episode_steps=3, evals_per_stage=0,
+              arms=("robot_only", "scratch"))
+    results = cofinetune.run(base, str(tmp_path), jobs=2, log=lines.append, **kw)
+    assert sum("queued for a worker process" in line for line in lines) == 2
+    assert sum("trained and evaluated in" in line for line in lines) == 2
+    # Each stage trained in its worker (its output in its own log), and the table was made
+    # from what the workers left: the exports and their kept closed-loop results.
+    for arm in ("robot_only", "scratch"):
+        assert "trained 2 steps" in (tmp_path / f"{arm}_seed0.log").read_text()
+        assert (tmp_path / f"{arm}_seed0" / "eval.json").exists()
+    assert sorted(os.path.basename(line.split(":")[0]) for line in lines
+                  if "skipping training" in line) == ["robot_only_seed0", "scratch_seed0"]
+    assert set(results["table"]) == {"robot_only", "scratch"}
+    cfg = json.loads((tmp_path / "robot_only_seed0" / "export" / "config.json").read_text())
+    assert cfg["train"]["init_from"] == str(tmp_path / "pretrain" / "export")
+    # Nothing left to do: a rerun with jobs starts no worker.
+    again = []
+    cofinetune.run(base, str(tmp_path), jobs=2, log=again.append, **kw)
+    assert not any("queued for a worker" in line for line in again)
+    # A stage that fails in its worker is named, with its log, after the others finished.
+    bad = cofinetune.stage_config(base, "scratch", 1, 2, evals=0)
+    bad.train.optimizer = "no_such_optimizer"
+    good = cofinetune.stage_config(base, "scratch", 2, 2, evals=0)
+    eval_args = (1, 0, 0, 3)
+    with pytest.raises(RuntimeError, match=r"1 of 2 stages failed: bad \(.*no_such_optimizer"
+                                           r".*bad_stage\.log"):
+        cofinetune.run_stages_in_parallel(
+            [("bad", bad, str(tmp_path / "bad_stage"), eval_args),
+             ("good", good, str(tmp_path / "good_stage"), eval_args)], 2, lambda line: None)
+    assert (tmp_path / "good_stage" / "eval.json").exists()
+    with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
+        cofinetune.run(base, str(tmp_path), jobs=0, **kw)
