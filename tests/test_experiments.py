@@ -570,3 +570,15 @@ def test_stages_run_in_worker_processes_and_are_read_back(toy_cache, tmp_path): 
     assert (tmp_path / "good_stage" / "eval.json").exists()
     with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
         cofinetune.run(base, str(tmp_path), jobs=0, **kw)
+
+
+def test_last_step_reads_a_stage_log_tail(tmp_path):
+    log = tmp_path / "stage.log"
+    assert cofinetune.last_step(str(log)) is None            # not written yet
+    log.write_text("Mesh {'data': 1}\nInitialized 1 parameters; training 6000 steps.\n")
+    assert cofinetune.last_step(str(log)) is None            # before the first step line
+    log.write_text(log.read_text() + "step 100/6000 | loss 5.2 | eta_min 40\n"
+                   + "x" * 500 + "\nstep 200/6000 | loss 4.1\nevaluating step 200\n")
+    assert cofinetune.last_step(str(log)) == "200/6000"
+    assert cofinetune.last_step(str(log), tail_bytes=60) == "200/6000"
+    assert cofinetune.last_step(str(log), tail_bytes=20) is None   # the line is cut off

@@ -24,6 +24,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 
@@ -200,9 +201,25 @@ def _stage_worker(config, stage_dir: str, eval_args: tuple, log_path: str) -> fl
     return time.perf_counter() - start
 
 
-def run_stages_in_parallel(stages: list[tuple], jobs: int, log) -> None:
+_STEP_LINE = re.compile(rb"^step (\d+)/(\d+) ", re.M)
+
+
+def last_step(log_path: str, tail_bytes: int = 65536) -> str | None:
+    """The latest "step i/N" a stage's training printed to its log (None before the first)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(os.path.getsize(log_path) - tail_bytes, 0))
+            found = _STEP_LINE.findall(f.read())
+    except OSError:
+        return None
+    return f"{int(found[-1][0])}/{int(found[-1][1])}" if found else None
+
+
+def run_stages_in_parallel(stages: list[tuple], jobs: int, log,
+                           progress_every_s: float = 300.0) -> None:
     """Trains and evaluates `stages` ((name, config, stage_dir, eval_args) each) `jobs` at a
-    time in fresh processes (spawned: JAX does not survive a fork). Every stage runs to its end
+    time in fresh processes (spawned: JAX does not survive a fork), logging every
+    `progress_every_s` the step each running stage has reached. Every stage runs to its end
     even when another fails; then a RuntimeError names the failed ones and their logs."""
     failed = []
     ctx = multiprocessing.get_context("spawn")
@@ -214,13 +231,22 @@ def run_stages_in_parallel(stages: list[tuple], jobs: int, log) -> None:
             futures[pool.submit(_stage_worker, config, stage_dir, eval_args, log_path)] = (
                 name, log_path)
             log(f"{name}: queued for a worker process (output in {log_path})")
-        for future in concurrent.futures.as_completed(futures):
-            name, log_path = futures[future]
-            try:
-                log(f"{name}: trained and evaluated in {future.result():.0f}s")
-            except Exception as e:  # reported below, with the stage's log
-                failed.append(f"{name} ({type(e).__name__}: {e}; log: {log_path})")
-                log(f"{name}: FAILED ({type(e).__name__}: {e}); see {log_path}")
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending, timeout=progress_every_s,
+                return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                name, log_path = futures[future]
+                try:
+                    log(f"{name}: trained and evaluated in {future.result():.0f}s")
+                except Exception as e:  # reported below, with the stage's log
+                    failed.append(f"{name} ({type(e).__name__}: {e}; log: {log_path})")
+                    log(f"{name}: FAILED ({type(e).__name__}: {e}); see {log_path}")
+            running = [f"{futures[f][0]} at step {last_step(futures[f][1])}"
+                       for f in pending if f.running() and last_step(futures[f][1])]
+            if not done and running:
+                log("running: " + ", ".join(sorted(running)))
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(stages)} stages failed: " + "; ".join(failed))
 
