@@ -111,14 +111,20 @@ def run_stage(config, workdir: str, log) -> str:
     return export
 
 
+def _kept_file(path: str) -> dict | None:
+    """A kept result file ({"settings", "result"}) as written by `_kept`, or None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _kept(path: str, settings: dict, compute) -> dict:
     """`compute()`'s result, kept in `path` (JSON with its settings) and read back instead of
     computed again when a rerun asks with the same settings."""
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
-        if kept.get("settings") == settings:
-            return kept["result"]
+    kept = _kept_file(path)
+    if kept is not None and kept.get("settings") == settings:
+        return kept["result"]
     result = compute()
     with open(path + ".tmp", "w") as f:
         json.dump({"settings": settings, "result": result}, f, indent=2)
@@ -180,11 +186,9 @@ def evaluate_pretrained_vqa(export: str, vqa_questions: int) -> dict:
 
 def _stage_done(stage_dir: str, settings: dict) -> bool:
     """Whether a stage has its export and a kept closed-loop result for these settings."""
-    path = os.path.join(stage_dir, "eval.json")
-    if not (os.path.isdir(os.path.join(stage_dir, "export", "params")) and os.path.exists(path)):
-        return False
-    with open(path) as f:
-        return json.load(f).get("settings") == settings
+    kept = _kept_file(os.path.join(stage_dir, "eval.json"))
+    return (os.path.isdir(os.path.join(stage_dir, "export", "params")) and kept is not None
+            and kept.get("settings") == settings)
 
 
 def _stage_worker(config, stage_dir: str, eval_args: tuple, log_path: str) -> float:
@@ -243,8 +247,8 @@ def run_stages_in_parallel(stages: list[tuple], jobs: int, log,
                 except Exception as e:  # reported below, with the stage's log
                     failed.append(f"{name} ({type(e).__name__}: {e}; log: {log_path})")
                     log(f"{name}: FAILED ({type(e).__name__}: {e}); see {log_path}")
-            running = [f"{futures[f][0]} at step {last_step(futures[f][1])}"
-                       for f in pending if f.running() and last_step(futures[f][1])]
+            steps = {futures[f][0]: last_step(futures[f][1]) for f in pending if f.running()}
+            running = [f"{name} at step {step}" for name, step in steps.items() if step]
             if not done and running:
                 log("running: " + ", ".join(sorted(running)))
     if failed:
@@ -357,32 +361,24 @@ def run(base, workdir: str, *, seeds, pretrain_steps: int, finetune_steps: int,
         learning["pretrain"] = curves(pre_dir)
     else:
         log("only the scratch arm: no web pretraining")
+    stages = [(seed, arm, os.path.join(workdir, f"{arm}_seed{seed}"),
+               stage_config(base, arm, seed, finetune_steps, robot_fraction, pre_export,
+                            evals_per_stage), (episodes, vqa_questions, seed, max_episode_steps))
+              for seed in seeds for arm in arms]
     if jobs > 1:
-        pending = []
-        for seed in seeds:
-            for arm in arms:
-                stage_dir = os.path.join(workdir, f"{arm}_seed{seed}")
-                eval_args = (episodes, vqa_questions, seed, max_episode_steps)
-                if not _stage_done(stage_dir, eval_settings(*eval_args)):
-                    pending.append((f"{arm} seed {seed}", stage_config(
-                        base, arm, seed, finetune_steps, robot_fraction, pre_export,
-                        evals_per_stage), stage_dir, eval_args))
+        pending = [(f"{arm} seed {seed}", config, stage_dir, eval_args)
+                   for seed, arm, stage_dir, config, eval_args in stages
+                   if not _stage_done(stage_dir, eval_settings(*eval_args))]
         if pending:
             log(f"{len(pending)} stages to train, {jobs} at a time")
             run_stages_in_parallel(pending, jobs, log)
     runs: dict = {arm: {} for arm in arms}
-    for seed in seeds:
-        for arm in arms:
-            config = stage_config(base, arm, seed, finetune_steps, robot_fraction, pre_export,
-                                  evals_per_stage)
-            stage_dir = os.path.join(workdir, f"{arm}_seed{seed}")
-            export = run_stage(config, stage_dir, log)
-            runs[arm][str(seed)] = evaluate_export(export, episodes, vqa_questions, seed,
-                                                   max_episode_steps)
-            learning[f"{arm}_seed{seed}"] = curves(stage_dir)
-            log(f"{arm} seed {seed}: " + json.dumps(
-                {k: round(v, 3) for k, v in runs[arm][str(seed)].items()
-                 if isinstance(v, float)}))
+    for seed, arm, stage_dir, config, eval_args in stages:
+        export = run_stage(config, stage_dir, log)
+        runs[arm][str(seed)] = evaluate_export(export, *eval_args)
+        learning[f"{arm}_seed{seed}"] = curves(stage_dir)
+        log(f"{arm} seed {seed}: " + json.dumps(
+            {k: round(v, 3) for k, v in runs[arm][str(seed)].items() if isinstance(v, float)}))
     table = summarize(runs)
     results = {"table": table, "runs": runs, "pretrain_vqa": pretrain_vqa, "curves": learning,
                "settings": {"seeds": list(seeds), "pretrain_steps": pretrain_steps,
