@@ -1,5 +1,6 @@
 """The toy-world TFDS datasets: layout, features, content, held-out split, caching, atomicity."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -119,6 +120,24 @@ def test_held_out_only_in_vqa(paths):
     assert any(h in ex["question"].decode() for ex in vqa for h in held.objects)
     captions = _load(paths["captions"], "train")
     assert any(h in ex["caption"].decode() for ex in captions for h in held.objects)
+
+
+def test_card_cover_prob_changes_web_scenes_only():
+    """card_cover_prob draws the web scenes differently and leaves every robot episode as it was
+    (episodes come from their own seed stream): a robot-only or from-scratch run trains on the
+    same episodes with or without covered cards, only its web-pretrained start differs."""
+    plain = toy_world.GenerationParams(card_half=0.11, tasks=("pick", "place_on_card"))
+    covered = dataclasses.replace(plain, card_cover_prob=1.0)
+    env = sim.TabletopEnv()
+    for index in range(4):
+        a = toy_world.expert_episode(index, plain, env, toy_world.make_expert(env, plain))
+        b = toy_world.expert_episode(index, covered, env, toy_world.make_expert(env, covered))
+        assert a.task.instruction == b.task.instruction
+        np.testing.assert_array_equal(np.stack(a.images), np.stack(b.images))
+        np.testing.assert_array_equal(np.stack(a.intended_actions), np.stack(b.intended_actions))
+    moved = sum(toy_world.scene(index, plain)[1] != toy_world.scene(index, covered)[1]
+                for index in range(12))
+    assert moved > 0   # the web scenes with a card do change
 
 
 def test_vqa_and_caption_examples(paths):
