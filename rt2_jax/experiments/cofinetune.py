@@ -111,20 +111,21 @@ def run_stage(config, workdir: str, log) -> str:
     return export
 
 
-def _kept_file(path: str) -> dict | None:
-    """A kept result file ({"settings", "result"}) as written by `_kept`, or None."""
+def _kept_result(path: str, settings: dict) -> dict | None:
+    """The result `_kept` wrote to `path` if it was computed with these settings, else None."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        kept = json.load(f)
+    return kept["result"] if kept.get("settings") == settings else None
 
 
 def _kept(path: str, settings: dict, compute) -> dict:
     """`compute()`'s result, kept in `path` (JSON with its settings) and read back instead of
     computed again when a rerun asks with the same settings."""
-    kept = _kept_file(path)
-    if kept is not None and kept.get("settings") == settings:
-        return kept["result"]
+    kept = _kept_result(path, settings)
+    if kept is not None:
+        return kept
     result = compute()
     with open(path + ".tmp", "w") as f:
         json.dump({"settings": settings, "result": result}, f, indent=2)
@@ -186,9 +187,8 @@ def evaluate_pretrained_vqa(export: str, vqa_questions: int) -> dict:
 
 def _stage_done(stage_dir: str, settings: dict) -> bool:
     """Whether a stage has its export and a kept closed-loop result for these settings."""
-    kept = _kept_file(os.path.join(stage_dir, "eval.json"))
-    return (os.path.isdir(os.path.join(stage_dir, "export", "params")) and kept is not None
-            and kept.get("settings") == settings)
+    return (os.path.isdir(os.path.join(stage_dir, "export", "params"))
+            and _kept_result(os.path.join(stage_dir, "eval.json"), settings) is not None)
 
 
 def _stage_worker(config, stage_dir: str, eval_args: tuple, log_path: str) -> float:
